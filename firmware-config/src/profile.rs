@@ -1,0 +1,270 @@
+//! The profile's shape. Every struct denies unknown keys: a typo in a
+//! profile must fail the rollout, not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreProfile {
+    pub store: Store,
+    #[serde(default)]
+    pub agent: Agent,
+    pub cloud: Cloud,
+    #[serde(default)]
+    pub outbox: OutboxLimits,
+    #[serde(default)]
+    pub local_mqtt: Option<LocalMqtt>,
+    #[serde(default)]
+    pub terminals: Vec<Terminal>,
+    #[serde(default)]
+    pub scanners: Vec<Scanner>,
+    #[serde(default)]
+    pub shelf_sensors: Vec<ShelfSensor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Store {
+    /// Lowercase letters, digits and `-`; appears in MQTT topics and Kafka keys.
+    pub id: String,
+    pub region: String,
+    /// IANA time zone, e.g. `Europe/Dublin`.
+    pub timezone: String,
+    /// ISO 4217 code the store trades in.
+    pub currency: String,
+    #[serde(default)]
+    pub maintenance_window: Option<MaintenanceWindow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceWindow {
+    /// `mon` … `sun`.
+    pub days: Vec<String>,
+    /// Local `HH:MM`.
+    pub start: String,
+    pub end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Seconds SIGTERM waits for in-flight work before exiting.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/storelink")
+}
+fn default_shutdown_grace_secs() -> u64 {
+    20
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            http_listen: default_http_listen(),
+            data_dir: default_data_dir(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cloud {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// Events per MQTT message.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Bytes per MQTT message (the broker's `message_size_limit` must allow it).
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// Batches sent but not yet receipted.
+    #[serde(default = "default_max_batches_in_flight")]
+    pub max_batches_in_flight: usize,
+    /// Seconds to wait for a delivery receipt before sending again.
+    #[serde(default = "default_receipt_timeout_secs")]
+    pub receipt_timeout_secs: u64,
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+}
+
+fn default_batch_max_events() -> usize {
+    500
+}
+fn default_batch_max_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_batches_in_flight() -> usize {
+    32
+}
+fn default_receipt_timeout_secs() -> u64 {
+    30
+}
+fn default_keep_alive_secs() -> u64 {
+    15
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxLimits {
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+}
+
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_max_rows() -> u64 {
+    5_000_000
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_bytes: default_max_bytes(),
+            max_rows: default_max_rows(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalMqtt {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Terminal {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowControl {
+    None,
+    Software,
+    Hardware,
+}
+
+/// What ends a scanner frame: `cr`, `lf`, `crlf`, or one byte given as a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Terminator {
+    Cr,
+    Lf,
+    Crlf,
+    Byte(u8),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scanner {
+    pub id: String,
+    pub port: PathBuf,
+    pub lane: String,
+    #[serde(default = "default_baud")]
+    pub baud_rate: u32,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "default_flow")]
+    pub flow_control: FlowControl,
+    #[serde(default = "default_terminator")]
+    pub terminator: Terminator,
+    #[serde(default = "default_max_frame_len")]
+    pub max_frame_len: usize,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_parity() -> Parity {
+    Parity::None
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_flow() -> FlowControl {
+    FlowControl::None
+}
+fn default_terminator() -> Terminator {
+    Terminator::Cr
+}
+fn default_max_frame_len() -> usize {
+    256
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShelfSensor {
+    pub id: String,
+    /// The product on this shelf facing.
+    pub gtin: String,
+    /// Raw counts with an empty shelf.
+    pub zero_offset: i64,
+    /// Raw counts per gram (from two-point calibration).
+    pub counts_per_gram: i64,
+    pub unit_weight_grams: u32,
+    /// Raise low-stock when the count falls to this or below…
+    pub low_stock_at: u32,
+    /// …and restocked only when it climbs back to this or above (hysteresis).
+    pub restocked_at: u32,
+    /// Ignore weight changes smaller than this (grams) as jitter.
+    #[serde(default = "default_deadband")]
+    pub deadband_grams: u32,
+    /// Report the sensor offline after this many seconds of silence.
+    #[serde(default = "default_offline_after")]
+    pub offline_after_secs: u64,
+}
+
+fn default_deadband() -> u32 {
+    20
+}
+fn default_offline_after() -> u64 {
+    120
+}

@@ -1,0 +1,74 @@
+//! The MQTT payload from agent to bridge: several events in one message.
+//!
+//! ```json
+//! { "batch_id": "019a…", "store_id": "store-0042", "events": [ {envelope}, … ] }
+//! ```
+//!
+//! The agent stores each event's JSON once and splices the stored bytes into
+//! the batch ([`encode_batch`]); the bridge reads events as raw JSON
+//! ([`RawBatch`]), so an event's bytes are the same on the POS, in SQLite and
+//! in Kafka. One bad event in a batch is dead-lettered alone.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, Deserialize)]
+pub struct RawBatch<'a> {
+    pub batch_id: uuid::Uuid,
+    #[serde(borrow)]
+    pub store_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub events: Vec<&'a RawValue>,
+}
+
+impl<'a> RawBatch<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<RawBatch<'a>, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Builds a batch payload from events already serialized as JSON objects.
+/// `store_id` must be a valid store id (no characters needing escapes).
+pub fn encode_batch<'e>(
+    batch_id: uuid::Uuid,
+    store_id: &str,
+    events: impl IntoIterator<Item = &'e [u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
+    out.extend_from_slice(b"{\"batch_id\":\"");
+    out.extend_from_slice(batch_id.hyphenated().to_string().as_bytes());
+    out.extend_from_slice(b"\",\"store_id\":");
+    // serde_json escapes whatever the id holds, so a bad id cannot break the frame.
+    out.extend_from_slice(&serde_json::to_vec(store_id).unwrap_or_else(|_| b"\"\"".to_vec()));
+    out.extend_from_slice(b",\"events\":[");
+    for (i, ev) in events.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(ev);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+/// Bytes a batch adds around its events, for sizing batches under a byte limit.
+pub const BATCH_OVERHEAD_BYTES: usize = 96;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_batches_parse_back_with_the_same_event_bytes() {
+        let id = uuid::Uuid::now_v7();
+        let a = br#"{"x":1}"#.as_slice();
+        let b = br#"{"y":[2, 3]}"#.as_slice();
+        let bytes = encode_batch(id, "store-1", [a, b]);
+        let batch = RawBatch::parse(&bytes).expect("valid batch");
+        assert_eq!(batch.batch_id, id);
+        assert_eq!(batch.store_id, "store-1");
+        assert_eq!(batch.events.len(), 2);
+        assert_eq!(batch.events[1].get().as_bytes(), b);
+        assert!(bytes.len() <= a.len() + b.len() + BATCH_OVERHEAD_BYTES);
+    }
+}

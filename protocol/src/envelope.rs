@@ -1,0 +1,347 @@
+//! The event envelope every StoreLink event travels in.
+//!
+//! ```json
+//! { "id": "019a…", "schema": "storelink.sale", "schema_version": 1,
+//!   "store_id": "store-0042", "region": "eu-west",
+//!   "source": { "kind": "pos_terminal", "device_id": "pos-01" },
+//!   "occurred_at": "2026-11-24T10:15:02+01:00",
+//!   "recorded_at": "2026-11-24T09:15:02.123456Z",
+//!   "body": { … } }
+//! ```
+//!
+//! Two views of the same bytes:
+//! * [`Envelope`]: typed, body decoded per schema. The agent builds these.
+//! * [`RawEnvelope`]: header typed, body left as raw JSON. The bridge routes
+//!   on the header and forwards the original bytes untouched, so Kafka gets
+//!   exactly what the store recorded.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::device::{AgentNotice, DeviceStatus, Scan, ShelfReading, StockAlert};
+use crate::transaction::{Return, Sale, Void};
+use crate::validation::{FieldError, Problems};
+
+/// Time-ordered unique event id (UUIDv7): sorts by creation time, so ids
+/// double as a cheap ordering hint in logs and de-duplication windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub uuid::Uuid);
+
+impl EventId {
+    pub fn new_v7() -> Self {
+        EventId(uuid::Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(EventId)
+    }
+}
+
+/// What kind of thing produced an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    PosTerminal,
+    Scanner,
+    ShelfSensor,
+    Agent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub device_id: String,
+}
+
+/// The event types of this protocol. The schema name is stable forever;
+/// the version grows by additive changes only (see `VERSIONING.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    Sale,
+    Return,
+    Void,
+    Scan,
+    ShelfReading,
+    StockAlert,
+    DeviceStatus,
+    AgentNotice,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Sale,
+        EventKind::Return,
+        EventKind::Void,
+        EventKind::Scan,
+        EventKind::ShelfReading,
+        EventKind::StockAlert,
+        EventKind::DeviceStatus,
+        EventKind::AgentNotice,
+    ];
+
+    pub fn schema_name(&self) -> &'static str {
+        match self {
+            EventKind::Sale => "storelink.sale",
+            EventKind::Return => "storelink.return",
+            EventKind::Void => "storelink.void",
+            EventKind::Scan => "storelink.scan",
+            EventKind::ShelfReading => "storelink.shelf_reading",
+            EventKind::StockAlert => "storelink.stock_alert",
+            EventKind::DeviceStatus => "storelink.device_status",
+            EventKind::AgentNotice => "storelink.agent_notice",
+        }
+    }
+
+    pub fn from_schema_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.schema_name() == name)
+    }
+
+    /// The newest version of this schema that this build can read. Readers
+    /// accept every version up to it; a newer one goes to the dead-letter
+    /// topic until the reader is upgraded.
+    pub fn current_version(&self) -> u16 {
+        1
+    }
+
+    /// Transactions are what the business is paid on: never shed, refused
+    /// with backpressure instead when the outbox is full.
+    pub fn is_transaction(&self) -> bool {
+        matches!(self, EventKind::Sale | EventKind::Return | EventKind::Void)
+    }
+
+    /// Telemetry that may be compacted (latest per device) and shed when the
+    /// store's disk is full. Alerts, scans and status changes are not: each
+    /// one is a distinct fact.
+    pub fn is_sheddable(&self) -> bool {
+        matches!(self, EventKind::ShelfReading)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.schema_name())
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.schema_name())
+    }
+}
+
+/// Domain body of an event. Serialized without a tag: the envelope's
+/// `schema` field says which one it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum EventBody {
+    Sale(Box<Sale>),
+    Return(Box<Return>),
+    Void(Void),
+    Scan(Scan),
+    ShelfReading(ShelfReading),
+    StockAlert(StockAlert),
+    DeviceStatus(DeviceStatus),
+    AgentNotice(AgentNotice),
+}
+
+impl EventBody {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventBody::Sale(_) => EventKind::Sale,
+            EventBody::Return(_) => EventKind::Return,
+            EventBody::Void(_) => EventKind::Void,
+            EventBody::Scan(_) => EventKind::Scan,
+            EventBody::ShelfReading(_) => EventKind::ShelfReading,
+            EventBody::StockAlert(_) => EventKind::StockAlert,
+            EventBody::DeviceStatus(_) => EventKind::DeviceStatus,
+            EventBody::AgentNotice(_) => EventKind::AgentNotice,
+        }
+    }
+
+    /// Decodes a body of the given kind. Unknown fields are ignored (additive evolution).
+    pub fn from_json(kind: EventKind, json: &str) -> Result<EventBody, serde_json::Error> {
+        Ok(match kind {
+            EventKind::Sale => EventBody::Sale(Box::new(serde_json::from_str(json)?)),
+            EventKind::Return => EventBody::Return(Box::new(serde_json::from_str(json)?)),
+            EventKind::Void => EventBody::Void(serde_json::from_str(json)?),
+            EventKind::Scan => EventBody::Scan(serde_json::from_str(json)?),
+            EventKind::ShelfReading => EventBody::ShelfReading(serde_json::from_str(json)?),
+            EventKind::StockAlert => EventBody::StockAlert(serde_json::from_str(json)?),
+            EventKind::DeviceStatus => EventBody::DeviceStatus(serde_json::from_str(json)?),
+            EventKind::AgentNotice => EventBody::AgentNotice(serde_json::from_str(json)?),
+        })
+    }
+}
+
+/// A typed event, as the agent creates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Envelope {
+    pub id: EventId,
+    pub schema: EventKind,
+    pub schema_version: u16,
+    pub store_id: String,
+    pub region: String,
+    pub source: Source,
+    /// Device clock, with the device's UTC offset.
+    pub occurred_at: DateTime<FixedOffset>,
+    /// Agent clock when the event was accepted.
+    pub recorded_at: DateTime<Utc>,
+    pub body: EventBody,
+}
+
+/// Why bytes are not a readable event of this protocol version.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not an event envelope: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("unknown schema `{0}`")]
+    UnknownSchema(String),
+    #[error("schema `{schema}` version {version} is newer than this reader's {supported}")]
+    UnsupportedVersion {
+        schema: String,
+        version: u16,
+        supported: u16,
+    },
+    #[error("invalid envelope: {0}")]
+    Invalid(Problems),
+    #[error("body of `{schema}` does not decode: {source}")]
+    Body {
+        schema: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl EnvelopeError {
+    /// Stable snake_case reason, used for dead-letter headers and metrics labels.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            EnvelopeError::Malformed(_) => "undecodable",
+            EnvelopeError::UnknownSchema(_) => "unknown_schema",
+            EnvelopeError::UnsupportedVersion { .. } => "unsupported_schema_version",
+            EnvelopeError::Invalid(_) => "invalid_envelope",
+            EnvelopeError::Body { .. } => "undecodable_body",
+        }
+    }
+}
+
+impl Envelope {
+    /// A new event with a fresh UUIDv7 and the current schema version.
+    pub fn new(
+        store_id: impl Into<String>,
+        region: impl Into<String>,
+        source: Source,
+        occurred_at: DateTime<FixedOffset>,
+        body: EventBody,
+    ) -> Envelope {
+        let schema = body.kind();
+        Envelope {
+            id: EventId::new_v7(),
+            schema,
+            schema_version: schema.current_version(),
+            store_id: store_id.into(),
+            region: region.into(),
+            source,
+            occurred_at,
+            recorded_at: Utc::now(),
+            body,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing owned, well-formed data to a Vec cannot fail: no maps
+        // with non-string keys, no I/O.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes and checks a whole event: header, schema version and body.
+    pub fn from_json(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+        let raw: RawEnvelope<'_> = serde_json::from_slice(bytes)?;
+        raw.into_typed()
+    }
+}
+
+/// An envelope whose body is kept as the raw JSON it arrived as.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RawEnvelope<'a> {
+    pub id: EventId,
+    #[serde(borrow)]
+    pub schema: Cow<'a, str>,
+    pub schema_version: u16,
+    #[serde(borrow)]
+    pub store_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub region: Cow<'a, str>,
+    pub source: Source,
+    pub occurred_at: DateTime<FixedOffset>,
+    pub recorded_at: DateTime<Utc>,
+    #[serde(borrow)]
+    pub body: &'a RawValue,
+}
+
+impl<'a> RawEnvelope<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<RawEnvelope<'a>, EnvelopeError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// Checks what routing depends on: a known schema at a readable version
+    /// and a well-formed store id. Returns the kind.
+    pub fn check_header(&self) -> Result<EventKind, EnvelopeError> {
+        let kind = EventKind::from_schema_name(&self.schema)
+            .ok_or_else(|| EnvelopeError::UnknownSchema(self.schema.to_string()))?;
+        if self.schema_version == 0 || self.schema_version > kind.current_version() {
+            return Err(EnvelopeError::UnsupportedVersion {
+                schema: self.schema.to_string(),
+                version: self.schema_version,
+                supported: kind.current_version(),
+            });
+        }
+        let mut problems = Problems::default();
+        if let Err(e) = crate::validate_store_id(&self.store_id) {
+            problems.push(e);
+        }
+        if self.source.device_id.is_empty() {
+            problems.push(FieldError::new(
+                "source.device_id",
+                "required",
+                "must not be empty",
+            ));
+        }
+        problems.into_result().map_err(EnvelopeError::Invalid)?;
+        Ok(kind)
+    }
+
+    pub fn into_typed(self) -> Result<Envelope, EnvelopeError> {
+        let kind = self.check_header()?;
+        let body =
+            EventBody::from_json(kind, self.body.get()).map_err(|source| EnvelopeError::Body {
+                schema: kind.schema_name(),
+                source,
+            })?;
+        Ok(Envelope {
+            id: self.id,
+            schema: kind,
+            schema_version: self.schema_version,
+            store_id: self.store_id.into_owned(),
+            region: self.region.into_owned(),
+            source: self.source,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            body,
+        })
+    }
+}

@@ -1,0 +1,618 @@
+//! Retail transactions: completed sales, returns and post-voids.
+//!
+//! Modelled on ARTS/NRF POSLog: a header (terminal = POSLog workstation,
+//! operator, business day, per-terminal sequence number, currency, begin/end
+//! time with their UTC offset), line items, tax, tenders and totals. All
+//! amounts are integer minor units of the transaction's single currency.
+//!
+//! [`Transaction::validate`] enforces the arithmetic a back office relies on:
+//!
+//! * each line's extended amount is `unit_price × quantity` (weighed lines:
+//!   `price_per_kg × grams / 1000`, rounded half away from zero);
+//! * `gross` = sum of the non-voided lines' extended amounts;
+//! * `discounts` = sum of the non-voided lines' discounts;
+//! * `tax` = sum of the tax lines;
+//! * `grand` = `gross − discounts + tax` when prices exclude tax (US style),
+//!   `gross − discounts` when they include it (EU style) — the rule is the
+//!   explicit [`TaxMode`] of the transaction, never guessed from the country;
+//! * `tendered − change = grand`.
+
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use crate::gtin::Gtin;
+use crate::money::{weighed_amount, Currency, MinorUnits};
+use crate::validation::{FieldError, Problems};
+
+/// Natural idempotency key of anything a terminal records: POSLog's
+/// (workstation, business day, sequence number) within one store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TransactionRef {
+    pub terminal_id: String,
+    pub business_day: NaiveDate,
+    pub sequence_number: u64,
+}
+
+/// Whether the prices on the lines already contain the tax.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaxMode {
+    /// Prices exclude tax; tax is added on top (grand = gross − discounts + tax).
+    Exclusive,
+    /// Prices include tax; tax lines only report the share (grand = gross − discounts).
+    Inclusive,
+}
+
+/// The item a line is for: a GTIN read from the barcode, or a store SKU for
+/// things without one (bakery, loose produce keyed by PLU).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemId {
+    Gtin(Gtin),
+    Sku(String),
+}
+
+/// How much of the item: a count of units, or a weight for weighed goods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quantity {
+    /// Whole units; `unit_price` is per unit.
+    Units(u32),
+    /// Net weight in grams; `unit_price` is per kilogram.
+    Grams(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discount {
+    pub amount: MinorUnits,
+    /// Promotion or reason code, e.g. `"PROMO-2FOR1"`, `"STAFF"`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItem {
+    /// 1-based sequence number of the line within the transaction.
+    pub line_number: u32,
+    pub item: ItemId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub quantity: Quantity,
+    pub unit_price: MinorUnits,
+    pub extended_amount: MinorUnits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discounts: Vec<Discount>,
+    /// A line voided before the transaction completed; kept for audit,
+    /// excluded from totals.
+    #[serde(default)]
+    pub voided: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaxLine {
+    /// Tax authority's code, e.g. `"VAT-23"`, `"STATE"`.
+    pub code: String,
+    /// Rate in basis points (2300 = 23 %); informational, not recomputed,
+    /// because tax is rounded per jurisdiction rules the terminal owns.
+    pub rate_bp: u32,
+    pub taxable_amount: MinorUnits,
+    pub amount: MinorUnits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenderType {
+    Cash,
+    Card,
+    Voucher,
+    GiftCard,
+    Mobile,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tender {
+    #[serde(rename = "type")]
+    pub tender_type: TenderType,
+    pub amount: MinorUnits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub gross: MinorUnits,
+    pub discounts: MinorUnits,
+    pub tax: MinorUnits,
+    pub grand: MinorUnits,
+    pub tendered: MinorUnits,
+    pub change: MinorUnits,
+}
+
+/// Header, lines, tax, tenders and totals shared by sales and returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub terminal_id: String,
+    pub operator_id: String,
+    pub business_day: NaiveDate,
+    pub sequence_number: u64,
+    pub currency: Currency,
+    pub tax_mode: TaxMode,
+    /// Terminal clock with its UTC offset: POSLog times often lack a zone,
+    /// ours never do.
+    pub started_at: DateTime<FixedOffset>,
+    pub ended_at: DateTime<FixedOffset>,
+    pub lines: Vec<LineItem>,
+    #[serde(default)]
+    pub tax: Vec<TaxLine>,
+    pub tenders: Vec<Tender>,
+    pub totals: Totals,
+}
+
+/// A completed sale.
+pub type Sale = Transaction;
+
+/// Goods brought back; the lines are what is refunded (positive amounts),
+/// the tenders are how the refund was paid out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Return {
+    #[serde(flatten)]
+    pub transaction: Transaction,
+    /// The sale the goods came from, when the receipt was presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<TransactionRef>,
+    pub reason_code: String,
+}
+
+/// A post-void: an earlier completed transaction cancelled in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Void {
+    pub terminal_id: String,
+    pub operator_id: String,
+    pub business_day: NaiveDate,
+    /// The void's own sequence number on its terminal.
+    pub sequence_number: u64,
+    pub voided_at: DateTime<FixedOffset>,
+    pub voided: TransactionRef,
+    pub reason_code: String,
+    /// Supervisor who authorised the void, when policy asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver_id: Option<String>,
+}
+
+const MAX_LINES: usize = 2_000;
+const MAX_ID_LEN: usize = 64;
+
+fn check_id(problems: &mut Problems, field: &str, value: &str) {
+    if value.is_empty() {
+        problems.push(FieldError::new(field, "required", "must not be empty"));
+    } else if value.len() > MAX_ID_LEN
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        problems.push(FieldError::new(
+            field,
+            "invalid_id",
+            "must be 1-64 characters of A-Z a-z 0-9 - _ . :",
+        ));
+    }
+}
+
+fn sum(problems: &mut Problems, field: &str, values: impl Iterator<Item = MinorUnits>) -> i64 {
+    let mut total: i64 = 0;
+    for v in values {
+        match total.checked_add(v) {
+            Some(t) => total = t,
+            None => {
+                problems.push(FieldError::new(field, "overflow", "amounts overflow"));
+                return 0;
+            }
+        }
+    }
+    total
+}
+
+fn expect_eq(problems: &mut Problems, field: &str, stated: i64, computed: i64, rule: &str) {
+    if stated != computed {
+        problems.push(FieldError::new(
+            field,
+            "totals_mismatch",
+            format!("is {stated} but {rule} gives {computed}"),
+        ));
+    }
+}
+
+impl Transaction {
+    pub fn reference(&self) -> TransactionRef {
+        TransactionRef {
+            terminal_id: self.terminal_id.clone(),
+            business_day: self.business_day,
+            sequence_number: self.sequence_number,
+        }
+    }
+
+    /// Every problem with the transaction, each naming its field path
+    /// (`lines[2].extended_amount`), so a terminal developer can fix all of
+    /// them in one round trip.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut p = Problems::default();
+        self.collect_problems(&mut p, "");
+        p.into_result()
+    }
+
+    pub(crate) fn collect_problems(&self, p: &mut Problems, prefix: &str) {
+        let f = |name: &str| format!("{prefix}{name}");
+        check_id(p, &f("terminal_id"), &self.terminal_id);
+        check_id(p, &f("operator_id"), &self.operator_id);
+        if self.sequence_number == 0 {
+            p.push(FieldError::new(
+                f("sequence_number"),
+                "out_of_range",
+                "must be at least 1",
+            ));
+        }
+        if self.ended_at < self.started_at {
+            p.push(FieldError::new(
+                f("ended_at"),
+                "out_of_range",
+                "must not be before started_at",
+            ));
+        }
+        if self.lines.is_empty() {
+            p.push(FieldError::new(
+                f("lines"),
+                "required",
+                "a transaction needs at least one line",
+            ));
+        }
+        if self.lines.len() > MAX_LINES {
+            p.push(FieldError::new(
+                f("lines"),
+                "too_many",
+                format!("at most {MAX_LINES} lines"),
+            ));
+        }
+        if self.tenders.is_empty() {
+            p.push(FieldError::new(
+                f("tenders"),
+                "required",
+                "a transaction needs at least one tender",
+            ));
+        }
+
+        for (i, line) in self.lines.iter().enumerate() {
+            let lf = |name: &str| format!("{prefix}lines[{i}].{name}");
+            if line.line_number as usize != i + 1 {
+                p.push(FieldError::new(
+                    lf("line_number"),
+                    "out_of_sequence",
+                    format!(
+                        "is {} but lines are numbered from 1; expected {}",
+                        line.line_number,
+                        i + 1
+                    ),
+                ));
+            }
+            if let ItemId::Sku(sku) = &line.item {
+                check_id(p, &lf("item.sku"), sku);
+            }
+            if line.unit_price < 0 {
+                p.push(FieldError::new(
+                    lf("unit_price"),
+                    "negative",
+                    "must not be negative",
+                ));
+            }
+            let computed = match line.quantity {
+                Quantity::Units(0) | Quantity::Grams(0) => {
+                    p.push(FieldError::new(
+                        lf("quantity"),
+                        "out_of_range",
+                        "must be positive",
+                    ));
+                    None
+                }
+                Quantity::Units(n) => line.unit_price.checked_mul(i64::from(n)),
+                Quantity::Grams(g) => weighed_amount(line.unit_price, i64::from(g)),
+            };
+            if let Some(computed) = computed {
+                expect_eq(
+                    p,
+                    &lf("extended_amount"),
+                    line.extended_amount,
+                    computed,
+                    "unit_price × quantity",
+                );
+            }
+            for (j, d) in line.discounts.iter().enumerate() {
+                if d.amount < 0 || d.amount > line.extended_amount {
+                    p.push(FieldError::new(
+                        format!("{prefix}lines[{i}].discounts[{j}].amount"),
+                        "out_of_range",
+                        "must be between 0 and the line's extended amount",
+                    ));
+                }
+            }
+        }
+        for (i, t) in self.tax.iter().enumerate() {
+            if t.amount < 0 {
+                p.push(FieldError::new(
+                    format!("{prefix}tax[{i}].amount"),
+                    "negative",
+                    "must not be negative",
+                ));
+            }
+        }
+        for (i, t) in self.tenders.iter().enumerate() {
+            if t.amount <= 0 {
+                p.push(FieldError::new(
+                    format!("{prefix}tenders[{i}].amount"),
+                    "out_of_range",
+                    "must be positive",
+                ));
+            }
+        }
+
+        let live = || self.lines.iter().filter(|l| !l.voided);
+        let gross = sum(p, &f("totals.gross"), live().map(|l| l.extended_amount));
+        let discounts = sum(
+            p,
+            &f("totals.discounts"),
+            live().flat_map(|l| l.discounts.iter().map(|d| d.amount)),
+        );
+        let tax = sum(p, &f("totals.tax"), self.tax.iter().map(|t| t.amount));
+        let tendered = sum(
+            p,
+            &f("totals.tendered"),
+            self.tenders.iter().map(|t| t.amount),
+        );
+        let totals = &self.totals;
+        expect_eq(
+            p,
+            &f("totals.gross"),
+            totals.gross,
+            gross,
+            "the sum of the non-voided lines",
+        );
+        expect_eq(
+            p,
+            &f("totals.discounts"),
+            totals.discounts,
+            discounts,
+            "the sum of the line discounts",
+        );
+        expect_eq(
+            p,
+            &f("totals.tax"),
+            totals.tax,
+            tax,
+            "the sum of the tax lines",
+        );
+        let grand = match self.tax_mode {
+            TaxMode::Exclusive => gross
+                .checked_sub(discounts)
+                .and_then(|v| v.checked_add(tax)),
+            TaxMode::Inclusive => gross.checked_sub(discounts),
+        };
+        let rule = match self.tax_mode {
+            TaxMode::Exclusive => "gross − discounts + tax (tax_mode exclusive)",
+            TaxMode::Inclusive => "gross − discounts (tax_mode inclusive)",
+        };
+        if let Some(grand) = grand {
+            expect_eq(p, &f("totals.grand"), totals.grand, grand, rule);
+        }
+        expect_eq(
+            p,
+            &f("totals.tendered"),
+            totals.tendered,
+            tendered,
+            "the sum of the tenders",
+        );
+        if totals.change < 0 {
+            p.push(FieldError::new(
+                f("totals.change"),
+                "negative",
+                "must not be negative",
+            ));
+        }
+        if let Some(paid) = totals.tendered.checked_sub(totals.change) {
+            expect_eq(
+                p,
+                &f("totals.change"),
+                paid,
+                totals.grand,
+                "tendered − change must equal grand; tendered − change",
+            );
+        }
+    }
+}
+
+impl Return {
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut p = Problems::default();
+        self.transaction.collect_problems(&mut p, "");
+        if self.reason_code.is_empty() {
+            p.push(FieldError::new(
+                "reason_code",
+                "required",
+                "must not be empty",
+            ));
+        }
+        if let Some(orig) = &self.original {
+            check_id(&mut p, "original.terminal_id", &orig.terminal_id);
+        }
+        p.into_result()
+    }
+}
+
+impl Void {
+    pub fn reference(&self) -> TransactionRef {
+        TransactionRef {
+            terminal_id: self.terminal_id.clone(),
+            business_day: self.business_day,
+            sequence_number: self.sequence_number,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut p = Problems::default();
+        check_id(&mut p, "terminal_id", &self.terminal_id);
+        check_id(&mut p, "operator_id", &self.operator_id);
+        check_id(&mut p, "voided.terminal_id", &self.voided.terminal_id);
+        if self.sequence_number == 0 {
+            p.push(FieldError::new(
+                "sequence_number",
+                "out_of_range",
+                "must be at least 1",
+            ));
+        }
+        if self.reason_code.is_empty() {
+            p.push(FieldError::new(
+                "reason_code",
+                "required",
+                "must not be empty",
+            ));
+        }
+        if self.voided == self.reference() {
+            p.push(FieldError::new(
+                "voided",
+                "self_reference",
+                "a void cannot void itself",
+            ));
+        }
+        p.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples;
+
+    fn sale() -> Sale {
+        samples::sale()
+    }
+
+    fn codes(t: &Transaction) -> Vec<(String, String)> {
+        match t.validate() {
+            Ok(()) => vec![],
+            Err(p) => p
+                .iter()
+                .map(|e| (e.field.clone(), e.code.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_sample_sale_adds_up() {
+        assert_eq!(codes(&sale()), vec![]);
+    }
+
+    #[test]
+    fn a_wrong_grand_total_names_the_field() {
+        let mut s = sale();
+        s.totals.grand += 1;
+        let c = codes(&s);
+        assert!(
+            c.contains(&("totals.grand".into(), "totals_mismatch".into())),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_extended_amount_names_the_line() {
+        let mut s = sale();
+        s.lines[1].extended_amount += 10;
+        let c = codes(&s);
+        assert!(
+            c.contains(&("lines[1].extended_amount".into(), "totals_mismatch".into())),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn voided_lines_are_excluded_from_totals() {
+        let mut s = sale();
+        let mut extra = s.lines[0].clone();
+        extra.line_number = s.lines.len() as u32 + 1;
+        extra.voided = true;
+        s.lines.push(extra);
+        assert_eq!(codes(&s), vec![]);
+    }
+
+    #[test]
+    fn tax_mode_decides_whether_tax_is_added() {
+        let mut s = sale();
+        assert_eq!(s.tax_mode, TaxMode::Inclusive);
+        s.tax_mode = TaxMode::Exclusive;
+        let c = codes(&s);
+        assert!(
+            c.contains(&("totals.grand".into(), "totals_mismatch".into())),
+            "{c:?}"
+        );
+        // Make it consistent as a tax-exclusive sale: grand and tender grow by the tax.
+        s.totals.grand += s.totals.tax;
+        s.totals.tendered += s.totals.tax;
+        s.tenders[0].amount += s.totals.tax;
+        assert_eq!(codes(&s), vec![]);
+    }
+
+    #[test]
+    fn change_must_balance_tenders_against_grand() {
+        let mut s = sale();
+        s.totals.change += 5;
+        let c = codes(&s);
+        assert!(
+            c.contains(&("totals.change".into(), "totals_mismatch".into())),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn weighed_lines_use_price_per_kilogram() {
+        let mut s = sale();
+        s.lines[0].quantity = Quantity::Grams(1234);
+        s.lines[0].unit_price = 299;
+        s.lines[0].extended_amount = 369;
+        let c = codes(&s);
+        // Only totals now disagree, not the weighed line itself.
+        assert!(
+            !c.iter().any(|(f, _)| f == "lines[0].extended_amount"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let mut s = sale();
+        s.terminal_id.clear();
+        s.sequence_number = 0;
+        s.tenders.clear();
+        let c = codes(&s);
+        for field in ["terminal_id", "sequence_number", "tenders"] {
+            assert!(
+                c.iter().any(|(f, _)| f == field),
+                "{field} missing from {c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_void_cannot_void_itself() {
+        let mut v = samples::void();
+        v.voided = v.reference();
+        let p = v
+            .validate()
+            .err()
+            .map(|p| p.iter().map(|e| e.code).collect::<Vec<_>>());
+        assert_eq!(p, Some(vec!["self_reference"]));
+    }
+
+    #[test]
+    fn returns_need_a_reason() {
+        let mut r = samples::return_();
+        assert!(r.validate().is_ok());
+        r.reason_code.clear();
+        assert!(r.validate().is_err());
+    }
+}
