@@ -33,7 +33,9 @@ case "$arch" in
   armv7|armhf)
     # Debian's armhf port *is* armv7 (ARMv7-A, VFPv3-D16, Thumb-2): its
     # libstd-rust-web-dev:armhf ships the std for armv7-unknown-linux-gnueabihf,
-    # so the very same route works with the armhf names.
+    # so the very same route works with the armhf names. It needs the armhf
+    # index of bookworm-security (where the 1.96 rustc-web lives) to be
+    # consistent; not verified yet: see cross/README.md.
     arch=armv7
     deb_arch=armhf
     triple=armv7-unknown-linux-gnueabihf
@@ -78,17 +80,24 @@ ensure_toolchain() {
     log "missing packages: ${need[*]} (CROSS_SKIP_INSTALL=1, not installing)"
     exit 1
   fi
-  local t0=$SECONDS
+  local t0=$SECONDS added_arch=0
   if ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
     log "dpkg --add-architecture $deb_arch"
     $SUDO dpkg --add-architecture "$deb_arch"
+    added_arch=1
   fi
   log "apt-get update"
   # A mirror mid-sync can fail one index (seen with bookworm-security armhf);
   # go on and let apt-get install say whether what we need is there.
   $SUDO apt-get update -q >/dev/null || log "warning: apt-get update reported errors, trying the install anyway"
   log "apt-get install ${need[*]}"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null; then
+    log "FAIL: could not install ${need[*]}"
+    # Leave the machine as we found it: a foreign architecture whose index
+    # is broken would make every later `apt-get update` fail.
+    if [ "$added_arch" = 1 ]; then $SUDO dpkg --remove-architecture "$deb_arch" || true; fi
+    exit 1
+  fi
   log "toolchain installed in $((SECONDS - t0))s: $(/usr/bin/rustc --version)"
 }
 

@@ -16,8 +16,8 @@ repo="$(cd "$here/.." && pwd)"
 
 arch="${1:-aarch64}"
 case "$arch" in
-  aarch64|arm64) arch=aarch64; qemu=qemu-aarch64-static; sysroot=/usr/aarch64-linux-gnu; elf_re='ELF 64-bit LSB .*ARM aarch64' ;;
-  armv7|armhf)   arch=armv7;   qemu=qemu-arm-static;     sysroot=/usr/arm-linux-gnueabihf; elf_re='ELF 32-bit LSB .*ARM, EABI5' ;;
+  aarch64|arm64) arch=aarch64; qemu="qemu-aarch64-static"; sysroot=/usr/aarch64-linux-gnu; elf_re='ELF 64-bit LSB .*ARM aarch64' ;;
+  armv7|armhf)   arch=armv7;   qemu="qemu-arm-static";   sysroot=/usr/arm-linux-gnueabihf; elf_re='ELF 32-bit LSB .*ARM, EABI5' ;;
   *) echo "usage: $0 [aarch64|armv7] [BINARY] [PROFILE...]" >&2; exit 2 ;;
 esac
 shift || true
@@ -26,7 +26,6 @@ shift || true
 
 log() { printf '[cross/smoke] %s\n' "$*" >&2; }
 
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 need=()
 command -v "$qemu" >/dev/null 2>&1 || need+=(qemu-user-static)
 command -v file >/dev/null 2>&1 || need+=(file)

@@ -42,10 +42,11 @@ pub struct Store {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceWindow {
-    /// `mon` … `sun`.
+    /// `mon` … `sun`: the days the window starts on.
     pub days: Vec<String>,
-    /// Local `HH:MM`.
+    /// Local `HH:MM` in the store's time zone.
     pub start: String,
+    /// Local `HH:MM`; earlier than `start` means the window ends the next day.
     pub end: String,
 }
 
@@ -185,9 +186,15 @@ pub enum FlowControl {
     Hardware,
 }
 
-/// What ends a scanner frame: `cr`, `lf`, `crlf`, or one byte given as a number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
+/// What ends a scanner frame: `"cr"`, `"lf"`, `"crlf"`, or one byte given
+/// as a number (`terminator = 3` for ETX; `{ byte = 3 }` is accepted too).
+///
+/// The three line modes frame identically: any CR or LF ends a frame and
+/// empty frames are dropped, so a scanner that sends CRLF while configured
+/// for CR (or mixes them) loses nothing and produces no empty reads. The
+/// setting still records what the scanner is programmed to send. A byte
+/// terminator makes CR and LF ordinary (noise) bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Terminator {
     Cr,
     Lf,
@@ -195,26 +202,122 @@ pub enum Terminator {
     Byte(u8),
 }
 
+impl Serialize for Terminator {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Terminator::Cr => s.serialize_str("cr"),
+            Terminator::Lf => s.serialize_str("lf"),
+            Terminator::Crlf => s.serialize_str("crlf"),
+            Terminator::Byte(b) => s.serialize_u8(*b),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Terminator {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str = "`cr`, `lf`, `crlf` or a byte value 0-255";
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Terminator;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Terminator, E> {
+                match v {
+                    "cr" => Ok(Terminator::Cr),
+                    "lf" => Ok(Terminator::Lf),
+                    "crlf" => Ok(Terminator::Crlf),
+                    other => Err(E::custom(format!(
+                        "unknown terminator `{other}`, expected {EXPECTED}"
+                    ))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Terminator, E> {
+                u8::try_from(v).map(Terminator::Byte).map_err(|_| {
+                    E::custom(format!(
+                        "terminator byte {v} is out of range, expected 0-255"
+                    ))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Terminator, E> {
+                u8::try_from(v).map(Terminator::Byte).map_err(|_| {
+                    E::custom(format!(
+                        "terminator byte {v} is out of range, expected 0-255"
+                    ))
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Terminator, A::Error> {
+                // The shape the first version of this type derived: `{ byte = 3 }`.
+                let mut byte = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "byte" {
+                        return Err(serde::de::Error::unknown_field(&key, &["byte"]));
+                    }
+                    byte = Some(map.next_value::<u8>()?);
+                }
+                byte.map(Terminator::Byte)
+                    .ok_or_else(|| serde::de::Error::missing_field("byte"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl schemars::JsonSchema for Terminator {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Terminator".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "What ends a scanner frame: `cr`, `lf`, `crlf` (any CR or LF ends a frame; empty frames are dropped) or one byte value.",
+            "oneOf": [
+                { "type": "string", "enum": ["cr", "lf", "crlf"] },
+                { "type": "integer", "minimum": 0, "maximum": 255 },
+                {
+                    "type": "object",
+                    "properties": { "byte": { "type": "integer", "minimum": 0, "maximum": 255 } },
+                    "required": ["byte"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scanner {
     pub id: String,
+    /// Serial device, e.g. `/dev/ttyUSB0` or a stable `/dev/serial/by-id/…` link.
     pub port: PathBuf,
+    /// Lane or register the scanner serves.
     pub lane: String,
+    /// One of the standard rates (1200 … 921600).
     #[serde(default = "default_baud")]
     pub baud_rate: u32,
+    /// 5 to 8.
     #[serde(default = "default_data_bits")]
     pub data_bits: u8,
     #[serde(default = "default_parity")]
     pub parity: Parity,
+    /// 1 or 2.
     #[serde(default = "default_stop_bits")]
     pub stop_bits: u8,
     #[serde(default = "default_flow")]
     pub flow_control: FlowControl,
     #[serde(default = "default_terminator")]
     pub terminator: Terminator,
+    /// Longest read kept, in bytes; longer frames are cut and marked truncated.
     #[serde(default = "default_max_frame_len")]
     pub max_frame_len: usize,
+    /// Longest wait between attempts to reopen a vanished port (exponential
+    /// backoff with jitter up to this), in milliseconds.
+    #[serde(default = "default_reconnect_max_backoff_ms")]
+    pub reconnect_max_backoff_ms: u64,
 }
 
 fn default_baud() -> u32 {
@@ -238,6 +341,9 @@ fn default_terminator() -> Terminator {
 fn default_max_frame_len() -> usize {
     256
 }
+fn default_reconnect_max_backoff_ms() -> u64 {
+    5_000
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -260,6 +366,10 @@ pub struct ShelfSensor {
     /// Report the sensor offline after this many seconds of silence.
     #[serde(default = "default_offline_after")]
     pub offline_after_secs: u64,
+    /// A stock alert is raised only after the count has stayed across its
+    /// threshold this long (seconds); 0 raises it on the first reading.
+    #[serde(default)]
+    pub alert_dwell_secs: u64,
 }
 
 fn default_deadband() -> u32 {

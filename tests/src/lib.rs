@@ -1,1 +1,5 @@
-//! placeholder
+//! Test harness for StoreLink's end-to-end tests: real Mosquitto, real Kafka and the workspace binaries as separate processes.
+pub mod agent;
+pub mod kafka;
+pub mod mosquitto;
+pub mod process;

@@ -1,0 +1,70 @@
+//! The agent's runtime configuration: the store profile plus environment
+//! overrides, validated before anything is opened or bound.
+//!
+//! Overrides (for containers and tests; the profile stays the source of truth):
+//! `STORELINK_HTTP_LISTEN`, `STORELINK_DATA_DIR`, `STORELINK_CLOUD_HOST`,
+//! `STORELINK_CLOUD_PORT`, `STORELINK_LOCAL_MQTT_HOST`, `STORELINK_LOCAL_MQTT_PORT`,
+//! `STORELINK_RECEIPT_TIMEOUT_SECS`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use firmware_config::StoreProfile;
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+
+fn env_override<T: std::str::FromStr>(name: &str, target: &mut T) -> Result<()>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Ok(v) = std::env::var(name) {
+        *target = v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?} is invalid: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Loads the profile and applies environment overrides.
+pub fn load(path: &Path) -> Result<StoreProfile> {
+    let mut profile = firmware_config::load(path)?;
+    env_override("STORELINK_HTTP_LISTEN", &mut profile.agent.http_listen)?;
+    env_override("STORELINK_DATA_DIR", &mut profile.agent.data_dir)?;
+    env_override("STORELINK_CLOUD_HOST", &mut profile.cloud.host)?;
+    env_override("STORELINK_CLOUD_PORT", &mut profile.cloud.port)?;
+    env_override(
+        "STORELINK_RECEIPT_TIMEOUT_SECS",
+        &mut profile.cloud.receipt_timeout_secs,
+    )?;
+    if let Some(local) = profile.local_mqtt.as_mut() {
+        env_override("STORELINK_LOCAL_MQTT_HOST", &mut local.host)?;
+        env_override("STORELINK_LOCAL_MQTT_PORT", &mut local.port)?;
+    }
+    Ok(profile)
+}
+
+/// MQTT options for the cloud link. Values were validated with the profile;
+/// rumqttc's setters `assert!` on bad values, so nothing unchecked reaches them.
+pub fn cloud_mqtt_options(profile: &StoreProfile) -> Result<MqttOptions> {
+    let cloud = &profile.cloud;
+    let mut opts = MqttOptions::new(cloud.client_id.clone(), cloud.host.clone(), cloud.port);
+    // A persistent session: receipts published while the store was offline
+    // wait for it at the broker.
+    opts.set_clean_session(false);
+    opts.set_keep_alive(Duration::from_secs(cloud.keep_alive_secs.clamp(5, 600)));
+    let max_packet = cloud.batch_max_bytes + 64 * 1024;
+    opts.set_max_packet_size(max_packet, max_packet);
+    opts.set_inflight(u16::try_from(cloud.max_batches_in_flight.clamp(1, 1000)).unwrap_or(100));
+    opts.set_request_channel_capacity(cloud.max_batches_in_flight * 2 + 16);
+    if let Some(tls) = &cloud.tls {
+        let read = |p: &Path| {
+            std::fs::read(p).with_context(|| format!("reading TLS file {}", p.display()))
+        };
+        opts.set_transport(Transport::Tls(TlsConfiguration::Simple {
+            ca: read(&tls.ca_file)?,
+            alpn: None,
+            client_auth: Some((read(&tls.cert_file)?, read(&tls.key_file)?)),
+        }));
+    }
+    Ok(opts)
+}

@@ -1,0 +1,337 @@
+//! The durable outbox: every event the agent acknowledges lives here until
+//! the bridge's delivery receipt says Kafka has it.
+//!
+//! # Invariants
+//!
+//! * **Durable before acknowledged.** [`OutboxHandle::append`] resolves only
+//!   after the SQLite transaction holding the event has committed with
+//!   `synchronous=FULL` in WAL mode, i.e. after `fsync`. A caller that got
+//!   `Ok` may tell the terminal "accepted".
+//! * **One writer.** A dedicated OS thread owns the write connection and
+//!   group-commits whatever producers queued while the previous commit was
+//!   running: one `fsync` answers many requests, so throughput grows with
+//!   concurrency instead of collapsing.
+//! * **Deleted only by receipt.** Rows leave the `events` table when a
+//!   delivery receipt names them ([`OutboxHandle::delete`]), or when
+//!   low-value telemetry is compacted/shed under the capacity policy — and
+//!   every shed row is counted and reported as an `agent_notice` event.
+//! * **Order.** `seq` is `AUTOINCREMENT`: it never goes backwards, even when
+//!   the table empties, so "everything after seq N" is always well defined
+//!   for the forwarder.
+//! * **Transactions are never dropped.** When full, sales/returns/voids are
+//!   refused ([`OutboxError::Full`]) and the terminal keeps its own journal.
+//! * **Idempotency.** `(terminal, business day, sequence number)` keys live in
+//!   `transaction_keys` for 7 days, longer than any event stays in `events`,
+//!   so a re-post after delivery still answers with the original id.
+//!
+//! # On-disk format (schema version 1, `PRAGMA user_version`)
+//!
+//! ```sql
+//! events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE, kind TEXT,
+//!        priority INTEGER, device_id TEXT, payload BLOB, crc32 INTEGER, created_ms INTEGER)
+//! transaction_keys(key TEXT PRIMARY KEY, event_id BLOB, body_crc INTEGER, created_ms INTEGER)
+//! quarantine(seq, id, payload, reason, at_ms)   -- rows that failed their checksum
+//! ```
+//! `payload` is the event's envelope JSON, byte for byte what goes to Kafka;
+//! `crc32` covers it and is verified before sending.
+
+mod recovery;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use protocol::{Envelope, EventId, EventKind};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::ingest::StoreIdentity;
+
+pub use recovery::OpenReport;
+
+/// Capacity limits and tuning.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub max_rows: u64,
+    /// Most requests folded into one commit.
+    pub group_commit_max: usize,
+}
+
+impl OutboxConfig {
+    pub fn new(path: impl Into<PathBuf>, max_bytes: u64, max_rows: u64) -> Self {
+        OutboxConfig {
+            path: path.into(),
+            max_bytes,
+            max_rows,
+            group_commit_max: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox is full ({rows} events, {bytes} bytes); retry later")]
+    Full { rows: u64, bytes: u64 },
+    #[error("transaction {key} was already recorded with a different body as event {original}")]
+    IdempotencyConflict { key: String, original: EventId },
+    #[error("outbox storage failed: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("outbox is closed")]
+    Closed,
+    #[error("cannot open outbox {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+}
+
+/// Result of a successful append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored,
+    Duplicate(EventId),
+    /// A telemetry reading dropped because the outbox is full (counted).
+    Shed,
+}
+
+/// An event as stored, handed to the forwarder.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: EventId,
+    pub kind: String,
+    pub payload: Vec<u8>,
+    pub crc32: u32,
+}
+
+impl StoredEvent {
+    pub fn checksum_ok(&self) -> bool {
+        crc32fast::hash(&self.payload) == self.crc32
+    }
+}
+
+/// Live counters, readable without touching the database.
+#[derive(Debug, Default)]
+pub struct OutboxStats {
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Undelivered sales, returns and voids: a store is safe to restart only at zero.
+    pub pending_transactions: AtomicU64,
+    pub shed_total: AtomicU64,
+    pub compacted_total: AtomicU64,
+    pub commits_total: AtomicU64,
+    pub quarantined_total: AtomicU64,
+}
+
+impl OutboxStats {
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn pending_transactions(&self) -> u64 {
+        self.pending_transactions.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) enum Command {
+    Append {
+        envelope: Box<Envelope>,
+        key: Option<String>,
+        reply: oneshot::Sender<Result<AppendOutcome, OutboxError>>,
+    },
+    Delete {
+        ids: Vec<EventId>,
+        reply: oneshot::Sender<Result<u64, OutboxError>>,
+    },
+    Quarantine {
+        seq: i64,
+        reason: String,
+        reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
+    Housekeep,
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Cheap, cloneable access to the outbox from async code.
+#[derive(Clone)]
+pub struct OutboxHandle {
+    tx: mpsc::Sender<Command>,
+    reader: Arc<Mutex<rusqlite::Connection>>,
+    stats: Arc<OutboxStats>,
+    appended: Arc<Notify>,
+}
+
+/// Owns the writer thread; dropping the last handle and calling
+/// [`Outbox::close`] flushes and closes the database.
+pub struct Outbox {
+    handle: OutboxHandle,
+    writer: Option<std::thread::JoinHandle<()>>,
+    pub report: OpenReport,
+}
+
+impl Outbox {
+    /// Opens (or creates, or recovers) the outbox and starts its writer thread.
+    pub fn open(config: OutboxConfig, store: StoreIdentity) -> Result<Outbox, OutboxError> {
+        let (conn, report) = recovery::open_or_recover(&config.path)?;
+        let reader = schema::open_reader(&config.path)?;
+        let stats = Arc::new(OutboxStats::default());
+        let appended = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel(8192);
+        let mut writer = writer::Writer::new(conn, config, store, stats.clone(), appended.clone())?;
+        if let Some(notice) = report.notice() {
+            writer.record_notice(notice)?;
+        }
+        let thread = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| OutboxError::Open {
+                path: PathBuf::from("outbox-writer thread"),
+                reason: e.to_string(),
+            })?;
+        Ok(Outbox {
+            handle: OutboxHandle {
+                tx,
+                reader: Arc::new(Mutex::new(reader)),
+                stats,
+                appended,
+            },
+            writer: Some(thread),
+            report,
+        })
+    }
+
+    pub fn handle(&self) -> OutboxHandle {
+        self.handle.clone()
+    }
+
+    /// Completes every command queued so far, checkpoints and closes the
+    /// database. Later calls on any handle fail with [`OutboxError::Closed`].
+    pub async fn close(mut self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .handle
+            .tx
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
+        if let Some(t) = self.writer.take() {
+            if tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map(|r| r.is_err())
+                .unwrap_or(true)
+            {
+                tracing::error!("outbox writer thread ended abnormally during close");
+            }
+        }
+    }
+}
+
+impl OutboxHandle {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OutboxError>>) -> Command,
+    ) -> Result<T, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Commits one event durably. See the module invariants.
+    pub async fn append(
+        &self,
+        envelope: Envelope,
+        key: Option<String>,
+    ) -> Result<AppendOutcome, OutboxError> {
+        self.call(|reply| Command::Append {
+            envelope: Box::new(envelope),
+            key,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes receipted events; returns how many rows were removed.
+    pub async fn delete(&self, ids: Vec<EventId>) -> Result<u64, OutboxError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.call(|reply| Command::Delete { ids, reply }).await
+    }
+
+    /// Moves a row that failed its checksum out of the send path, reporting it.
+    pub async fn quarantine(&self, seq: i64, reason: String) -> Result<(), OutboxError> {
+        self.call(|reply| Command::Quarantine { seq, reason, reply })
+            .await
+    }
+
+    /// Asks the writer to checkpoint the WAL, prune old keys and reclaim space.
+    pub async fn housekeep(&self) -> Result<(), OutboxError> {
+        self.tx
+            .send(Command::Housekeep)
+            .await
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// Events after `after_seq` in order, up to `max_events` and about
+    /// `max_bytes` (always at least one event if any is there).
+    pub async fn read_after(
+        &self,
+        after_seq: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredEvent>, OutboxError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| OutboxError::Closed)?;
+            schema::read_after(&conn, after_seq, max_events, max_bytes)
+        })
+        .await
+        .map_err(|_| OutboxError::Closed)?
+    }
+
+    pub fn stats(&self) -> &OutboxStats {
+        &self.stats
+    }
+
+    pub fn stats_arc(&self) -> Arc<OutboxStats> {
+        self.stats.clone()
+    }
+
+    /// Resolves when something was appended since the last call.
+    pub async fn appended(&self) {
+        self.appended.notified().await
+    }
+}
+
+/// Whether a kind may be compacted and shed, and its capacity tier.
+pub(crate) fn priority_of(kind: EventKind) -> i64 {
+    if kind.is_transaction() || kind == EventKind::AgentNotice {
+        0
+    } else if kind.is_sheddable() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Path helpers for the database and the files SQLite keeps beside it.
+pub(crate) fn sidecars(path: &Path) -> [PathBuf; 2] {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    [PathBuf::from(wal), PathBuf::from(shm)]
+}

@@ -1,0 +1,501 @@
+//! The writer thread: group commit, capacity policy, deletes by receipt.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use protocol::device::{AgentNotice, NoticeCode};
+use protocol::{Envelope, EventBody, EventId, Source, SourceKind};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::{mpsc, Notify};
+
+use super::{priority_of, AppendOutcome, Command, OutboxConfig, OutboxError, OutboxStats};
+use crate::ingest::StoreIdentity;
+
+/// Kept for a week: longer than any event stays undelivered in practice, and
+/// long enough that a terminal replaying yesterday's journal is recognised.
+const KEY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shed counts are reported at most this often, aggregated.
+const SHED_REPORT_EVERY: Duration = Duration::from_secs(10);
+/// Telemetry may use this share of the capacity; the rest is kept for events
+/// that must not be shed, so a flood of shelf readings never refuses a sale.
+const TELEMETRY_SHARE: f64 = 0.80;
+/// Scans, alerts and device status may use this share; transactions and
+/// notices all of it.
+const EVENT_SHARE: f64 = 0.95;
+
+pub(crate) struct Writer {
+    conn: Connection,
+    config: OutboxConfig,
+    store: StoreIdentity,
+    stats: Arc<OutboxStats>,
+    appended: Arc<Notify>,
+    unreported_shed: u64,
+    /// None until the first report: the first shed is reported at once.
+    last_shed_report: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Crc of the body's canonical JSON: tells an honest retry (same body) from
+/// a terminal reusing a sequence number for a different transaction.
+fn body_crc(body: &EventBody) -> u32 {
+    crc32fast::hash(&serde_json::to_vec(body).unwrap_or_default())
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        config: OutboxConfig,
+        store: StoreIdentity,
+        stats: Arc<OutboxStats>,
+        appended: Arc<Notify>,
+    ) -> Result<Writer, OutboxError> {
+        let (rows, bytes, pending): (i64, i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(length(payload)), 0),
+                    coalesce(sum(priority = 0 AND kind IN ('storelink.sale','storelink.return','storelink.void')), 0)
+             FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        stats.rows.store(rows as u64, Ordering::Relaxed);
+        stats.bytes.store(bytes as u64, Ordering::Relaxed);
+        stats
+            .pending_transactions
+            .store(pending as u64, Ordering::Relaxed);
+        Ok(Writer {
+            conn,
+            config,
+            store,
+            stats,
+            appended,
+            unreported_shed: 0,
+            last_shed_report: None,
+        })
+    }
+
+    /// Records an agent notice outside the normal request path (at open).
+    pub(crate) fn record_notice(&mut self, notice: AgentNotice) -> Result<(), OutboxError> {
+        let tx = self.conn.transaction()?;
+        let env = notice_envelope(&self.store, notice);
+        insert(&tx, &self.stats, &env)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(self.config.group_commit_max);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.config.group_commit_max {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let shutdown = self.process(&mut batch);
+            if let Some(reply) = shutdown {
+                rx.close();
+                // Finish whatever was queued before the close took effect.
+                while let Ok(cmd) = rx.try_recv() {
+                    batch.push(cmd);
+                }
+                let _ = self.process(&mut batch);
+                self.checkpoint("TRUNCATE");
+                let _ = reply.send(());
+                tracing::info!("outbox closed");
+                return;
+            }
+        }
+        self.checkpoint("TRUNCATE");
+    }
+
+    /// Runs one group of commands: all writes in one transaction, replies
+    /// after the commit. Returns the shutdown reply if one was requested.
+    fn process(&mut self, batch: &mut Vec<Command>) -> Option<tokio::sync::oneshot::Sender<()>> {
+        let mut shutdown = None;
+        let mut replies: Vec<Reply> = Vec::new();
+        let mut housekeep = false;
+        let snapshot = (
+            self.stats.rows(),
+            self.stats.bytes(),
+            self.stats.pending_transactions(),
+        );
+        let started = Instant::now();
+        let result = (|| -> Result<(), OutboxError> {
+            let tx = self.conn.transaction()?;
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Append {
+                        envelope,
+                        key,
+                        reply,
+                    } => {
+                        let outcome = append(
+                            &tx,
+                            &self.config,
+                            &self.stats,
+                            &envelope,
+                            key.as_deref(),
+                            &mut self.unreported_shed,
+                        );
+                        replies.push(Reply::Append(Pending { reply, outcome }));
+                    }
+                    Command::Delete { ids, reply } => {
+                        let outcome = delete(&tx, &self.stats, &ids);
+                        replies.push(Reply::Delete(Pending { reply, outcome }));
+                    }
+                    Command::Quarantine { seq, reason, reply } => {
+                        let outcome = quarantine(&tx, &self.store, &self.stats, seq, &reason);
+                        replies.push(Reply::Quarantine(Pending { reply, outcome }));
+                    }
+                    Command::Housekeep => housekeep = true,
+                    Command::Shutdown { reply } => shutdown = Some(reply),
+                }
+            }
+            if self.unreported_shed > 0
+                && self
+                    .last_shed_report
+                    .is_none_or(|t| t.elapsed() >= SHED_REPORT_EVERY)
+            {
+                let notice = AgentNotice {
+                    code: NoticeCode::TelemetryShed,
+                    message: format!(
+                        "outbox full: {} shelf readings compacted or shed",
+                        self.unreported_shed
+                    ),
+                    count: self.unreported_shed,
+                };
+                insert(&tx, &self.stats, &notice_envelope(&self.store, notice))?;
+                tracing::warn!(
+                    shed = self.unreported_shed,
+                    "telemetry shed while the outbox is full; reported"
+                );
+                self.unreported_shed = 0;
+                self.last_shed_report = Some(Instant::now());
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
+        let commit_err = result.err();
+        if let Some(e) = &commit_err {
+            // Nothing of this group is durable: restore the counters and
+            // fail every request in it.
+            self.stats.rows.store(snapshot.0, Ordering::Relaxed);
+            self.stats.bytes.store(snapshot.1, Ordering::Relaxed);
+            self.stats
+                .pending_transactions
+                .store(snapshot.2, Ordering::Relaxed);
+            tracing::error!(error = %e, "outbox commit failed; requests in this group are refused");
+        } else {
+            self.appended.notify_one();
+        }
+        crate::metrics::observe_commit(started.elapsed(), replies.len());
+        for reply in replies {
+            reply.finish(commit_err.as_ref());
+        }
+        if housekeep {
+            self.housekeep();
+        }
+        shutdown
+    }
+
+    fn checkpoint(&self, mode: &str) {
+        if let Err(e) = self
+            .conn
+            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, mode, "WAL checkpoint failed");
+        }
+    }
+
+    /// Small, bounded steps so a commit never waits long behind housekeeping.
+    fn housekeep(&mut self) {
+        let cutoff = now_ms() - KEY_RETENTION.as_millis() as i64;
+        if let Err(e) = self.conn.execute(
+            "DELETE FROM transaction_keys WHERE key IN (SELECT key FROM transaction_keys WHERE created_ms < ?1 LIMIT 10000)",
+            params![cutoff],
+        ) {
+            tracing::warn!(error = %e, "pruning old transaction keys failed");
+        }
+        // Return up to 4 MiB of free pages to the file system per pass.
+        if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum(1024);") {
+            tracing::warn!(error = %e, "incremental vacuum failed");
+        }
+        let mode = if self.stats.rows() == 0 {
+            "TRUNCATE"
+        } else {
+            "PASSIVE"
+        };
+        self.checkpoint(mode);
+    }
+}
+
+/// A request answered after its group's commit: the request's own outcome,
+/// unless the commit failed, in which case nothing of it is durable.
+struct Pending<T> {
+    reply: tokio::sync::oneshot::Sender<Result<T, OutboxError>>,
+    outcome: Result<T, OutboxError>,
+}
+
+impl<T> Pending<T> {
+    fn finish(self, commit_err: Option<&OutboxError>) {
+        let result = match (commit_err, self.outcome) {
+            (Some(e), Ok(_)) => Err(clone_err(e)),
+            (_, r) => r,
+        };
+        // The requester may have given up (timeout, shutdown); nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+enum Reply {
+    Append(Pending<AppendOutcome>),
+    Delete(Pending<u64>),
+    Quarantine(Pending<()>),
+}
+
+impl Reply {
+    fn finish(self, commit_err: Option<&OutboxError>) {
+        match self {
+            Reply::Append(p) => p.finish(commit_err),
+            Reply::Delete(p) => p.finish(commit_err),
+            Reply::Quarantine(p) => p.finish(commit_err),
+        }
+    }
+}
+
+fn clone_err(e: &OutboxError) -> OutboxError {
+    match e {
+        OutboxError::Full { rows, bytes } => OutboxError::Full {
+            rows: *rows,
+            bytes: *bytes,
+        },
+        OutboxError::Closed => OutboxError::Closed,
+        other => OutboxError::Open {
+            path: "outbox commit".into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn notice_envelope(store: &StoreIdentity, notice: AgentNotice) -> Envelope {
+    Envelope::new(
+        store.store_id.clone(),
+        store.region.clone(),
+        Source {
+            kind: SourceKind::Agent,
+            device_id: "store-agent".into(),
+        },
+        Utc::now().fixed_offset(),
+        EventBody::AgentNotice(notice),
+    )
+}
+
+fn insert(tx: &Transaction<'_>, stats: &OutboxStats, env: &Envelope) -> Result<(), OutboxError> {
+    let payload = env.to_json();
+    let priority = priority_of(env.schema);
+    tx.prepare_cached(
+        "INSERT INTO events (id, kind, priority, device_id, payload, crc32, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        env.id.0.as_bytes().as_slice(),
+        env.schema.schema_name(),
+        priority,
+        env.source.device_id,
+        payload,
+        i64::from(crc32fast::hash(&payload)),
+        now_ms(),
+    ])?;
+    stats.rows.fetch_add(1, Ordering::Relaxed);
+    stats
+        .bytes
+        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+    if env.schema.is_transaction() {
+        stats.pending_transactions.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn over(stats: &OutboxStats, config: &OutboxConfig, share: f64, extra_bytes: u64) -> bool {
+    let max_rows = (config.max_rows as f64 * share) as u64;
+    let max_bytes = (config.max_bytes as f64 * share) as u64;
+    stats.rows() + 1 > max_rows || stats.bytes() + extra_bytes > max_bytes
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    config: &OutboxConfig,
+    stats: &OutboxStats,
+    env: &Envelope,
+    key: Option<&str>,
+    unreported_shed: &mut u64,
+) -> Result<AppendOutcome, OutboxError> {
+    let crc = key.map(|_| body_crc(&env.body));
+    if let (Some(key), Some(crc)) = (key, crc) {
+        let existing: Option<(Vec<u8>, i64)> = tx
+            .prepare_cached("SELECT event_id, body_crc FROM transaction_keys WHERE key = ?1")?
+            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((id, stored_crc)) = existing {
+            let original = uuid::Uuid::from_slice(&id)
+                .map(EventId)
+                .unwrap_or(EventId(uuid::Uuid::nil()));
+            return if stored_crc as u32 == crc {
+                Ok(AppendOutcome::Duplicate(original))
+            } else {
+                Err(OutboxError::IdempotencyConflict {
+                    key: key.to_owned(),
+                    original,
+                })
+            };
+        }
+    }
+    // Rough size before serialising: the check only needs to be conservative.
+    let size_hint = 2048u64;
+    match priority_of(env.schema) {
+        0 => {
+            if over(stats, config, 1.0, size_hint) {
+                return Err(OutboxError::Full {
+                    rows: stats.rows(),
+                    bytes: stats.bytes(),
+                });
+            }
+        }
+        1 => {
+            if over(stats, config, EVENT_SHARE, size_hint) {
+                return Err(OutboxError::Full {
+                    rows: stats.rows(),
+                    bytes: stats.bytes(),
+                });
+            }
+        }
+        _ => {
+            if over(stats, config, TELEMETRY_SHARE, size_hint) {
+                // First compact: the new reading supersedes this sensor's older ones.
+                let compacted = delete_telemetry(
+                    tx,
+                    stats,
+                    "SELECT seq FROM events WHERE priority = 2 AND device_id = ?1",
+                    &env.source.device_id,
+                )?;
+                stats
+                    .compacted_total
+                    .fetch_add(compacted, Ordering::Relaxed);
+                *unreported_shed += compacted;
+                // Then shed the oldest readings of any sensor.
+                while over(stats, config, TELEMETRY_SHARE, size_hint) {
+                    let shed = delete_telemetry(
+                        tx,
+                        stats,
+                        "SELECT seq FROM events WHERE priority = 2 AND ?1 IS NOT NULL ORDER BY seq LIMIT 256",
+                        "",
+                    )?;
+                    stats.shed_total.fetch_add(shed, Ordering::Relaxed);
+                    *unreported_shed += shed;
+                    if shed == 0 {
+                        // Nothing left to shed: this reading is the one shed.
+                        stats.shed_total.fetch_add(1, Ordering::Relaxed);
+                        *unreported_shed += 1;
+                        return Ok(AppendOutcome::Shed);
+                    }
+                }
+            }
+        }
+    }
+    insert(tx, stats, env)?;
+    if let (Some(key), Some(crc)) = (key, crc) {
+        tx.prepare_cached(
+            "INSERT INTO transaction_keys (key, event_id, body_crc, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![key, env.id.0.as_bytes().as_slice(), i64::from(crc), now_ms()])?;
+    }
+    Ok(AppendOutcome::Stored)
+}
+
+/// Deletes the telemetry rows selected by `select_seqs` (bound to `arg`).
+fn delete_telemetry(
+    tx: &Transaction<'_>,
+    stats: &OutboxStats,
+    select_seqs: &str,
+    arg: &str,
+) -> Result<u64, OutboxError> {
+    let sql = format!("DELETE FROM events WHERE seq IN ({select_seqs}) RETURNING length(payload)");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params![arg])?;
+    let mut n = 0u64;
+    while let Some(row) = rows.next()? {
+        let len: i64 = row.get(0)?;
+        n += 1;
+        stats.rows.fetch_sub(1, Ordering::Relaxed);
+        stats.bytes.fetch_sub(len as u64, Ordering::Relaxed);
+    }
+    Ok(n)
+}
+
+fn delete(tx: &Transaction<'_>, stats: &OutboxStats, ids: &[EventId]) -> Result<u64, OutboxError> {
+    let mut stmt = tx.prepare_cached(
+        "DELETE FROM events WHERE id = ?1 RETURNING length(payload), kind IN ('storelink.sale','storelink.return','storelink.void')",
+    )?;
+    let mut n = 0u64;
+    for id in ids {
+        let mut rows = stmt.query(params![id.0.as_bytes().as_slice()])?;
+        while let Some(row) = rows.next()? {
+            let len: i64 = row.get(0)?;
+            let is_tx: bool = row.get(1)?;
+            n += 1;
+            stats.rows.fetch_sub(1, Ordering::Relaxed);
+            stats.bytes.fetch_sub(len as u64, Ordering::Relaxed);
+            if is_tx {
+                stats.pending_transactions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn quarantine(
+    tx: &Transaction<'_>,
+    store: &StoreIdentity,
+    stats: &OutboxStats,
+    seq: i64,
+    reason: &str,
+) -> Result<(), OutboxError> {
+    let moved = tx.execute(
+        "INSERT INTO quarantine (seq, id, payload, reason, at_ms)
+         SELECT seq, id, payload, ?2, ?3 FROM events WHERE seq = ?1",
+        params![seq, reason, now_ms()],
+    )?;
+    let removed: Option<(i64, bool)> = tx
+        .query_row(
+            "DELETE FROM events WHERE seq = ?1 RETURNING length(payload), kind IN ('storelink.sale','storelink.return','storelink.void')",
+            params![seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    if let Some((len, is_tx)) = removed {
+        stats.rows.fetch_sub(1, Ordering::Relaxed);
+        stats.bytes.fetch_sub(len as u64, Ordering::Relaxed);
+        if is_tx {
+            stats.pending_transactions.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if moved > 0 {
+        stats.quarantined_total.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(seq, reason, "stored event failed its checksum; quarantined");
+        let notice = AgentNotice {
+            code: NoticeCode::OutboxCorruptEvents,
+            message: format!(
+                "event at outbox seq {seq} failed its checksum ({reason}) and was quarantined"
+            ),
+            count: 1,
+        };
+        insert(tx, stats, &notice_envelope(store, notice))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! Bridge configuration in two phases: a strict parse of `bridge.toml`
+//! (unknown keys are errors) with environment overrides, then validation into
+//! [`Config`] that reports *every* problem at once, before anything connects.
+//! rumqttc's option setters `assert!` on bad values, so nothing reaches them
+//! unvalidated.
+//!
+//! Environment overrides (all optional):
+//!
+//! | variable | key |
+//! | --- | --- |
+//! | `STORELINK_BRIDGE_ID` | `bridge_id` |
+//! | `STORELINK_BRIDGE_HTTP_LISTEN` | `http_listen` |
+//! | `STORELINK_BRIDGE_MQTT_HOST` | `mqtt.host` |
+//! | `STORELINK_BRIDGE_MQTT_PORT` | `mqtt.port` |
+//! | `STORELINK_BRIDGE_MQTT_CLIENT_ID` | `mqtt.client_id` |
+//! | `STORELINK_BRIDGE_MQTT_SHARE_GROUP` | `mqtt.share_group` |
+//! | `STORELINK_BRIDGE_MQTT_USERNAME` / `_PASSWORD` | `mqtt.username` / `mqtt.password` |
+//! | `STORELINK_BRIDGE_KAFKA_BOOTSTRAP` | `kafka.bootstrap` |
+//! | `STORELINK_BRIDGE_TOPICS_PARTITIONS` | `topics.partitions` |
+//! | `STORELINK_BRIDGE_TOPICS_REPLICATION_FACTOR` | `topics.replication_factor` |
+//! | `STORELINK_BRIDGE_TOPICS_MIN_INSYNC_REPLICAS` | `topics.min_insync_replicas` |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid bridge config: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// `bridge.toml` as written. Every section is optional; defaults are safe.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub bridge_id: Option<String>,
+    pub http_listen: Option<String>,
+    #[serde(default)]
+    pub mqtt: RawMqtt,
+    #[serde(default)]
+    pub kafka: RawKafka,
+    #[serde(default)]
+    pub topics: RawTopics,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub dedupe: RawDedupe,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    pub client_id: Option<String>,
+    pub share_group: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive_s: Option<i64>,
+    pub max_packet_bytes: Option<i64>,
+    pub request_channel_capacity: Option<i64>,
+    pub outgoing_inflight: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    pub bootstrap: Option<String>,
+    pub ensure_topics_at_startup: Option<bool>,
+    pub acks: Option<String>,
+    pub enable_idempotence: Option<bool>,
+    pub compression: Option<String>,
+    pub linger_ms: Option<i64>,
+    pub batch_size: Option<i64>,
+    pub message_timeout_ms: Option<i64>,
+    pub message_max_bytes: Option<i64>,
+    pub retry_max_backoff_ms: Option<i64>,
+    /// Any further librdkafka producer properties, passed through as is.
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopics {
+    pub partitions: Option<i64>,
+    pub replication_factor: Option<i64>,
+    pub min_insync_replicas: Option<i64>,
+    pub retention_ms: Option<i64>,
+    pub dead_letter_retention_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_events_in_flight: Option<i64>,
+    pub max_messages_in_flight: Option<i64>,
+    pub max_event_bytes: Option<i64>,
+    pub shutdown_grace_s: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedupe {
+    pub max_entries: Option<i64>,
+    pub max_age_s: Option<i64>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Names this replica in receipts and logs.
+    pub bridge_id: String,
+    pub http_listen: SocketAddr,
+    pub mqtt: MqttConfig,
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub limits: Limits,
+    pub dedupe: DedupeConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Stable per replica: the broker keeps this session's unacked messages
+    /// while the replica restarts, and only this client id can take them.
+    pub client_id: String,
+    pub share_group: String,
+    pub credentials: Option<(String, String)>,
+    pub keep_alive: Duration,
+    pub max_packet_bytes: usize,
+    pub request_channel_capacity: usize,
+    pub outgoing_inflight: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub bootstrap: String,
+    pub ensure_topics_at_startup: bool,
+    /// Producer properties handed to librdkafka (defaults merged with `extra`).
+    pub producer: BTreeMap<String, String>,
+    pub message_max_bytes: usize,
+    pub retry_max_backoff: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicsConfig {
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub min_insync_replicas: i32,
+    pub retention_ms: i64,
+    pub dead_letter_retention_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_events_in_flight: usize,
+    pub max_messages_in_flight: usize,
+    pub max_event_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DedupeConfig {
+    pub max_entries: usize,
+    pub max_age: Duration,
+}
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn from_toml(text: &str, origin: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies `STORELINK_BRIDGE_*` variables from `lookup` (the process
+    /// environment in `main`, a map in tests). Unparsable numbers are
+    /// reported by [`RawConfig::validate`].
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+        errors: &mut Vec<String>,
+    ) {
+        let mut num = |var: &str, slot: &mut Option<i64>| {
+            if let Some(v) = lookup(var) {
+                match v.trim().parse() {
+                    Ok(n) => *slot = Some(n),
+                    Err(_) => errors.push(format!("{var}={v:?} is not an integer")),
+                }
+            }
+        };
+        num("STORELINK_BRIDGE_MQTT_PORT", &mut self.mqtt.port);
+        num("STORELINK_BRIDGE_TOPICS_PARTITIONS", &mut self.topics.partitions);
+        num(
+            "STORELINK_BRIDGE_TOPICS_REPLICATION_FACTOR",
+            &mut self.topics.replication_factor,
+        );
+        num(
+            "STORELINK_BRIDGE_TOPICS_MIN_INSYNC_REPLICAS",
+            &mut self.topics.min_insync_replicas,
+        );
+        let strs: [(&str, &mut Option<String>); 8] = [
+            ("STORELINK_BRIDGE_ID", &mut self.bridge_id),
+            ("STORELINK_BRIDGE_HTTP_LISTEN", &mut self.http_listen),
+            ("STORELINK_BRIDGE_MQTT_HOST", &mut self.mqtt.host),
+            ("STORELINK_BRIDGE_MQTT_CLIENT_ID", &mut self.mqtt.client_id),
+            ("STORELINK_BRIDGE_MQTT_SHARE_GROUP", &mut self.mqtt.share_group),
+            ("STORELINK_BRIDGE_MQTT_USERNAME", &mut self.mqtt.username),
+            ("STORELINK_BRIDGE_MQTT_PASSWORD", &mut self.mqtt.password),
+            ("STORELINK_BRIDGE_KAFKA_BOOTSTRAP", &mut self.kafka.bootstrap),
+        ];
+        for (var, slot) in strs {
+            if let Some(v) = lookup(var) {
+                *slot = Some(v);
+            }
+        }
+    }
+
+    /// Checks everything and returns the typed config or every problem found.
+    pub fn validate(self, mut errors: Vec<String>) -> Result<Config, ConfigError> {
+        let mut range = |name: &str, v: Option<i64>, default: i64, min: i64, max: i64| -> i64 {
+            let v = v.unwrap_or(default);
+            if v < min || v > max {
+                errors.push(format!("{name} = {v} is out of range {min}..={max}"));
+                default
+            } else {
+                v
+            }
+        };
+        let port = range("mqtt.port", self.mqtt.port, 1883, 1, 65535);
+        let keep_alive_s = range("mqtt.keep_alive_s", self.mqtt.keep_alive_s, 30, 1, 65535);
+        let max_packet = range(
+            "mqtt.max_packet_bytes",
+            self.mqtt.max_packet_bytes,
+            8 * 1024 * 1024,
+            1024,
+            256 * 1024 * 1024,
+        );
+        let req_cap = range(
+            "mqtt.request_channel_capacity",
+            self.mqtt.request_channel_capacity,
+            4096,
+            1,
+            1_000_000,
+        );
+        let out_inflight = range(
+            "mqtt.outgoing_inflight",
+            self.mqtt.outgoing_inflight,
+            1000,
+            1,
+            65535,
+        );
+        let linger = range("kafka.linger_ms", self.kafka.linger_ms, 5, 0, 900_000);
+        let batch_size = range(
+            "kafka.batch_size",
+            self.kafka.batch_size,
+            1_000_000,
+            1,
+            2_147_483_647,
+        );
+        let msg_timeout = range(
+            "kafka.message_timeout_ms",
+            self.kafka.message_timeout_ms,
+            120_000,
+            1_000,
+            2_147_483_647,
+        );
+        let msg_max = range(
+            "kafka.message_max_bytes",
+            self.kafka.message_max_bytes,
+            1_000_000,
+            1_000,
+            1_000_000_000,
+        );
+        let retry_backoff = range(
+            "kafka.retry_max_backoff_ms",
+            self.kafka.retry_max_backoff_ms,
+            5_000,
+            10,
+            600_000,
+        );
+        let partitions = range("topics.partitions", self.topics.partitions, 12, 1, 10_000);
+        let rf = range(
+            "topics.replication_factor",
+            self.topics.replication_factor,
+            3,
+            1,
+            32,
+        );
+        let min_isr = range(
+            "topics.min_insync_replicas",
+            self.topics.min_insync_replicas,
+            2.min(rf),
+            1,
+            32,
+        );
+        let retention = range(
+            "topics.retention_ms",
+            self.topics.retention_ms,
+            7 * 24 * 3600 * 1000,
+            -1,
+            i64::MAX,
+        );
+        let dlq_retention = range(
+            "topics.dead_letter_retention_ms",
+            self.topics.dead_letter_retention_ms,
+            30 * 24 * 3600 * 1000,
+            -1,
+            i64::MAX,
+        );
+        let max_events = range(
+            "limits.max_events_in_flight",
+            self.limits.max_events_in_flight,
+            50_000,
+            1,
+            10_000_000,
+        );
+        let max_msgs = range(
+            "limits.max_messages_in_flight",
+            self.limits.max_messages_in_flight,
+            1_000,
+            1,
+            65_535,
+        );
+        let max_event_bytes = range(
+            "limits.max_event_bytes",
+            self.limits.max_event_bytes,
+            256 * 1024,
+            64,
+            1_000_000_000,
+        );
+        let grace = range(
+            "limits.shutdown_grace_s",
+            self.limits.shutdown_grace_s,
+            30,
+            0,
+            3600,
+        );
+        let dd_entries = range(
+            "dedupe.max_entries",
+            self.dedupe.max_entries,
+            1_000_000,
+            0,
+            100_000_000,
+        );
+        let dd_age = range("dedupe.max_age_s", self.dedupe.max_age_s, 3600, 0, 30 * 86400);
+
+        if min_isr > rf {
+            errors.push(format!(
+                "topics.min_insync_replicas ({min_isr}) exceeds topics.replication_factor ({rf}): \
+                 no write with acks=all could ever succeed"
+            ));
+        }
+        if max_event_bytes > msg_max {
+            errors.push(format!(
+                "limits.max_event_bytes ({max_event_bytes}) exceeds kafka.message_max_bytes ({msg_max}): \
+                 Kafka would refuse events the bridge lets through"
+            ));
+        }
+
+        let bridge_id = self.bridge_id.unwrap_or_else(|| "bridge-0".to_owned());
+        check_id("bridge_id", &bridge_id, &mut errors);
+        let client_id = self
+            .mqtt
+            .client_id
+            .unwrap_or_else(|| format!("storelink-{bridge_id}"));
+        check_id("mqtt.client_id", &client_id, &mut errors);
+        let share_group = self
+            .mqtt
+            .share_group
+            .unwrap_or_else(|| "storelink-bridge".to_owned());
+        check_id("mqtt.share_group", &share_group, &mut errors);
+        let host = self.mqtt.host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        if host.trim().is_empty() || host.contains(char::is_whitespace) {
+            errors.push(format!("mqtt.host {host:?} is not a host name"));
+        }
+        let credentials = match (self.mqtt.username, self.mqtt.password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => {
+                errors.push("mqtt.username and mqtt.password go together".to_owned());
+                None
+            }
+        };
+        let http_listen_text = self.http_listen.unwrap_or_else(|| "0.0.0.0:9090".to_owned());
+        let http_listen = match http_listen_text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!(
+                    "http_listen {http_listen_text:?} is not an address like 0.0.0.0:9090"
+                ));
+                None
+            }
+        };
+        let bootstrap = self.kafka.bootstrap.unwrap_or_default();
+        if bootstrap.trim().is_empty() {
+            errors.push(
+                "kafka.bootstrap is required (or STORELINK_BRIDGE_KAFKA_BOOTSTRAP)".to_owned(),
+            );
+        }
+        let acks = self.kafka.acks.unwrap_or_else(|| "all".to_owned());
+        if !["all", "-1", "1", "0"].contains(&acks.as_str()) {
+            errors.push(format!("kafka.acks {acks:?} must be all, 1 or 0"));
+        }
+        let idempotence = self.kafka.enable_idempotence.unwrap_or(true);
+        if idempotence && !["all", "-1"].contains(&acks.as_str()) {
+            errors.push("kafka.enable_idempotence = true requires kafka.acks = \"all\"".to_owned());
+        }
+        let compression = self.kafka.compression.unwrap_or_else(|| "lz4".to_owned());
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&compression.as_str()) {
+            errors.push(format!(
+                "kafka.compression {compression:?} must be none, gzip, snappy, lz4 or zstd"
+            ));
+        }
+        for key in self.kafka.extra.keys() {
+            if key == "bootstrap.servers" {
+                errors.push("kafka.extra must not set bootstrap.servers (use kafka.bootstrap)".into());
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigError::Invalid(errors));
+        }
+        let mut producer = BTreeMap::new();
+        for (k, v) in [
+            ("acks", acks),
+            ("enable.idempotence", idempotence.to_string()),
+            ("compression.type", compression),
+            ("linger.ms", linger.to_string()),
+            ("batch.size", batch_size.to_string()),
+            ("message.timeout.ms", msg_timeout.to_string()),
+            ("message.max.bytes", msg_max.to_string()),
+            // Enough room for max_events_in_flight records plus retries.
+            ("queue.buffering.max.messages", "1000000".to_owned()),
+        ] {
+            producer.insert(k.to_owned(), v);
+        }
+        producer.extend(self.kafka.extra);
+        // Validated above: every conversion below is in range.
+        Ok(Config {
+            bridge_id,
+            http_listen: http_listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9090))),
+            mqtt: MqttConfig {
+                host,
+                port: port as u16,
+                client_id,
+                share_group,
+                credentials,
+                keep_alive: Duration::from_secs(keep_alive_s as u64),
+                max_packet_bytes: max_packet as usize,
+                request_channel_capacity: req_cap as usize,
+                outgoing_inflight: out_inflight as u16,
+            },
+            kafka: KafkaConfig {
+                bootstrap,
+                ensure_topics_at_startup: self.kafka.ensure_topics_at_startup.unwrap_or(true),
+                producer,
+                message_max_bytes: msg_max as usize,
+                retry_max_backoff: Duration::from_millis(retry_backoff as u64),
+            },
+            topics: TopicsConfig {
+                partitions: partitions as i32,
+                replication_factor: rf as i32,
+                min_insync_replicas: min_isr as i32,
+                retention_ms: retention,
+                dead_letter_retention_ms: dlq_retention,
+            },
+            limits: Limits {
+                max_events_in_flight: max_events as usize,
+                max_messages_in_flight: max_msgs as usize,
+                max_event_bytes: max_event_bytes as usize,
+                shutdown_grace: Duration::from_secs(grace as u64),
+            },
+            dedupe: DedupeConfig {
+                max_entries: dd_entries as usize,
+                max_age: Duration::from_secs(dd_age as u64),
+            },
+        })
+    }
+}
+
+/// Ids end up in MQTT client ids, shared-subscription names and receipts:
+/// no MQTT wildcards or separators, no whitespace.
+fn check_id(name: &str, v: &str, errors: &mut Vec<String>) {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !ok {
+        errors.push(format!(
+            "{name} {v:?} must be 1-128 characters of A-Z a-z 0-9 - _ ."
+        ));
+    }
+}
+
+/// Reads, overrides from the process environment, validates.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut raw = RawConfig::from_file(path)?;
+    let mut errors = Vec::new();
+    raw.apply_env(|k| std::env::var(k).ok(), &mut errors);
+    raw.validate(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::from_toml(toml, "test")?;
+        let mut errors = Vec::new();
+        raw.apply_env(
+            |k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()),
+            &mut errors,
+        );
+        raw.validate(errors)
+    }
+
+    #[test]
+    fn defaults_are_the_safe_producer_settings() {
+        let c = validate("[kafka]\nbootstrap = \"k:9092\"\n", &[]).expect("valid");
+        assert_eq!(c.kafka.producer["enable.idempotence"], "true");
+        assert_eq!(c.kafka.producer["acks"], "all");
+        assert_eq!(c.topics.replication_factor, 3);
+        assert_eq!(c.topics.min_insync_replicas, 2);
+        assert_eq!(c.mqtt.client_id, "storelink-bridge-0");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = validate(
+            "[mqtt]\nport = 1\n[kafka]\nbootstrap = \"a:1\"\n",
+            &[
+                ("STORELINK_BRIDGE_MQTT_PORT", "2883"),
+                ("STORELINK_BRIDGE_KAFKA_BOOTSTRAP", "b:2"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(c.mqtt.port, 2883);
+        assert_eq!(c.kafka.bootstrap, "b:2");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = validate(
+            "bridge_id = \"a b\"\n[mqtt]\nport = 70000\nkeep_alive_s = 0\n[kafka]\nacks = \"1\"\n\
+             [topics]\nreplication_factor = 1\nmin_insync_replicas = 2\n",
+            &[("STORELINK_BRIDGE_TOPICS_PARTITIONS", "x")],
+        )
+        .expect_err("invalid");
+        let ConfigError::Invalid(list) = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        let text = list.join("\n");
+        for needle in [
+            "mqtt.port",
+            "keep_alive_s",
+            "bridge_id",
+            "kafka.bootstrap",
+            "enable_idempotence",
+            "min_insync_replicas",
+            "STORELINK_BRIDGE_TOPICS_PARTITIONS",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = validate("[mqtt]\nprot = 1\n", &[]).expect_err("unknown key");
+        assert!(err.to_string().contains("prot"), "{err}");
+    }
+}

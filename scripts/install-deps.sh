@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what StoreLink's tests, demo and benchmarks need on a fresh Debian
+# machine, and nothing twice: Mosquitto (MQTT brokers), socat (pseudo-terminal
+# pairs for scanner tests), Java 17 and Maven (Apache Kafka from Maven Central),
+# then the Kafka jars themselves (scripts/kafka.sh install).
+#
+# Idempotent: a second run checks and returns in about a second.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+# rdkafka's bundled librdkafka builds with these.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+
+if ((${#missing[@]})); then
+    echo "install-deps: installing ${missing[*]}" >&2
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+bash scripts/kafka.sh install
+echo "install-deps: mosquitto, socat, java, mvn and the Kafka jars are ready" >&2

@@ -1,0 +1,290 @@
+//! A whole store, for end-to-end tests: a cloud Mosquitto, a store Mosquitto,
+//! (shared) Kafka, the `cloud-bridge` and the `store-agent` as separate
+//! processes, each on free loopback ports with its own temp directory.
+//!
+//! Every stack gets a unique store id, so tests sharing one Kafka broker only
+//! read their own records ([`StoreStack::consume`] filters on the
+//! `storelink.store_id` header).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::kafka::{self, Record};
+use crate::mosquitto::{free_port, Mosquitto};
+use crate::process::{bin_path, ChildProcess};
+
+/// Terminals every test profile declares.
+pub const TERMINALS: [&str; 8] = [
+    "pos-01", "pos-02", "pos-03", "pos-04", "pos-05", "pos-06", "pos-07", "pos-08",
+];
+
+/// Knobs a test may turn on the generated profile.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// TOML appended to the profile (`[[scanners]]`, `[[shelf_sensors]]`…).
+    pub extra_profile: String,
+    pub outbox_max_bytes: u64,
+    pub outbox_max_rows: u64,
+    pub receipt_timeout_secs: u64,
+    /// Start a bridge; tests of the agent alone can leave it out.
+    pub with_bridge: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            extra_profile: String::new(),
+            outbox_max_bytes: 1 << 30,
+            outbox_max_rows: 5_000_000,
+            receipt_timeout_secs: 10,
+            with_bridge: true,
+        }
+    }
+}
+
+pub struct StoreStack {
+    pub store_id: String,
+    pub http_base: String,
+    pub http_port: u16,
+    pub store_mqtt_port: u16,
+    pub kafka_bootstrap: String,
+    pub cloud_mqtt: Mosquitto,
+    pub store_mqtt: Mosquitto,
+    pub bridge: Option<ChildProcess>,
+    pub agent: ChildProcess,
+    pub dir: tempfile::TempDir,
+    profile_path: PathBuf,
+}
+
+/// Writes a bridge config and starts a `cloud-bridge` against these brokers.
+pub fn start_bridge(
+    dir: &Path,
+    name: &str,
+    mqtt_port: u16,
+    bootstrap: &str,
+) -> Result<(ChildProcess, u16)> {
+    let http_port = free_port()?;
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "bridge_id = \"{name}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"{name}\"\n\n[kafka]\nbootstrap = \"{bootstrap}\"\n\n[topics]\npartitions = 3\nreplication_factor = 1\nmin_insync_replicas = 1\n"
+        ),
+    )
+    .context("writing bridge config")?;
+    let mut cmd = Command::new(bin_path("cloud-bridge")?);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let bridge = ChildProcess::spawn_logging_to(name, cmd, &dir.join(format!("{name}.log")))?;
+    wait_http_ok(
+        &format!("http://127.0.0.1:{http_port}/readyz"),
+        Duration::from_secs(60),
+    )
+    .with_context(|| {
+        format!(
+            "bridge {name} did not become ready; log tail:\n{}",
+            bridge.log_tail(30)
+        )
+    })?;
+    Ok((bridge, http_port))
+}
+
+/// Polls `url` until it answers 200.
+pub fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("http client")?;
+    loop {
+        match client.get(url).send() {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if Instant::now() >= deadline => bail!("{url} answered {}", r.status()),
+            Err(e) if Instant::now() >= deadline => bail!("{url} unreachable: {e}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl StoreStack {
+    /// A store with the default options plus `extra_profile` TOML.
+    pub fn start(extra_profile: &str) -> Result<StoreStack> {
+        Self::start_with(StackOptions {
+            extra_profile: extra_profile.to_owned(),
+            ..StackOptions::default()
+        })
+    }
+
+    pub fn start_with(opts: StackOptions) -> Result<StoreStack> {
+        let cloud_mqtt = Mosquitto::start().context("cloud Mosquitto")?;
+        let store_mqtt = Mosquitto::start().context("store Mosquitto")?;
+        let kafka_bootstrap = kafka::shared().bootstrap().to_owned();
+        let dir = tempfile::Builder::new()
+            .prefix("storelink-store-")
+            .tempdir()
+            .context("temp dir")?;
+        let store_id = format!("store-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let bridge = if opts.with_bridge {
+            let (b, _) = start_bridge(
+                dir.path(),
+                &format!("bridge-{store_id}"),
+                cloud_mqtt.port(),
+                &kafka_bootstrap,
+            )?;
+            Some(b)
+        } else {
+            None
+        };
+        let http_port = free_port()?;
+        let terminals: String = TERMINALS
+            .iter()
+            .map(|t| format!("[[terminals]]\nid = \"{t}\"\n\n"))
+            .collect();
+        let profile = format!(
+            r#"[store]
+id = "{store_id}"
+region = "eu-west"
+timezone = "Europe/Dublin"
+currency = "EUR"
+
+[agent]
+http_listen = "127.0.0.1:{http_port}"
+data_dir = "{data_dir}"
+shutdown_grace_secs = 10
+
+[cloud]
+host = "127.0.0.1"
+port = {cloud_port}
+client_id = "{store_id}-agent"
+receipt_timeout_secs = {receipt_timeout}
+
+[outbox]
+max_bytes = {max_bytes}
+max_rows = {max_rows}
+
+[local_mqtt]
+host = "127.0.0.1"
+port = {store_port}
+
+{terminals}
+{extra}
+"#,
+            data_dir = dir.path().join("data").display(),
+            cloud_port = cloud_mqtt.port(),
+            store_port = store_mqtt.port(),
+            receipt_timeout = opts.receipt_timeout_secs,
+            max_bytes = opts.outbox_max_bytes,
+            max_rows = opts.outbox_max_rows,
+            extra = opts.extra_profile,
+        );
+        let profile_path = dir.path().join("store.toml");
+        std::fs::write(&profile_path, profile).context("writing profile")?;
+        let agent = spawn_agent(dir.path(), &profile_path)?;
+        let http_base = format!("http://127.0.0.1:{http_port}");
+        let stack = StoreStack {
+            store_id,
+            http_base,
+            http_port,
+            store_mqtt_port: store_mqtt.port(),
+            kafka_bootstrap,
+            cloud_mqtt,
+            store_mqtt,
+            bridge,
+            agent,
+            dir,
+            profile_path,
+        };
+        stack.wait_agent_ready(Duration::from_secs(30))?;
+        Ok(stack)
+    }
+
+    pub fn wait_agent_ready(&self, timeout: Duration) -> Result<()> {
+        wait_http_ok(&format!("{}/readyz", self.http_base), timeout).with_context(|| {
+            format!(
+                "store-agent not ready; log tail:\n{}",
+                self.agent.log_tail(30)
+            )
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn outbox_path(&self) -> PathBuf {
+        self.data_dir().join("outbox.db")
+    }
+
+    /// Starts the agent again on the same profile and data (after a kill).
+    pub fn restart_agent(&mut self) -> Result<()> {
+        self.agent = spawn_agent(self.dir.path(), &self.profile_path)?;
+        self.wait_agent_ready(Duration::from_secs(30))
+    }
+
+    /// This store's records on `topic`, read from the beginning until
+    /// `until(records)` holds or `timeout` passes.
+    pub fn consume(
+        &self,
+        topic: &str,
+        until: impl Fn(&[Record]) -> bool,
+        timeout: Duration,
+    ) -> Vec<Record> {
+        let store = self.store_id.clone();
+        let mine = move |r: &Record| {
+            r.header_str(protocol::topics::headers::STORE_ID).as_deref() == Some(store.as_str())
+        };
+        let filter = mine.clone();
+        let all = kafka::consume(
+            &self.kafka_bootstrap,
+            topic,
+            |rs| until(&rs.iter().filter(|r| filter(r)).cloned().collect::<Vec<_>>()),
+            timeout,
+        )
+        .unwrap_or_else(|e| panic!("consuming {topic}: {e:#}"));
+        all.into_iter().filter(|r| mine(r)).collect()
+    }
+
+    /// The agent's `/metrics` text.
+    pub fn agent_metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.http_base))
+            .and_then(|r| r.text())
+            .unwrap_or_default()
+    }
+
+    /// The agent's `/v1/outbox` statistics.
+    pub fn outbox_stats(&self) -> Result<serde_json::Value> {
+        Ok(reqwest::blocking::get(format!("{}/v1/outbox", self.http_base))?.json()?)
+    }
+
+    /// Events left in the outbox file, read straight from SQLite.
+    pub fn outbox_rows_on_disk(&self) -> Result<i64> {
+        let conn = rusqlite::Connection::open(self.outbox_path())?;
+        Ok(conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))?)
+    }
+}
+
+fn spawn_agent(dir: &Path, profile: &Path) -> Result<ChildProcess> {
+    let mut cmd = Command::new(bin_path("store-agent")?);
+    cmd.arg("run")
+        .arg("--profile")
+        .arg(profile)
+        .env("RUST_LOG", "info");
+    ChildProcess::spawn_logging_to("store-agent", cmd, &dir.join("store-agent.log"))
+}
+
+/// The value of a Prometheus sample `name` (with its label set as written) in `text`.
+pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .trim()
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,377 @@
+//! A real single-node Kafka broker for tests, through `scripts/kafka.sh`.
+//!
+//! * [`Kafka::start`]: a broker of its own in a temp dir (outage tests stop
+//!   and restart it on the same ports with the same data).
+//! * [`shared`]: one broker per test binary, started on first use. Statics
+//!   are never dropped, so the broker is started with `KAFKA_WATCH_PID` set to
+//!   this process: the script's supervisor kills the JVM (and removes its temp
+//!   dir) within a second of the test binary exiting, however it exits.
+//! * [`consume`]: reads topics from the beginning until a condition holds.
+//!
+//! A broker that cannot start is an error naming the cause and quoting the
+//! broker log: tests fail, they never skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// `scripts/kafka.sh` of this workspace.
+pub fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("scripts")
+        .join("kafka.sh")
+}
+
+/// A broker run by `scripts/kafka.sh` from a temp dir.
+pub struct Kafka {
+    bootstrap: String,
+    dir: PathBuf,
+    /// Removes the dir on drop; `None` for the shared broker, whose
+    /// supervisor removes it when the test binary exits.
+    _tmp: Option<tempfile::TempDir>,
+    running: bool,
+}
+
+impl Kafka {
+    /// Starts a broker of its own (formatted fresh, free ports).
+    pub fn start() -> Result<Kafka> {
+        let tmp = tempfile::Builder::new()
+            .prefix("storelink-kafka-")
+            .tempdir()
+            .context("creating a temp dir for Kafka")?;
+        let dir = tmp.path().to_owned();
+        let bootstrap = run_script_start(&dir, false)?;
+        let k = Kafka {
+            bootstrap,
+            dir,
+            _tmp: Some(tmp),
+            running: true,
+        };
+        k.wait_for_metadata(Duration::from_secs(60))?;
+        Ok(k)
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::process::log_tail(&self.dir.join("server.log"), n)
+    }
+
+    /// Controlled shutdown (SIGTERM, SIGKILL after 30 s).
+    pub fn stop(&mut self) -> Result<()> {
+        run_script(&["stop"], &self.dir)?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Crash (SIGKILL).
+    pub fn kill9(&mut self) -> Result<()> {
+        run_script(&["kill"], &self.dir)?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// Starts the broker again: same ports, same data.
+    pub fn start_again(&mut self) -> Result<()> {
+        let bootstrap = run_script_start(&self.dir, false)?;
+        if bootstrap != self.bootstrap {
+            bail!("Kafka came back on {bootstrap}, not on {}", self.bootstrap);
+        }
+        self.running = true;
+        self.wait_for_metadata(Duration::from_secs(60))
+    }
+
+    /// Waits until the broker answers a metadata request.
+    pub fn wait_for_metadata(&self, timeout: Duration) -> Result<()> {
+        wait_for_metadata(&self.bootstrap, timeout)
+            .with_context(|| format!("broker log tail:\n{}", self.log_tail(20)))
+    }
+
+    pub fn create_topics(&self, topics: &[(&str, i32)]) -> Result<()> {
+        create_topics(&self.bootstrap, topics)
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = run_script(&["kill"], &self.dir);
+        }
+    }
+}
+
+/// The broker shared by all tests of this test binary, started on first use.
+///
+/// Panics (failing the test) with the cause if the broker cannot start.
+pub fn shared() -> &'static Kafka {
+    static SHARED: OnceLock<Kafka> = OnceLock::new();
+    SHARED.get_or_init(|| start_shared().unwrap_or_else(|e| panic!("shared Kafka broker: {e:#}")))
+}
+
+fn start_shared() -> Result<Kafka> {
+    let tmp = tempfile::Builder::new()
+        .prefix("storelink-kafka-shared-")
+        .tempdir()
+        .context("creating a temp dir for Kafka")?;
+    // Ownership of the dir passes to the script's supervisor (removes it when
+    // this process exits).
+    let dir = tmp.keep();
+    let bootstrap = run_script_start(&dir, true)?;
+    let k = Kafka {
+        bootstrap,
+        dir,
+        _tmp: None,
+        running: true,
+    };
+    k.wait_for_metadata(Duration::from_secs(60))?;
+    // A static is never dropped; the supervisor's watchdog ends the JVM.
+    Ok(k)
+}
+
+fn run_script_start(dir: &Path, remove_on_exit: bool) -> Result<String> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(script_path())
+        .arg("start")
+        .arg(dir)
+        .env("KAFKA_WATCH_PID", std::process::id().to_string());
+    if remove_on_exit {
+        cmd.env("KAFKA_REMOVE_DIR_ON_WATCH_EXIT", "1");
+    }
+    let out = cmd
+        .output()
+        .context("running scripts/kafka.sh start (is bash installed?)")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "scripts/kafka.sh start {} failed ({}): {}",
+            dir.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BOOTSTRAP="))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("scripts/kafka.sh start printed no BOOTSTRAP= line: {stdout}"))
+}
+
+fn run_script(args: &[&str], dir: &Path) -> Result<()> {
+    let out = Command::new("bash")
+        .arg(script_path())
+        .args(args)
+        .arg(dir)
+        .output()
+        .context("running scripts/kafka.sh")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/kafka.sh {args:?} {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .set("socket.timeout.ms", "10000");
+    c
+}
+
+/// Waits until `bootstrap` answers a metadata request with at least one broker.
+pub fn wait_for_metadata(bootstrap: &str, timeout: Duration) -> Result<()> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .create()
+        .context("creating a Kafka client")?;
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match consumer.fetch_metadata(None, Duration::from_secs(5)) {
+            Ok(md) if !md.brokers().is_empty() => return Ok(()),
+            Ok(_) => last = "metadata without brokers".into(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!(
+        "Kafka at {bootstrap} did not serve metadata within {} s (last error: {last})",
+        timeout.as_secs()
+    )
+}
+
+/// Creates topics (name, partitions) with replication factor 1; existing
+/// topics are left as they are.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, parts)| NewTopic::new(name, *parts, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a runtime for the admin client")?;
+    let results = rt
+        .block_on(admin.create_topics(&new, &opts))
+        .context("creating topics")?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// One consumed Kafka record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The first header named `name` as UTF-8 (lossy).
+    pub fn header_str(&self, name: &str) -> Option<String> {
+        self.header(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads `topic` from the beginning of every partition until `until(all
+/// records so far)` is true or `timeout` passes, and returns what it read.
+///
+/// Reaching the timeout is not an error here: the caller asserts on the
+/// records and can say what is missing. Errors are client failures and a
+/// topic that does not exist.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    until: impl Fn(&[Record]) -> bool,
+    timeout: Duration,
+) -> Result<Vec<Record>> {
+    consume_topics(bootstrap, &[topic], until, timeout)
+}
+
+/// [`consume`] over several topics at once.
+pub fn consume_topics(
+    bootstrap: &str,
+    topics: &[&str],
+    until: impl Fn(&[Record]) -> bool,
+    timeout: Duration,
+) -> Result<Vec<Record>> {
+    let group = format!("storelink-test-{}", uuid::Uuid::now_v7());
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .context("creating a Kafka consumer")?;
+    // Explicit assignment of every partition from the start: no group
+    // rebalance to wait for, and nothing is committed.
+    let deadline = Instant::now() + timeout;
+    let mut tpl = TopicPartitionList::new();
+    for topic in topics {
+        let partitions = loop {
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .with_context(|| format!("fetching metadata of {topic} from {bootstrap}"))?;
+            let n = md
+                .topics()
+                .first()
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().len())
+                .unwrap_or(0);
+            if n > 0 {
+                break n;
+            }
+            if Instant::now() >= deadline {
+                bail!("topic {topic} does not exist on {bootstrap}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        for p in 0..partitions {
+            let p = i32::try_from(p).context("partition count")?;
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .context("building an assignment")?;
+        }
+    }
+    consumer.assign(&tpl).context("assigning partitions")?;
+
+    let mut records = Vec::new();
+    while Instant::now() < deadline {
+        let mut got_any = false;
+        while let Some(res) = consumer.poll(Duration::from_millis(100)) {
+            let m = res.context("consuming")?;
+            let headers = m
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            records.push(Record {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers,
+                value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            });
+            got_any = true;
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if until(&records) {
+            return Ok(records);
+        }
+        if !got_any {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(records)
+}

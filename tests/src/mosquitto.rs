@@ -1,0 +1,209 @@
+//! A real Mosquitto broker per test, on a free loopback port, with its own
+//! config and persistence directory.
+//!
+//! Settings and why:
+//! * `persistence true`: `stop()` + `start_again()` keeps persistent sessions
+//!   and their queued messages, like a broker restart in production. Mosquitto
+//!   writes its database on a clean shutdown (SIGTERM) and every
+//!   `autosave_interval` seconds, never per message.
+//! * `max_queued_messages` (default here 0 = unlimited, Mosquitto's own default
+//!   is 1000): tests pre-load thousands of messages for an offline bridge
+//!   session; with the default Mosquitto would drop everything past 1000.
+//! * `max_inflight_messages` (default here 100): how many unacknowledged QoS 1
+//!   messages Mosquitto sends one client at a time. This is the broker half of
+//!   the bridge's backpressure: a bridge that stops acking stops receiving.
+//! * `message_size_limit` 8 MiB: batches are far smaller; a generous limit keeps
+//!   oversize checks in the bridge, where they are dead-lettered, not dropped.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::ChildProcess;
+
+/// Broker settings a test may change.
+#[derive(Debug, Clone)]
+pub struct MosquittoOptions {
+    /// `max_inflight_messages`: unacked QoS 1 messages sent to one client.
+    pub max_inflight_messages: u32,
+    /// `max_queued_messages`: per-client queue beyond in-flight; 0 = unlimited.
+    pub max_queued_messages: u32,
+    /// `autosave_interval` in seconds (database snapshot period).
+    pub autosave_interval_s: u32,
+}
+
+impl Default for MosquittoOptions {
+    fn default() -> Self {
+        MosquittoOptions {
+            max_inflight_messages: 100,
+            max_queued_messages: 0,
+            autosave_interval_s: 30,
+        }
+    }
+}
+
+pub struct Mosquitto {
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<ChildProcess>,
+}
+
+impl Mosquitto {
+    /// Starts a broker with [`MosquittoOptions::default`].
+    pub fn start() -> Result<Mosquitto> {
+        Self::start_with(MosquittoOptions::default())
+    }
+
+    pub fn start_with(opts: MosquittoOptions) -> Result<Mosquitto> {
+        let bin = mosquitto_binary()?;
+        let dir = tempfile::Builder::new()
+            .prefix("storelink-mosquitto-")
+            .tempdir()
+            .context("creating a temp dir for Mosquitto")?;
+        let port = free_port()?;
+        let conf = config_text(port, dir.path(), &opts);
+        std::fs::write(dir.path().join("mosquitto.conf"), conf)
+            .context("writing mosquitto.conf")?;
+        let mut m = Mosquitto {
+            port,
+            dir,
+            process: None,
+        };
+        m.launch(&bin)?;
+        Ok(m)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::process::log_tail(&self.log_path(), n)
+    }
+
+    /// Graceful stop (SIGTERM): Mosquitto saves its database and exits.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.sigterm()?;
+            p.wait_exit(Duration::from_secs(20))
+                .context("Mosquitto did not stop on SIGTERM")?;
+        }
+        Ok(())
+    }
+
+    /// Crash (SIGKILL): whatever was not autosaved is lost, as in production.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.kill9()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port with the same persistence.
+    pub fn start_again(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("Mosquitto on port {} is still running", self.port);
+        }
+        let bin = mosquitto_binary()?;
+        self.launch(&bin)
+    }
+
+    fn launch(&mut self, bin: &Path) -> Result<()> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
+        let mut p = ChildProcess::spawn_logging_to("mosquitto", cmd, &self.log_path())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
+            }
+            if let Some(status) = p.try_exit_status()? {
+                bail!(
+                    "Mosquitto exited at startup ({status}) on port {}; log tail:\n{}",
+                    self.port,
+                    p.log_tail(20)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "Mosquitto did not listen on 127.0.0.1:{} within 10 s; log tail:\n{}",
+                    self.port,
+                    p.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.process = Some(p);
+        Ok(())
+    }
+}
+
+fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
+    // As root Mosquitto drops privileges to the `mosquitto` user, which could
+    // not write our temp dir; `user root` keeps it as the test's user.
+    let user = if running_as_root() { "user root\n" } else { "" };
+    format!(
+        "{user}listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence true\n\
+         persistence_location {dir}/\n\
+         autosave_interval {autosave}\n\
+         max_inflight_messages {inflight}\n\
+         max_queued_messages {queued}\n\
+         message_size_limit 8388608\n\
+         log_dest stderr\n\
+         log_type error\n\
+         log_type warning\n\
+         log_type notice\n\
+         log_type information\n\
+         connection_messages true\n\
+         log_timestamp_format %H:%M:%S\n",
+        dir = dir.display(),
+        autosave = o.autosave_interval_s,
+        inflight = o.max_inflight_messages,
+        queued = o.max_queued_messages,
+    )
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The `mosquitto` executable, or an error saying how to install it.
+pub fn mosquitto_binary() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    // Debian installs the broker in /usr/sbin, which is not on every user's PATH.
+    dirs.extend(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from));
+    dirs.into_iter()
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
+        .context(
+            "mosquitto is not installed: run `scripts/install-deps.sh` \
+             (Debian/Ubuntu: `apt-get install -y mosquitto mosquitto-clients`)",
+        )
+}
+
+/// A loopback port that was free a moment ago (the OS picked it).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr().context("reading a bound address")?.port())
+}
