@@ -59,6 +59,7 @@ pub struct Agent {
     pub data_dir: PathBuf,
     /// Seconds SIGTERM waits for in-flight work before exiting.
     #[serde(default = "default_shutdown_grace_secs")]
+    #[schemars(range(min = 1, max = 600))]
     pub shutdown_grace_secs: u64,
 }
 
@@ -102,7 +103,9 @@ pub struct Cloud {
     /// Seconds to wait for a delivery receipt before sending again.
     #[serde(default = "default_receipt_timeout_secs")]
     pub receipt_timeout_secs: u64,
+    /// MQTT keep-alive, seconds.
     #[serde(default = "default_keep_alive_secs")]
+    #[schemars(range(min = 5, max = 600))]
     pub keep_alive_secs: u64,
 }
 
@@ -298,14 +301,17 @@ pub struct Scanner {
     pub lane: String,
     /// One of the standard rates (1200 … 921600).
     #[serde(default = "default_baud")]
+    #[schemars(extend("enum" = [300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600]))]
     pub baud_rate: u32,
     /// 5 to 8.
     #[serde(default = "default_data_bits")]
+    #[schemars(range(min = 5, max = 8))]
     pub data_bits: u8,
     #[serde(default = "default_parity")]
     pub parity: Parity,
     /// 1 or 2.
     #[serde(default = "default_stop_bits")]
+    #[schemars(range(min = 1, max = 2))]
     pub stop_bits: u8,
     #[serde(default = "default_flow")]
     pub flow_control: FlowControl,
@@ -313,10 +319,12 @@ pub struct Scanner {
     pub terminator: Terminator,
     /// Longest read kept, in bytes; longer frames are cut and marked truncated.
     #[serde(default = "default_max_frame_len")]
+    #[schemars(range(min = 16, max = 8192))]
     pub max_frame_len: usize,
     /// Longest wait between attempts to reopen a vanished port (exponential
     /// backoff with jitter up to this), in milliseconds.
     #[serde(default = "default_reconnect_max_backoff_ms")]
+    #[schemars(range(min = 100, max = 600_000))]
     pub reconnect_max_backoff_ms: u64,
 }
 
@@ -354,7 +362,9 @@ pub struct ShelfSensor {
     /// Raw counts with an empty shelf.
     pub zero_offset: i64,
     /// Raw counts per gram (from two-point calibration).
+    #[schemars(range(min = 1))]
     pub counts_per_gram: i64,
+    #[schemars(range(min = 1))]
     pub unit_weight_grams: u32,
     /// Raise low-stock when the count falls to this or below…
     pub low_stock_at: u32,
@@ -365,10 +375,12 @@ pub struct ShelfSensor {
     pub deadband_grams: u32,
     /// Report the sensor offline after this many seconds of silence.
     #[serde(default = "default_offline_after")]
+    #[schemars(range(min = 1, max = 86_400))]
     pub offline_after_secs: u64,
     /// A stock alert is raised only after the count has stayed across its
     /// threshold this long (seconds); 0 raises it on the first reading.
     #[serde(default)]
+    #[schemars(range(max = 86_400))]
     pub alert_dwell_secs: u64,
 }
 

@@ -263,9 +263,45 @@ impl Envelope {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_with_body_range().0
+    }
+
+    /// The envelope's JSON and where its body sits in it, so a caller can
+    /// checksum the body without serializing it a second time. Same bytes as
+    /// `serde_json::to_vec(self)`.
+    pub fn to_json_with_body_range(&self) -> (Vec<u8>, std::ops::Range<usize>) {
+        #[derive(Serialize)]
+        struct Header<'a> {
+            id: &'a EventId,
+            schema: EventKind,
+            schema_version: u16,
+            store_id: &'a str,
+            region: &'a str,
+            source: &'a Source,
+            occurred_at: &'a DateTime<FixedOffset>,
+            recorded_at: &'a DateTime<Utc>,
+        }
+        let header = Header {
+            id: &self.id,
+            schema: self.schema,
+            schema_version: self.schema_version,
+            store_id: &self.store_id,
+            region: &self.region,
+            source: &self.source,
+            occurred_at: &self.occurred_at,
+            recorded_at: &self.recorded_at,
+        };
         // Serializing owned, well-formed data to a Vec cannot fail: no maps
         // with non-string keys, no I/O.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut out = Vec::with_capacity(1024);
+        let _ = serde_json::to_writer(&mut out, &header);
+        out.pop(); // the header's closing brace
+        out.extend_from_slice(b",\"body\":");
+        let start = out.len();
+        let _ = serde_json::to_writer(&mut out, &self.body);
+        let end = out.len();
+        out.push(b'}');
+        (out, start..end)
     }
 
     /// Decodes and checks a whole event: header, schema version and body.

@@ -48,6 +48,12 @@ fn every_golden_sample_parses_validates_and_round_trips() {
             "{} changes when re-encoded",
             path.display()
         );
+        // The spliced writer produces exactly what serde's derive does.
+        assert_eq!(env.to_json(), serde_json::to_vec(&env).expect("json"));
+        let (bytes2, body) = env.to_json_with_body_range();
+        let body_value: serde_json::Value =
+            serde_json::from_slice(&bytes2[body]).expect("body json");
+        assert_eq!(body_value, original["body"]);
         kinds.insert(env.schema);
     }
     for kind in EventKind::ALL {

@@ -138,9 +138,36 @@ impl OutboxStats {
     }
 }
 
+/// An event serialized and checksummed by the caller's task, so the single
+/// writer thread spends its time only on SQLite.
+pub(crate) struct PreparedEvent {
+    pub id: EventId,
+    pub kind: EventKind,
+    pub device_id: String,
+    pub payload: Vec<u8>,
+    pub crc32: u32,
+    /// Crc of the body alone: tells an honest retry (same body) from a
+    /// terminal reusing a sequence number for another transaction.
+    pub body_crc: u32,
+}
+
+impl PreparedEvent {
+    pub(crate) fn new(env: &Envelope) -> PreparedEvent {
+        let (payload, body) = env.to_json_with_body_range();
+        PreparedEvent {
+            id: env.id,
+            kind: env.schema,
+            device_id: env.source.device_id.clone(),
+            crc32: crc32fast::hash(&payload),
+            body_crc: crc32fast::hash(&payload[body]),
+            payload,
+        }
+    }
+}
+
 pub(crate) enum Command {
     Append {
-        envelope: Box<Envelope>,
+        event: PreparedEvent,
         key: Option<String>,
         reply: oneshot::Sender<Result<AppendOutcome, OutboxError>>,
     },
@@ -255,12 +282,9 @@ impl OutboxHandle {
         envelope: Envelope,
         key: Option<String>,
     ) -> Result<AppendOutcome, OutboxError> {
-        self.call(|reply| Command::Append {
-            envelope: Box::new(envelope),
-            key,
-            reply,
-        })
-        .await
+        let event = PreparedEvent::new(&envelope);
+        self.call(|reply| Command::Append { event, key, reply })
+            .await
     }
 
     /// Removes receipted events; returns how many rows were removed.

@@ -10,7 +10,9 @@ use protocol::{Envelope, EventBody, EventId, Source, SourceKind};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, Notify};
 
-use super::{priority_of, AppendOutcome, Command, OutboxConfig, OutboxError, OutboxStats};
+use super::{
+    priority_of, AppendOutcome, Command, OutboxConfig, OutboxError, OutboxStats, PreparedEvent,
+};
 use crate::ingest::StoreIdentity;
 
 /// Kept for a week: longer than any event stays undelivered in practice, and
@@ -38,12 +40,6 @@ pub(crate) struct Writer {
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
-}
-
-/// Crc of the body's canonical JSON: tells an honest retry (same body) from
-/// a terminal reusing a sequence number for a different transaction.
-fn body_crc(body: &EventBody) -> u32 {
-    crc32fast::hash(&serde_json::to_vec(body).unwrap_or_default())
 }
 
 impl Writer {
@@ -80,8 +76,8 @@ impl Writer {
     /// Records an agent notice outside the normal request path (at open).
     pub(crate) fn record_notice(&mut self, notice: AgentNotice) -> Result<(), OutboxError> {
         let tx = self.conn.transaction()?;
-        let env = notice_envelope(&self.store, notice);
-        insert(&tx, &self.stats, &env)?;
+        let ev = PreparedEvent::new(&notice_envelope(&self.store, notice));
+        insert(&tx, &self.stats, &ev)?;
         tx.commit()?;
         Ok(())
     }
@@ -129,16 +125,12 @@ impl Writer {
             let tx = self.conn.transaction()?;
             for cmd in batch.drain(..) {
                 match cmd {
-                    Command::Append {
-                        envelope,
-                        key,
-                        reply,
-                    } => {
+                    Command::Append { event, key, reply } => {
                         let outcome = append(
                             &tx,
                             &self.config,
                             &self.stats,
-                            &envelope,
+                            &event,
                             key.as_deref(),
                             &mut self.unreported_shed,
                         );
@@ -169,7 +161,11 @@ impl Writer {
                     ),
                     count: self.unreported_shed,
                 };
-                insert(&tx, &self.stats, &notice_envelope(&self.store, notice))?;
+                insert(
+                    &tx,
+                    &self.stats,
+                    &PreparedEvent::new(&notice_envelope(&self.store, notice)),
+                )?;
                 tracing::warn!(
                     shed = self.unreported_shed,
                     "telemetry shed while the outbox is full; reported"
@@ -296,27 +292,30 @@ fn notice_envelope(store: &StoreIdentity, notice: AgentNotice) -> Envelope {
     )
 }
 
-fn insert(tx: &Transaction<'_>, stats: &OutboxStats, env: &Envelope) -> Result<(), OutboxError> {
-    let payload = env.to_json();
-    let priority = priority_of(env.schema);
+fn insert(
+    tx: &Transaction<'_>,
+    stats: &OutboxStats,
+    ev: &PreparedEvent,
+) -> Result<(), OutboxError> {
+    let priority = priority_of(ev.kind);
     tx.prepare_cached(
         "INSERT INTO events (id, kind, priority, device_id, payload, crc32, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        env.id.0.as_bytes().as_slice(),
-        env.schema.schema_name(),
+        ev.id.0.as_bytes().as_slice(),
+        ev.kind.schema_name(),
         priority,
-        env.source.device_id,
-        payload,
-        i64::from(crc32fast::hash(&payload)),
+        ev.device_id,
+        ev.payload,
+        i64::from(ev.crc32),
         now_ms(),
     ])?;
     stats.rows.fetch_add(1, Ordering::Relaxed);
     stats
         .bytes
-        .fetch_add(payload.len() as u64, Ordering::Relaxed);
-    if env.schema.is_transaction() {
+        .fetch_add(ev.payload.len() as u64, Ordering::Relaxed);
+    if ev.kind.is_transaction() {
         stats.pending_transactions.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
@@ -332,12 +331,12 @@ fn append(
     tx: &Transaction<'_>,
     config: &OutboxConfig,
     stats: &OutboxStats,
-    env: &Envelope,
+    ev: &PreparedEvent,
     key: Option<&str>,
     unreported_shed: &mut u64,
 ) -> Result<AppendOutcome, OutboxError> {
-    let crc = key.map(|_| body_crc(&env.body));
-    if let (Some(key), Some(crc)) = (key, crc) {
+    let crc = ev.body_crc;
+    if let Some(key) = key {
         let existing: Option<(Vec<u8>, i64)> = tx
             .prepare_cached("SELECT event_id, body_crc FROM transaction_keys WHERE key = ?1")?
             .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -356,9 +355,8 @@ fn append(
             };
         }
     }
-    // Rough size before serialising: the check only needs to be conservative.
-    let size_hint = 2048u64;
-    match priority_of(env.schema) {
+    let size_hint = ev.payload.len() as u64;
+    match priority_of(ev.kind) {
         0 => {
             if over(stats, config, 1.0, size_hint) {
                 return Err(OutboxError::Full {
@@ -382,7 +380,7 @@ fn append(
                     tx,
                     stats,
                     "SELECT seq FROM events WHERE priority = 2 AND device_id = ?1",
-                    &env.source.device_id,
+                    &ev.device_id,
                 )?;
                 stats
                     .compacted_total
@@ -408,12 +406,12 @@ fn append(
             }
         }
     }
-    insert(tx, stats, env)?;
-    if let (Some(key), Some(crc)) = (key, crc) {
+    insert(tx, stats, ev)?;
+    if let Some(key) = key {
         tx.prepare_cached(
             "INSERT INTO transaction_keys (key, event_id, body_crc, created_ms) VALUES (?1, ?2, ?3, ?4)",
         )?
-        .execute(params![key, env.id.0.as_bytes().as_slice(), i64::from(crc), now_ms()])?;
+        .execute(params![key, ev.id.0.as_bytes().as_slice(), i64::from(crc), now_ms()])?;
     }
     Ok(AppendOutcome::Stored)
 }
@@ -495,7 +493,11 @@ fn quarantine(
             ),
             count: 1,
         };
-        insert(tx, stats, &notice_envelope(store, notice))?;
+        insert(
+            tx,
+            stats,
+            &PreparedEvent::new(&notice_envelope(store, notice)),
+        )?;
     }
     Ok(())
 }

@@ -1,0 +1,543 @@
+//! Shelf load cells: payload parsing, calibration, deadband, stock-alert
+//! hysteresis and silence detection. Pure state machines, no I/O: the MQTT
+//! task ([`super::shelf_task`]) feeds them messages and clock ticks and
+//! submits what they return.
+//!
+//! # Payload (topic `sensors/{sensor_id}/raw`)
+//! Either a plain integer of raw ADC counts (`8850608`, surrounding
+//! whitespace allowed) or JSON `{"raw": 8850608, "ts": "2026-11-24T10:15:02Z"}`
+//! where `ts` (RFC 3339, optional) is when the sensor took the reading;
+//! without it the reading is stamped when the agent received it. Anything
+//! else is unparseable: counted, logged with the sensor id, and otherwise
+//! ignored (it still shows the sensor is alive).
+//!
+//! # Per reading
+//! 1. grams = (raw − zero_offset) / counts_per_gram, integer maths, rounded
+//!    half away from zero; item_count = round(grams / unit_weight), never
+//!    below 0.
+//! 2. Deadband: a [`ShelfReading`] is emitted only when the weight moved at
+//!    least `deadband_grams` (at least 1 g) from the last emitted reading
+//!    (the first reading, and the first after an offline spell, always are).
+//! 3. Stock level, judged on emitted readings only so alerts agree with
+//!    what the cloud has seen: `Normal` → `Low` when item_count ≤
+//!    low_stock_at (alert `low_stock`), `Low` → `Normal` when item_count ≥
+//!    restocked_at (alert `restocked`). The gap between the two thresholds
+//!    is the hysteresis: a count jittering around one threshold gives one
+//!    alert, not a burst. With `alert_dwell_secs` > 0 the count must stay
+//!    across the threshold that long before the alert fires. The level
+//!    starts unknown: a first reading at or below low_stock_at alerts,
+//!    anything above is taken as normal.
+//! 4. Silence: no message for `offline_after_secs` → status `offline`; the
+//!    next message → `online` (the first message after start is `online` too).
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset};
+use firmware_config::ShelfSensor;
+use protocol::device::{DeviceState, ShelfReading, StockAlert, StockAlertKind};
+use protocol::Gtin;
+use tokio::time::Instant;
+
+/// A parsed payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawReading {
+    pub raw: i64,
+    pub taken_at: Option<DateTime<FixedOffset>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is not UTF-8")]
+    NotUtf8,
+    #[error("payload is empty")]
+    Empty,
+    #[error("payload is neither an integer nor JSON {{\"raw\": <integer>, \"ts\": <RFC 3339>}}: {0}")]
+    Malformed(String),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonReading {
+    raw: i64,
+    #[serde(default)]
+    ts: Option<String>,
+}
+
+/// Parses a sensor payload (see the module docs for the format).
+pub fn parse_payload(payload: &[u8]) -> Result<RawReading, PayloadError> {
+    let text = std::str::from_utf8(payload).map_err(|_| PayloadError::NotUtf8)?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(PayloadError::Empty);
+    }
+    if text.starts_with('{') {
+        let j: JsonReading =
+            serde_json::from_str(text).map_err(|e| PayloadError::Malformed(e.to_string()))?;
+        let taken_at = match j.ts {
+            Some(ts) => Some(
+                DateTime::parse_from_rfc3339(&ts)
+                    .map_err(|e| PayloadError::Malformed(format!("ts `{ts}`: {e}")))?,
+            ),
+            None => None,
+        };
+        return Ok(RawReading {
+            raw: j.raw,
+            taken_at,
+        });
+    }
+    text.parse::<i64>()
+        .map(|raw| RawReading {
+            raw,
+            taken_at: None,
+        })
+        .map_err(|e| PayloadError::Malformed(format!("`{}`: {e}", truncate(text, 40))))
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// `n / d` rounded half away from zero; `d` must be positive.
+pub fn div_round(n: i128, d: i128) -> i128 {
+    debug_assert!(d > 0);
+    let d = d.max(1);
+    let (q, r) = (n / d, n % d);
+    if 2 * r.abs() >= d {
+        q + n.signum()
+    } else {
+        q
+    }
+}
+
+/// The calibration of one sensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Calibration {
+    pub zero_offset: i64,
+    pub counts_per_gram: i64,
+    pub unit_weight_grams: u32,
+}
+
+impl Calibration {
+    pub fn grams(&self, raw: i64) -> i64 {
+        let g = div_round(
+            i128::from(raw) - i128::from(self.zero_offset),
+            i128::from(self.counts_per_gram.max(1)),
+        );
+        i64::try_from(g).unwrap_or(if g < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    pub fn items(&self, grams: i64) -> u32 {
+        if grams <= 0 {
+            return 0;
+        }
+        let n = div_round(i128::from(grams), i128::from(self.unit_weight_grams.max(1)));
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+/// What the state machine wants sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Reading(ShelfReading),
+    Alert(StockAlert),
+    Status(DeviceState),
+}
+
+/// Why a reading produced no [`ShelfReading`]: for the readings metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadingOutcome {
+    Emitted,
+    WithinDeadband,
+}
+
+impl ReadingOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ReadingOutcome::Emitted => "emitted",
+            ReadingOutcome::WithinDeadband => "deadband",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Unknown,
+    Normal,
+    Low,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// Nothing heard since start.
+    Unknown,
+    Online,
+    Offline,
+}
+
+/// One sensor's state.
+#[derive(Debug, Clone)]
+pub struct Shelf {
+    gtin: Gtin,
+    cal: Calibration,
+    low_stock_at: u32,
+    restocked_at: u32,
+    deadband_grams: u32,
+    offline_after: Duration,
+    dwell: Duration,
+    last_emitted: Option<ShelfReading>,
+    level: Level,
+    /// The alert waiting out its dwell time, and since when.
+    pending: Option<(StockAlertKind, Instant)>,
+    presence: Presence,
+    /// Last message, or the start: silence is measured from here.
+    last_heard: Instant,
+}
+
+impl Shelf {
+    /// A state machine for `cfg`, whose silence is measured from `now`.
+    /// `cfg.gtin` must be valid (the profile validation guarantees it).
+    pub fn new(cfg: &ShelfSensor, gtin: Gtin, now: Instant) -> Shelf {
+        Shelf {
+            gtin,
+            cal: Calibration {
+                zero_offset: cfg.zero_offset,
+                counts_per_gram: cfg.counts_per_gram,
+                unit_weight_grams: cfg.unit_weight_grams,
+            },
+            low_stock_at: cfg.low_stock_at,
+            restocked_at: cfg.restocked_at,
+            deadband_grams: cfg.deadband_grams,
+            offline_after: Duration::from_secs(cfg.offline_after_secs.max(1)),
+            dwell: Duration::from_secs(cfg.alert_dwell_secs),
+            last_emitted: None,
+            level: Level::Unknown,
+            pending: None,
+            presence: Presence::Unknown,
+            last_heard: now,
+        }
+    }
+
+    /// Any message from the sensor, parseable or not: it is alive.
+    pub fn heard(&mut self, now: Instant, out: &mut Vec<Output>) {
+        self.last_heard = now;
+        if self.presence != Presence::Online {
+            self.presence = Presence::Online;
+            out.push(Output::Status(DeviceState::Online));
+        }
+    }
+
+    /// A parsed reading (call [`Shelf::heard`] first).
+    pub fn reading(&mut self, raw: i64, now: Instant, out: &mut Vec<Output>) -> ReadingOutcome {
+        let grams = self.cal.grams(raw);
+        let moved = match &self.last_emitted {
+            None => true,
+            Some(last) => grams.abs_diff(last.grams) >= u64::from(self.deadband_grams.max(1)),
+        };
+        if !moved {
+            self.evaluate(now, out);
+            return ReadingOutcome::WithinDeadband;
+        }
+        let reading = ShelfReading {
+            gtin: self.gtin.clone(),
+            raw_counts: raw,
+            grams,
+            item_count: self.cal.items(grams),
+        };
+        self.last_emitted = Some(reading.clone());
+        out.push(Output::Reading(reading));
+        self.evaluate(now, out);
+        ReadingOutcome::Emitted
+    }
+
+    /// The clock moved: silence and dwell deadlines.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Output>) {
+        if self.presence != Presence::Offline && now.duration_since(self.last_heard) >= self.offline_after {
+            self.presence = Presence::Offline;
+            // A fresh baseline when it returns: its first reading is always sent.
+            self.last_emitted = None;
+            self.pending = None;
+            out.push(Output::Status(DeviceState::Offline));
+        }
+        if self.presence != Presence::Offline {
+            self.evaluate(now, out);
+        }
+    }
+
+    /// When [`Shelf::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let silence = (self.presence != Presence::Offline).then(|| self.last_heard + self.offline_after);
+        let dwell = self.pending.map(|(_, since)| since + self.dwell);
+        match (silence, dwell) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Hysteresis and dwell on the last emitted count.
+    fn evaluate(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Some(count) = self.last_emitted.as_ref().map(|r| r.item_count) else {
+            return;
+        };
+        let want = match self.level {
+            Level::Unknown | Level::Normal if count <= self.low_stock_at => Some(StockAlertKind::LowStock),
+            Level::Low if count >= self.restocked_at => Some(StockAlertKind::Restocked),
+            _ => None,
+        };
+        let Some(kind) = want else {
+            self.pending = None;
+            if self.level == Level::Unknown {
+                self.level = Level::Normal;
+            }
+            return;
+        };
+        let since = match self.pending {
+            Some((k, since)) if k == kind => since,
+            _ => {
+                self.pending = Some((kind, now));
+                now
+            }
+        };
+        if now.duration_since(since) < self.dwell {
+            return;
+        }
+        self.pending = None;
+        let threshold = match kind {
+            StockAlertKind::LowStock => {
+                self.level = Level::Low;
+                self.low_stock_at
+            }
+            StockAlertKind::Restocked => {
+                self.level = Level::Normal;
+                self.restocked_at
+            }
+        };
+        out.push(Output::Alert(StockAlert {
+            gtin: self.gtin.clone(),
+            kind,
+            item_count: count,
+            threshold,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cfg() -> ShelfSensor {
+        ShelfSensor {
+            id: "shelf-a1".into(),
+            gtin: "05901234123457".into(),
+            zero_offset: 8_388_608,
+            counts_per_gram: 420,
+            unit_weight_grams: 500,
+            low_stock_at: 3,
+            restocked_at: 6,
+            deadband_grams: 20,
+            offline_after_secs: 10,
+            alert_dwell_secs: 0,
+        }
+    }
+
+    fn shelf(c: &ShelfSensor, now: Instant) -> Shelf {
+        Shelf::new(c, c.gtin.parse().expect("valid"), now)
+    }
+
+    /// Raw counts for a weight in grams under `cfg()`.
+    fn raw(grams: i64) -> i64 {
+        8_388_608 + grams * 420
+    }
+
+    fn feed(s: &mut Shelf, r: i64, now: Instant) -> Vec<Output> {
+        let mut out = vec![];
+        s.heard(now, &mut out);
+        s.reading(r, now, &mut out);
+        out
+    }
+
+    fn alerts(out: &[Output]) -> Vec<(StockAlertKind, u32)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Alert(a) => Some((a.kind, a.item_count)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn payloads_plain_and_json() {
+        assert_eq!(parse_payload(b" 8850608\n"), Ok(RawReading { raw: 8_850_608, taken_at: None }));
+        assert_eq!(parse_payload(b"-12").map(|r| r.raw), Ok(-12));
+        let j = parse_payload(br#"{"raw": 8850608, "ts": "2026-11-24T10:15:02+01:00"}"#).expect("json");
+        assert_eq!(j.raw, 8_850_608);
+        assert_eq!(j.taken_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-11-24T10:15:02+01:00"));
+        assert_eq!(parse_payload(br#"{"raw": 5}"#).map(|r| r.raw), Ok(5));
+        assert_eq!(parse_payload(b""), Err(PayloadError::Empty));
+        assert_eq!(parse_payload(b"\xff\xfe"), Err(PayloadError::NotUtf8));
+        for bad in [&b"12.5"[..], b"heavy", br#"{"raw": 1.5}"#, br#"{"raw": 1, "ts": "yesterday"}"#, br#"{"weight": 1}"#, b"99999999999999999999"] {
+            assert!(matches!(parse_payload(bad), Err(PayloadError::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn calibration_rounds_half_away_from_zero() {
+        let c = Calibration { zero_offset: 1000, counts_per_gram: 4, unit_weight_grams: 250 };
+        assert_eq!(c.grams(1000), 0);
+        assert_eq!(c.grams(1002), 1); // 0.5 → 1
+        assert_eq!(c.grams(1001), 0); // 0.25 → 0
+        assert_eq!(c.grams(998), -1); // -0.5 → -1
+        assert_eq!(c.grams(999), 0); // -0.25 → 0
+        assert_eq!(c.grams(1000 + 4 * 1250), 1250);
+        assert_eq!(c.items(1250), 5);
+        assert_eq!(c.items(125), 1); // 0.5 → 1
+        assert_eq!(c.items(124), 0);
+        assert_eq!(c.items(-400), 0);
+        let extreme = Calibration { zero_offset: i64::MIN, counts_per_gram: 1, unit_weight_grams: 1 };
+        assert_eq!(extreme.grams(i64::MAX), i64::MAX);
+        assert_eq!(extreme.items(i64::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn first_reading_is_sent_then_only_moves_beyond_the_deadband() {
+        let t0 = Instant::now();
+        let c = cfg();
+        let mut s = shelf(&c, t0);
+        let out = feed(&mut s, raw(5000), t0);
+        assert_eq!(out[0], Output::Status(DeviceState::Online));
+        assert!(matches!(&out[1], Output::Reading(r) if r.grams == 5000 && r.item_count == 10 && r.raw_counts == raw(5000)));
+        let mut o = vec![];
+        assert_eq!(s.reading(raw(5019), t0, &mut o), ReadingOutcome::WithinDeadband);
+        assert_eq!(s.reading(raw(4981), t0, &mut o), ReadingOutcome::WithinDeadband);
+        assert!(o.is_empty());
+        assert_eq!(s.reading(raw(5020), t0, &mut o), ReadingOutcome::Emitted);
+        // The deadband is measured from the last *emitted* reading (5020).
+        assert_eq!(s.reading(raw(5001), t0, &mut o), ReadingOutcome::WithinDeadband);
+        assert_eq!(s.reading(raw(5000), t0, &mut o), ReadingOutcome::Emitted);
+    }
+
+    #[test]
+    fn noise_around_the_low_threshold_gives_one_alert() {
+        let t0 = Instant::now();
+        let c = cfg();
+        let mut s = shelf(&c, t0);
+        let mut all = feed(&mut s, raw(5000), t0); // 10 items
+        // Items taken one by one down to 3, then the signal jitters between 3 and 4 items.
+        for g in [4000, 3000, 2000, 1500, 2000, 1500, 2010, 1480, 1990, 1520, 2000] {
+            all.extend(feed(&mut s, raw(g), t0));
+        }
+        assert_eq!(alerts(&all), vec![(StockAlertKind::LowStock, 3)]);
+        // Restocking to 5 is not enough; 6 is.
+        all.clear();
+        all.extend(feed(&mut s, raw(2500), t0));
+        assert_eq!(alerts(&all), vec![]);
+        all.extend(feed(&mut s, raw(3000), t0));
+        all.extend(feed(&mut s, raw(2750), t0)); // jitters back to 5.5 → 6 items
+        all.extend(feed(&mut s, raw(3000), t0));
+        assert_eq!(alerts(&all), vec![(StockAlertKind::Restocked, 6)]);
+    }
+
+    #[test]
+    fn a_shelf_that_starts_low_alerts_once_and_one_that_starts_between_does_not() {
+        let t0 = Instant::now();
+        let c = cfg();
+        let mut s = shelf(&c, t0);
+        assert_eq!(alerts(&feed(&mut s, raw(1000), t0)), vec![(StockAlertKind::LowStock, 2)]);
+        assert_eq!(alerts(&feed(&mut s, raw(1500), t0)), vec![]);
+        let mut s = shelf(&c, t0);
+        assert_eq!(alerts(&feed(&mut s, raw(2000), t0)), vec![]); // 4 items: above low, below restocked
+        assert_eq!(alerts(&feed(&mut s, raw(1500), t0)), vec![(StockAlertKind::LowStock, 3)]);
+    }
+
+    #[test]
+    fn dwell_waits_and_a_brief_dip_raises_nothing() {
+        let t0 = Instant::now();
+        let mut c = cfg();
+        c.alert_dwell_secs = 5;
+        let mut s = shelf(&c, t0);
+        feed(&mut s, raw(5000), t0);
+        // A 3 s dip to 3 items (a hand resting on the shelf) then back.
+        assert_eq!(alerts(&feed(&mut s, raw(1500), t0 + Duration::from_secs(1))), vec![]);
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(6)));
+        assert_eq!(alerts(&feed(&mut s, raw(4000), t0 + Duration::from_secs(4))), vec![]);
+        let mut out = vec![];
+        s.tick(t0 + Duration::from_secs(7), &mut out);
+        assert_eq!(alerts(&out), vec![]);
+        // A real drop: the alert fires once the dwell has passed, on a tick.
+        assert_eq!(alerts(&feed(&mut s, raw(1000), t0 + Duration::from_secs(8))), vec![]);
+        let mut out = vec![];
+        s.tick(t0 + Duration::from_secs(12), &mut out);
+        assert_eq!(alerts(&out), vec![]);
+        s.tick(t0 + Duration::from_secs(13), &mut out);
+        assert_eq!(alerts(&out), vec![(StockAlertKind::LowStock, 2)]);
+        s.tick(t0 + Duration::from_secs(14), &mut out);
+        assert_eq!(alerts(&out).len(), 1);
+    }
+
+    #[test]
+    fn silence_means_offline_and_the_next_message_online() {
+        let t0 = Instant::now();
+        let c = cfg();
+        let mut s = shelf(&c, t0);
+        assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(10)));
+        let mut out = vec![];
+        s.tick(t0 + Duration::from_secs(9), &mut out);
+        assert!(out.is_empty());
+        // Never heard from since start: offline after the timeout too.
+        s.tick(t0 + Duration::from_secs(10), &mut out);
+        assert_eq!(out, vec![Output::Status(DeviceState::Offline)]);
+        assert_eq!(s.next_deadline(), None);
+        s.tick(t0 + Duration::from_secs(30), &mut out);
+        assert_eq!(out.len(), 1, "one offline event, not one per tick");
+        let out = feed(&mut s, raw(5000), t0 + Duration::from_secs(31));
+        assert_eq!(out[0], Output::Status(DeviceState::Online));
+        assert!(matches!(out[1], Output::Reading(_)));
+        // The first reading after coming back is always sent, even inside the deadband.
+        let mut out = vec![];
+        s.tick(t0 + Duration::from_secs(41), &mut out);
+        assert_eq!(out, vec![Output::Status(DeviceState::Offline)]);
+        let out = feed(&mut s, raw(5000), t0 + Duration::from_secs(42));
+        assert!(matches!(out[1], Output::Reading(_)));
+    }
+
+    #[test]
+    fn unparseable_messages_keep_the_sensor_online() {
+        let t0 = Instant::now();
+        let c = cfg();
+        let mut s = shelf(&c, t0);
+        let mut out = vec![];
+        s.heard(t0 + Duration::from_secs(8), &mut out);
+        s.tick(t0 + Duration::from_secs(12), &mut out);
+        assert_eq!(out, vec![Output::Status(DeviceState::Online)]);
+    }
+
+    proptest! {
+        #[test]
+        fn div_round_matches_float_rounding(n in -1_000_000_000i128..1_000_000_000, d in 1i128..100_000) {
+            let want = (n as f64 / d as f64).round() as i128; // f64::round is half away from zero
+            prop_assert_eq!(div_round(n, d), want);
+        }
+
+        #[test]
+        fn alerts_alternate_whatever_the_signal(grams in proptest::collection::vec(-500i64..8000, 1..200)) {
+            let t0 = Instant::now();
+            let c = cfg();
+            let mut s = shelf(&c, t0);
+            let mut out = vec![];
+            for g in grams {
+                s.heard(t0, &mut out);
+                s.reading(raw(g), t0, &mut out);
+            }
+            let kinds: Vec<StockAlertKind> = alerts(&out).into_iter().map(|(k, _)| k).collect();
+            for pair in kinds.windows(2) {
+                prop_assert_ne!(pair[0], pair[1], "two alerts of the same kind in a row");
+            }
+            if let Some(first) = kinds.first() {
+                prop_assert_eq!(*first, StockAlertKind::LowStock);
+            }
+        }
+    }
+}

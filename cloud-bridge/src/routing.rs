@@ -1,0 +1,349 @@
+//! Pure routing: one MQTT message in, one decision per event out.
+//!
+//! No I/O and no clock here, so every poison-message rule is unit-tested
+//! without brokers. Decisions carry byte *ranges* into the MQTT payload, not
+//! copies: the record value is the event's original bytes, exactly as the
+//! store recorded them, and the pipeline slices the shared payload buffer.
+//!
+//! Rules, in order (first match wins):
+//! * the MQTT topic is not a store events topic → the whole payload is
+//!   dead-lettered (`unexpected_topic`);
+//! * the payload is not a batch → the whole payload (`undecodable_batch`);
+//! * the batch header names another store than the topic → every event is
+//!   dead-lettered (`store_mismatch`): the topic is what the broker ACL
+//!   authenticated, the payload is only a claim;
+//! * per event: larger than `max_event_bytes` → `oversized`; not an envelope
+//!   → `undecodable`; unknown schema, newer version, bad header →
+//!   [`protocol::EnvelopeError::reason_code`]; envelope store differs from the
+//!   topic's → `store_mismatch`; body does not decode as its schema →
+//!   `undecodable_body`;
+//! * otherwise the event is published to its domain topic with its partition key.
+
+use std::ops::Range;
+
+use chrono::{DateTime, Utc};
+use protocol::batch::RawBatch;
+use protocol::topics::{self, KafkaTopic};
+use protocol::{EventBody, EventId, EventKind, RawEnvelope};
+use serde::Deserialize;
+
+/// Dead-letter reasons that are not envelope errors.
+pub mod reason {
+    pub const STORE_MISMATCH: &str = "store_mismatch";
+    pub const OVERSIZED: &str = "oversized";
+    pub const UNDECODABLE_BATCH: &str = "undecodable_batch";
+    pub const UNEXPECTED_TOPIC: &str = "unexpected_topic";
+    /// Kafka refused the record permanently (e.g. larger than the topic allows).
+    pub const KAFKA_REJECTED: &str = "kafka_rejected";
+}
+
+/// An event to publish to its domain topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishEvent {
+    pub id: EventId,
+    pub kind: EventKind,
+    pub topic: KafkaTopic,
+    pub key: String,
+    /// The event's bytes within the MQTT payload.
+    pub value: Range<usize>,
+    pub schema_version: u16,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Bytes to write to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterEvent {
+    /// The event id, when it could be read: the receipt names it.
+    pub id: Option<EventId>,
+    pub reason: &'static str,
+    pub detail: String,
+    /// The offending bytes within the MQTT payload (the whole payload for
+    /// batch-level problems).
+    pub value: Range<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Publish(PublishEvent),
+    DeadLetter(DeadLetterEvent),
+}
+
+/// Every decision for one MQTT message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedMessage {
+    /// Store of the MQTT topic (the authenticated one); `None` if the topic
+    /// is not a store events topic, in which case no receipt can be sent.
+    pub topic_store: Option<String>,
+    /// The batch id, when the payload is a batch: receipts name it.
+    pub batch_id: Option<uuid::Uuid>,
+    pub decisions: Vec<Decision>,
+}
+
+impl RoutedMessage {
+    pub fn event_count(&self) -> usize {
+        self.decisions.len()
+    }
+}
+
+/// Routes one MQTT message. `max_event_bytes` bounds a single event.
+pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> RoutedMessage {
+    let whole = 0..payload.len();
+    let Some(topic_store) = topics::store_id_from_events_topic(mqtt_topic) else {
+        return RoutedMessage {
+            topic_store: None,
+            batch_id: None,
+            decisions: vec![Decision::DeadLetter(DeadLetterEvent {
+                id: None,
+                reason: reason::UNEXPECTED_TOPIC,
+                detail: format!("{mqtt_topic:?} is not a store events topic"),
+                value: whole,
+            })],
+        };
+    };
+    let batch = match RawBatch::parse(payload) {
+        Ok(b) => b,
+        Err(e) => {
+            return RoutedMessage {
+                topic_store: Some(topic_store.to_owned()),
+                batch_id: None,
+                decisions: vec![Decision::DeadLetter(DeadLetterEvent {
+                    id: None,
+                    reason: reason::UNDECODABLE_BATCH,
+                    detail: format!("not a batch: {e}"),
+                    value: whole,
+                })],
+            }
+        }
+    };
+    let batch_store_ok = batch.store_id == topic_store;
+    let decisions = batch
+        .events
+        .iter()
+        .map(|raw| {
+            let bytes = raw.get().as_bytes();
+            let range = subrange(payload, bytes);
+            if !batch_store_ok {
+                return dead(
+                    peek_id(bytes),
+                    reason::STORE_MISMATCH,
+                    format!(
+                        "batch claims store {:?} on the topic of store {topic_store:?}",
+                        batch.store_id
+                    ),
+                    range,
+                );
+            }
+            route_event(topic_store, bytes, range, max_event_bytes)
+        })
+        .collect();
+    RoutedMessage {
+        topic_store: Some(topic_store.to_owned()),
+        batch_id: Some(batch.batch_id),
+        decisions,
+    }
+}
+
+fn route_event(
+    topic_store: &str,
+    bytes: &[u8],
+    range: Range<usize>,
+    max_event_bytes: usize,
+) -> Decision {
+    if bytes.len() > max_event_bytes {
+        return dead(
+            peek_id(bytes),
+            reason::OVERSIZED,
+            format!("{} bytes, limit {max_event_bytes}", bytes.len()),
+            range,
+        );
+    }
+    let env = match RawEnvelope::parse(bytes) {
+        Ok(env) => env,
+        Err(e) => return dead(peek_id(bytes), e.reason_code(), e.to_string(), range),
+    };
+    let kind = match env.check_header() {
+        Ok(kind) => kind,
+        Err(e) => return dead(Some(env.id), e.reason_code(), e.to_string(), range),
+    };
+    if env.store_id != topic_store {
+        return dead(
+            Some(env.id),
+            reason::STORE_MISMATCH,
+            format!(
+                "event claims store {:?} on the topic of store {topic_store:?}",
+                env.store_id
+            ),
+            range,
+        );
+    }
+    // Full typed decode of the body: a body Kafka consumers cannot read is
+    // dead-lettered here rather than poisoning every consumer downstream.
+    if let Err(e) = EventBody::from_json(kind, env.body.get()) {
+        let e = protocol::EnvelopeError::Body {
+            schema: kind.schema_name(),
+            source: e,
+        };
+        return dead(Some(env.id), e.reason_code(), e.to_string(), range);
+    }
+    Decision::Publish(PublishEvent {
+        id: env.id,
+        kind,
+        topic: KafkaTopic::for_kind(kind),
+        key: topics::partition_key_of(kind, &env),
+        value: range,
+        schema_version: env.schema_version,
+        recorded_at: env.recorded_at,
+    })
+}
+
+fn dead(id: Option<EventId>, reason: &'static str, detail: String, value: Range<usize>) -> Decision {
+    Decision::DeadLetter(DeadLetterEvent {
+        id,
+        reason,
+        detail,
+        value,
+    })
+}
+
+/// Best-effort event id of bytes that are not a valid envelope, so the
+/// receipt can still name the event and the agent stops resending it.
+fn peek_id(bytes: &[u8]) -> Option<EventId> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: EventId,
+    }
+    serde_json::from_slice::<IdOnly>(bytes).ok().map(|x| x.id)
+}
+
+/// The position of `inner` (a slice borrowed from `outer`) within `outer`.
+fn subrange(outer: &[u8], inner: &[u8]) -> Range<usize> {
+    let start = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
+    let start = start.min(outer.len());
+    let end = (start + inner.len()).min(outer.len());
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::batch::encode_batch;
+    use protocol::samples;
+
+    const MAX: usize = 64 * 1024;
+
+    fn batch_of(store: &str, events: &[Vec<u8>]) -> Vec<u8> {
+        encode_batch(
+            uuid::Uuid::now_v7(),
+            store,
+            events.iter().map(|e| e.as_slice()),
+        )
+    }
+
+    fn sample_json(store: &str) -> Vec<Vec<u8>> {
+        samples::envelopes(store).iter().map(|e| e.to_json()).collect()
+    }
+
+    fn reasons(r: &RoutedMessage) -> Vec<&'static str> {
+        r.decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Publish(_) => "publish",
+                Decision::DeadLetter(dl) => dl.reason,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_sample_is_published_with_its_original_bytes_topic_and_key() {
+        let events = sample_json("store-1");
+        let payload = batch_of("store-1", &events);
+        let r = route(&topics::store_events_topic("store-1"), &payload, MAX);
+        assert_eq!(r.topic_store.as_deref(), Some("store-1"));
+        assert_eq!(r.decisions.len(), events.len());
+        for (d, original) in r.decisions.iter().zip(&events) {
+            let Decision::Publish(p) = d else {
+                panic!("expected publish, got {d:?}")
+            };
+            assert_eq!(&payload[p.value.clone()], original.as_slice());
+            assert_eq!(p.topic, KafkaTopic::for_kind(p.kind));
+            assert!(p.key.starts_with("store-1"));
+        }
+    }
+
+    #[test]
+    fn a_batch_that_does_not_parse_is_dead_lettered_whole() {
+        let r = route(&topics::store_events_topic("s1"), b"{not json", MAX);
+        assert_eq!(reasons(&r), ["undecodable_batch"]);
+        assert_eq!(r.batch_id, None);
+    }
+
+    #[test]
+    fn an_envelope_of_another_store_is_dead_lettered_and_its_neighbours_published() {
+        let mut events = sample_json("store-a");
+        events.insert(1, sample_json("store-b").remove(0));
+        let payload = batch_of("store-a", &events);
+        let r = route(&topics::store_events_topic("store-a"), &payload, MAX);
+        let rs = reasons(&r);
+        assert_eq!(rs[1], "store_mismatch");
+        assert!(rs.iter().enumerate().all(|(i, r)| i == 1 || *r == "publish"));
+    }
+
+    #[test]
+    fn a_batch_claiming_another_store_is_dead_lettered_entirely() {
+        let events = sample_json("store-b");
+        let payload = batch_of("store-b", &events);
+        let r = route(&topics::store_events_topic("store-a"), &payload, MAX);
+        assert!(reasons(&r).iter().all(|r| *r == "store_mismatch"));
+        assert!(r.decisions.iter().all(|d| matches!(d, Decision::DeadLetter(DeadLetterEvent { id: Some(_), .. }))));
+    }
+
+    #[test]
+    fn poison_events_get_their_reason_codes() {
+        let good = sample_json("s1").remove(0);
+        let text = String::from_utf8(good.clone()).expect("utf8");
+        let unknown = text.replace("storelink.sale", "storelink.teleport");
+        let newer = text.replace("\"schema_version\":1", "\"schema_version\":99");
+        let bad_body = text.replace("\"lines\":", "\"lines_renamed\":");
+        let oversized = {
+            let mut v: serde_json::Value = serde_json::from_slice(&good).expect("json");
+            v["padding"] = serde_json::Value::String("x".repeat(MAX));
+            serde_json::to_vec(&v).expect("json")
+        };
+        let events = vec![
+            good.clone(),
+            unknown.into_bytes(),
+            newer.into_bytes(),
+            bad_body.into_bytes(),
+            oversized,
+            br#"{"id":"not-a-uuid"}"#.to_vec(),
+            good,
+        ];
+        let payload = batch_of("s1", &events);
+        let r = route(&topics::store_events_topic("s1"), &payload, MAX);
+        assert_eq!(
+            reasons(&r),
+            [
+                "publish",
+                "unknown_schema",
+                "unsupported_schema_version",
+                "undecodable_body",
+                "oversized",
+                "undecodable",
+                "publish"
+            ]
+        );
+        // Dead letters keep the offending event's bytes.
+        for (d, original) in r.decisions.iter().zip(&events) {
+            if let Decision::DeadLetter(dl) = d {
+                assert_eq!(&payload[dl.value.clone()], original.as_slice());
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_on_a_non_events_topic_is_dead_lettered() {
+        let r = route("storelink/v1/stores/s1/receipts", b"{}", MAX);
+        assert_eq!(reasons(&r), ["unexpected_topic"]);
+        assert_eq!(r.topic_store, None);
+    }
+}

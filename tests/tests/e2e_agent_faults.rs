@@ -1,0 +1,415 @@
+//! Issue 3 acceptance: the agent never loses an acknowledged event, through
+//! crashes (kill -9), a cloud broker outage, a full outbox and a damaged
+//! database file. Real processes, real brokers, real SQLite files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::agent::{metric_value, StackOptions, StoreStack, TERMINALS};
+use protocol::topics::KafkaTopic;
+use rand::Rng;
+
+/// event id → (terminal, sequence number)
+type Acked = Arc<Mutex<HashMap<String, (String, u64)>>>;
+
+/// A terminal that keeps its own journal: it retries the same sale until the
+/// agent answers 2xx, then moves on. Returns the ids the agent acknowledged.
+fn run_terminal(
+    base: String,
+    terminal: &'static str,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+    pace: Duration,
+) {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let body =
+            serde_json::to_vec(&protocol::samples::sale_numbered(terminal, seq)).expect("json");
+        loop {
+            match client
+                .post(format!("{base}/v1/sales"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+            {
+                Ok(r) if r.status().is_success() => {
+                    let v: serde_json::Value = r.json().expect("json answer");
+                    let id = v["event_id"].as_str().expect("event_id").to_owned();
+                    acked
+                        .lock()
+                        .expect("lock")
+                        .insert(id, (terminal.to_owned(), seq));
+                    break;
+                }
+                // 503 (outbox full / restarting) or the agent is down: keep it and retry.
+                _ => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        std::thread::sleep(pace);
+    }
+}
+
+/// Waits until every acknowledged id is in the transactions topic; returns
+/// (missing ids, duplicate record count).
+fn check_all_in_kafka(
+    stack: &StoreStack,
+    acked: &HashMap<String, (String, u64)>,
+    timeout: Duration,
+) -> (Vec<String>, usize) {
+    let want: HashSet<&String> = acked.keys().collect();
+    let records = stack.consume(
+        KafkaTopic::Transactions.name(),
+        |rs| {
+            let ids: HashSet<String> = rs
+                .iter()
+                .filter_map(|r| r.header_str(protocol::topics::headers::EVENT_ID))
+                .collect();
+            want.iter().all(|id| ids.contains(*id))
+        },
+        timeout,
+    );
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        if let Some(id) = r.header_str(protocol::topics::headers::EVENT_ID) {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    let missing = acked
+        .keys()
+        .filter(|id| !counts.contains_key(*id))
+        .cloned()
+        .collect();
+    let duplicates = counts.values().map(|n| n - 1).sum();
+    (missing, duplicates)
+}
+
+#[test]
+fn every_acknowledged_sale_reaches_kafka_through_twenty_kill_9s_under_load() {
+    let mut stack = StoreStack::start("").expect("store stack");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let terminals: Vec<_> = TERMINALS[..4]
+        .iter()
+        .map(|t| {
+            let (base, stop, acked) = (stack.http_base.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || run_terminal(base, t, stop, acked, Duration::from_millis(2)))
+        })
+        .collect();
+    let mut rng = rand::rng();
+    for round in 1..=20 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(150..900)));
+        stack.agent.kill9().expect("kill -9");
+        stack
+            .restart_agent()
+            .unwrap_or_else(|e| panic!("agent did not come back after kill {round}: {e:#}"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in terminals {
+        t.join().expect("terminal thread");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() > 500,
+        "too little load to prove anything: {} sales",
+        acked.len()
+    );
+    let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
+    println!(
+        "kill -9 x20: {} sales acknowledged, {} missing from Kafka, {duplicates} duplicate records in Kafka",
+        acked.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged sales lost: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[test]
+fn a_one_minute_cloud_broker_outage_loses_nothing_and_terminals_are_served_throughout() {
+    let mut stack = StoreStack::start("").expect("store stack");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Acked = Arc::default();
+    let slow_answers = Arc::new(Mutex::new(0usize));
+    let terminals: Vec<_> = TERMINALS[..2]
+        .iter()
+        .map(|t| {
+            let (base, stop, acked) = (stack.http_base.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                run_terminal(base, t, stop, acked, Duration::from_millis(20))
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = acked.lock().expect("lock").len();
+    stack.cloud_mqtt.stop().expect("stop cloud broker");
+    let outage_started = Instant::now();
+    // Probe the agent throughout the outage: every answer must be a 2xx.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    let mut probes = 0;
+    let mut seq = 1_000_000u64;
+    while outage_started.elapsed() < Duration::from_secs(60) {
+        seq += 1;
+        let t = Instant::now();
+        let r = client
+            .post(format!("{}/v1/sales", stack.http_base))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::to_vec(&protocol::samples::sale_numbered("pos-08", seq)).expect("json"),
+            )
+            .send()
+            .expect("agent answers during the outage");
+        assert_eq!(
+            r.status().as_u16(),
+            201,
+            "terminal refused during the outage"
+        );
+        let id = r.json::<serde_json::Value>().expect("json")["event_id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        acked
+            .lock()
+            .expect("lock")
+            .insert(id, ("pos-08".into(), seq));
+        if t.elapsed() > Duration::from_millis(250) {
+            *slow_answers.lock().expect("lock") += 1;
+        }
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = acked.lock().expect("lock").len() - before;
+    let backlog = stack.outbox_stats().expect("stats")["events"]
+        .as_u64()
+        .unwrap_or(0);
+    stack.cloud_mqtt.start_again().expect("cloud broker back");
+    let drain_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    for t in terminals {
+        t.join().expect("terminal thread");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
+    println!(
+        "outage 60 s: {during} sales accepted during it ({probes} probes, {} slower than 250 ms), backlog {backlog} events, \
+         all {} in Kafka {:.1}s after the broker returned; {duplicates} duplicates",
+        slow_answers.lock().expect("lock"),
+        acked.len() - missing.len(),
+        drain_started.elapsed().as_secs_f64()
+    );
+    assert!(backlog > 0, "the outage should have built a backlog");
+    assert!(
+        missing.is_empty(),
+        "sales lost across the outage: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stack.outbox_stats().expect("stats")["events"].as_u64() != Some(0)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        stack.outbox_stats().expect("stats")["events"].as_u64(),
+        Some(0),
+        "backlog drained"
+    );
+}
+
+const SENSOR: &str = r#"
+[[shelf_sensors]]
+id = "shelf-a1"
+gtin = "05901234123457"
+zero_offset = 8388608
+counts_per_gram = 420
+unit_weight_grams = 500
+low_stock_at = 3
+restocked_at = 6
+deadband_grams = 0
+offline_after_secs = 600
+"#;
+
+#[test]
+fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained() {
+    let mut stack = StoreStack::start_with(StackOptions {
+        extra_profile: SENSOR.into(),
+        outbox_max_rows: 400,
+        ..StackOptions::default()
+    })
+    .expect("store stack");
+    // Cut the cloud link so the outbox can only grow.
+    stack.cloud_mqtt.stop().expect("stop cloud broker");
+    // Telemetry first: readings fill their share, then are compacted and shed.
+    for i in 0..600i64 {
+        let raw = 8_388_608 + (i % 40) * 500 * 420;
+        let status = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &stack.store_mqtt_port.to_string(),
+                "-q",
+                "1",
+            ])
+            .args(["-t", "sensors/shelf-a1/raw", "-m", &raw.to_string()])
+            .status()
+            .expect("mosquitto_pub runs");
+        assert!(status.success());
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let client = reqwest::blocking::Client::new();
+    let post = |seq: u64| {
+        client
+            .post(format!("{}/v1/sales", stack.http_base))
+            .header("content-type", "application/json")
+            .body(
+                serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json"),
+            )
+            .send()
+            .expect("agent answers")
+    };
+    let mut accepted = 0;
+    let mut refused_at = None;
+    for seq in 1..=1000u64 {
+        let r = post(seq);
+        match r.status().as_u16() {
+            201 => accepted += 1,
+            503 => {
+                assert!(
+                    r.headers().get("retry-after").is_some(),
+                    "503 without Retry-After"
+                );
+                let problem: serde_json::Value = r.json().expect("problem");
+                assert_eq!(problem["code"], "outbox_full");
+                refused_at = Some(seq);
+                break;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    let refused_at = refused_at.expect("a full outbox must refuse sales with 503");
+    let stats = stack.outbox_stats().expect("stats");
+    let shed =
+        stats["shed_total"].as_u64().unwrap_or(0) + stats["compacted_total"].as_u64().unwrap_or(0);
+    println!("outbox full after {accepted} sales: {stats}");
+    assert!(
+        shed > 0,
+        "telemetry must have been compacted or shed: {stats}"
+    );
+    let metrics = stack.agent_metrics();
+    assert!(
+        metric_value(&metrics, "storelink_agent_telemetry_shed_total").unwrap_or(0.0)
+            + metric_value(&metrics, "storelink_agent_telemetry_compacted_total").unwrap_or(0.0)
+            > 0.0,
+        "shedding is counted in metrics"
+    );
+    // No corruption.
+    let conn = rusqlite::Connection::open(stack.outbox_path()).expect("open outbox");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(check, "ok");
+    drop(conn);
+
+    // The link returns; the backlog drains and sales are accepted again.
+    stack.cloud_mqtt.start_again().expect("cloud broker back");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if post(refused_at).status().as_u16() == 201 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sales still refused after the backlog should have drained"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The shed report itself reached Kafka.
+    let notices = stack.consume(
+        KafkaTopic::Devices.name(),
+        |rs| {
+            rs.iter()
+                .any(|r| String::from_utf8_lossy(&r.value).contains("telemetry_shed"))
+        },
+        Duration::from_secs(60),
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|r| String::from_utf8_lossy(&r.value).contains("telemetry_shed")),
+        "a telemetry_shed notice must reach the devices topic"
+    );
+}
+
+#[test]
+fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
+    let mut stack = StoreStack::start("").expect("store stack");
+    stack.agent.sigterm().expect("sigterm");
+    let status = stack
+        .agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exits on SIGTERM");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    std::fs::write(
+        stack.outbox_path(),
+        b"SQLite format 3\0 but then the card died: \xde\xad\xbe\xef",
+    )
+    .expect("garbage");
+    stack
+        .restart_agent()
+        .expect("agent starts on a garbage outbox");
+    let set_aside: Vec<_> = std::fs::read_dir(stack.data_dir())
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("outbox.db.damaged-"))
+        .collect();
+    assert_eq!(
+        set_aside.len(),
+        1,
+        "the damaged file is kept aside: {set_aside:?}"
+    );
+    assert!(
+        stack.agent.log_tail(50).contains("set aside"),
+        "a clear log line says so"
+    );
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/sales", stack.http_base))
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", 1)).expect("json"))
+        .send()
+        .expect("agent answers");
+    assert_eq!(r.status().as_u16(), 201);
+    let notices = stack.consume(
+        KafkaTopic::Devices.name(),
+        |rs| {
+            rs.iter()
+                .any(|r| String::from_utf8_lossy(&r.value).contains("outbox_recovered"))
+        },
+        Duration::from_secs(60),
+    );
+    assert!(notices
+        .iter()
+        .any(|r| String::from_utf8_lossy(&r.value).contains("outbox_recovered")));
+}
