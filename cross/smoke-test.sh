@@ -60,6 +60,9 @@ fi
 # The dynamic loader and libc of the target come from the cross libc package
 # (libc6-<arch>-cross, pulled in by gcc-<gnu>): point qemu at that sysroot.
 export QEMU_LD_PREFIX="$sysroot"
+# The TLS files a profile names live on the store box (mounted Secrets), not
+# in this checkout: check everything else about the profile here.
+export STORELINK_CONFIG_CHECK_FILES=0
 fail=0
 for p in "${profiles[@]}"; do
   if out="$(timeout 60 "$qemu" "$bin" config check "$p" 2>&1)"; then

@@ -200,11 +200,7 @@ impl RawConfig {
     /// Applies `STORELINK_BRIDGE_*` variables from `lookup` (the process
     /// environment in `main`, a map in tests). Unparsable numbers are
     /// reported by [`RawConfig::validate`].
-    pub fn apply_env(
-        &mut self,
-        lookup: impl Fn(&str) -> Option<String>,
-        errors: &mut Vec<String>,
-    ) {
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>, errors: &mut Vec<String>) {
         let mut num = |var: &str, slot: &mut Option<i64>| {
             if let Some(v) = lookup(var) {
                 match v.trim().parse() {
@@ -214,7 +210,10 @@ impl RawConfig {
             }
         };
         num("STORELINK_BRIDGE_MQTT_PORT", &mut self.mqtt.port);
-        num("STORELINK_BRIDGE_TOPICS_PARTITIONS", &mut self.topics.partitions);
+        num(
+            "STORELINK_BRIDGE_TOPICS_PARTITIONS",
+            &mut self.topics.partitions,
+        );
         num(
             "STORELINK_BRIDGE_TOPICS_REPLICATION_FACTOR",
             &mut self.topics.replication_factor,
@@ -228,10 +227,16 @@ impl RawConfig {
             ("STORELINK_BRIDGE_HTTP_LISTEN", &mut self.http_listen),
             ("STORELINK_BRIDGE_MQTT_HOST", &mut self.mqtt.host),
             ("STORELINK_BRIDGE_MQTT_CLIENT_ID", &mut self.mqtt.client_id),
-            ("STORELINK_BRIDGE_MQTT_SHARE_GROUP", &mut self.mqtt.share_group),
+            (
+                "STORELINK_BRIDGE_MQTT_SHARE_GROUP",
+                &mut self.mqtt.share_group,
+            ),
             ("STORELINK_BRIDGE_MQTT_USERNAME", &mut self.mqtt.username),
             ("STORELINK_BRIDGE_MQTT_PASSWORD", &mut self.mqtt.password),
-            ("STORELINK_BRIDGE_KAFKA_BOOTSTRAP", &mut self.kafka.bootstrap),
+            (
+                "STORELINK_BRIDGE_KAFKA_BOOTSTRAP",
+                &mut self.kafka.bootstrap,
+            ),
         ];
         for (var, slot) in strs {
             if let Some(v) = lookup(var) {
@@ -367,7 +372,13 @@ impl RawConfig {
             0,
             100_000_000,
         );
-        let dd_age = range("dedupe.max_age_s", self.dedupe.max_age_s, 3600, 0, 30 * 86400);
+        let dd_age = range(
+            "dedupe.max_age_s",
+            self.dedupe.max_age_s,
+            3600,
+            0,
+            30 * 86400,
+        );
 
         if min_isr > rf {
             errors.push(format!(
@@ -406,7 +417,9 @@ impl RawConfig {
                 None
             }
         };
-        let http_listen_text = self.http_listen.unwrap_or_else(|| "0.0.0.0:9090".to_owned());
+        let http_listen_text = self
+            .http_listen
+            .unwrap_or_else(|| "0.0.0.0:9090".to_owned());
         let http_listen = match http_listen_text.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
@@ -438,7 +451,9 @@ impl RawConfig {
         }
         for key in self.kafka.extra.keys() {
             if key == "bootstrap.servers" {
-                errors.push("kafka.extra must not set bootstrap.servers (use kafka.bootstrap)".into());
+                errors.push(
+                    "kafka.extra must not set bootstrap.servers (use kafka.bootstrap)".into(),
+                );
             }
         }
 
@@ -533,7 +548,11 @@ mod tests {
         let mut raw = RawConfig::from_toml(toml, "test")?;
         let mut errors = Vec::new();
         raw.apply_env(
-            |k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()),
+            |k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            },
             &mut errors,
         );
         raw.validate(errors)

@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(w.check_and_reserve(id(1), t0), Seen::New);
         assert_eq!(w.check_and_reserve(id(1), t0), Seen::InFlight);
         w.mark_published(id(1), t0);
-        assert_eq!(w.check_and_reserve(id(1), t0 + Duration::from_secs(59)), Seen::Published);
+        assert_eq!(
+            w.check_and_reserve(id(1), t0 + Duration::from_secs(59)),
+            Seen::Published
+        );
     }
 
     #[test]
@@ -157,7 +160,10 @@ mod tests {
         let mut w = DedupeWindow::new(10, Duration::from_secs(60));
         w.check_and_reserve(id(1), t0);
         w.mark_published(id(1), t0);
-        assert_eq!(w.check_and_reserve(id(1), t0 + Duration::from_secs(61)), Seen::New);
+        assert_eq!(
+            w.check_and_reserve(id(1), t0 + Duration::from_secs(61)),
+            Seen::New
+        );
     }
 
     #[test]

@@ -1,1 +1,123 @@
-fn main() {}
+//! `cloud-bridge run --config bridge.toml` and `cloud-bridge topics ensure --config bridge.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "cloud-bridge",
+    version,
+    about = "StoreLink MQTT → Kafka bridge"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bridge store events from MQTT to Kafka until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Manage the Kafka topics.
+    Topics {
+        #[command(subcommand)]
+        cmd: TopicsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicsCmd {
+    /// Create missing topics, fix what can be fixed, report drift (exit 1 on unfixed drift).
+    Ensure {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only compare; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cloud-bridge: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = cloud_bridge::config::load(&config)?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                let s = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("stop requested: no new messages, finishing in-flight ones");
+                    s.cancel();
+                });
+                cloud_bridge::run(cfg, shutdown).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Topics {
+            cmd: TopicsCmd::Ensure { config, check },
+        } => {
+            let cfg = cloud_bridge::config::load(&config)?;
+            let report = rt.block_on(cloud_bridge::topics_admin::ensure(
+                &cfg.kafka.bootstrap,
+                &cfg.topics,
+                !check,
+            ))?;
+            for l in &report.lines {
+                println!("{l}");
+            }
+            for l in &report.unfixed {
+                println!("DRIFT {l}");
+            }
+            Ok(if report.unfixed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; only Ctrl-C stops the bridge");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -196,7 +196,12 @@ fn route_event(
     })
 }
 
-fn dead(id: Option<EventId>, reason: &'static str, detail: String, value: Range<usize>) -> Decision {
+fn dead(
+    id: Option<EventId>,
+    reason: &'static str,
+    detail: String,
+    value: Range<usize>,
+) -> Decision {
     Decision::DeadLetter(DeadLetterEvent {
         id,
         reason,
@@ -240,7 +245,10 @@ mod tests {
     }
 
     fn sample_json(store: &str) -> Vec<Vec<u8>> {
-        samples::envelopes(store).iter().map(|e| e.to_json()).collect()
+        samples::envelopes(store)
+            .iter()
+            .map(|e| e.to_json())
+            .collect()
     }
 
     fn reasons(r: &RoutedMessage) -> Vec<&'static str> {
@@ -285,7 +293,10 @@ mod tests {
         let r = route(&topics::store_events_topic("store-a"), &payload, MAX);
         let rs = reasons(&r);
         assert_eq!(rs[1], "store_mismatch");
-        assert!(rs.iter().enumerate().all(|(i, r)| i == 1 || *r == "publish"));
+        assert!(rs
+            .iter()
+            .enumerate()
+            .all(|(i, r)| i == 1 || *r == "publish"));
     }
 
     #[test]
@@ -294,7 +305,10 @@ mod tests {
         let payload = batch_of("store-b", &events);
         let r = route(&topics::store_events_topic("store-a"), &payload, MAX);
         assert!(reasons(&r).iter().all(|r| *r == "store_mismatch"));
-        assert!(r.decisions.iter().all(|d| matches!(d, Decision::DeadLetter(DeadLetterEvent { id: Some(_), .. }))));
+        assert!(r
+            .decisions
+            .iter()
+            .all(|d| matches!(d, Decision::DeadLetter(DeadLetterEvent { id: Some(_), .. }))));
     }
 
     #[test]

@@ -105,7 +105,12 @@ mod tests {
             f.push(c, &mut out);
         }
         out.into_iter()
-            .map(|fr| (String::from_utf8_lossy(&fr.bytes).into_owned(), fr.truncated))
+            .map(|fr| {
+                (
+                    String::from_utf8_lossy(&fr.bytes).into_owned(),
+                    fr.truncated,
+                )
+            })
             .collect()
     }
 
@@ -116,14 +121,24 @@ mod tests {
     #[test]
     fn mixed_line_endings_yield_no_empty_frames() {
         let got = frames(Terminator::Cr, 64, &[b"A\rB\r\nC\nD\n\rE\r\r\n\nF\r"]);
-        assert_eq!(got, vec![ok("A"), ok("B"), ok("C"), ok("D"), ok("E"), ok("F")]);
-        assert_eq!(frames(Terminator::Crlf, 64, &[b"A\r\nB\r\n"]), vec![ok("A"), ok("B")]);
+        assert_eq!(
+            got,
+            vec![ok("A"), ok("B"), ok("C"), ok("D"), ok("E"), ok("F")]
+        );
+        assert_eq!(
+            frames(Terminator::Crlf, 64, &[b"A\r\nB\r\n"]),
+            vec![ok("A"), ok("B")]
+        );
         assert_eq!(frames(Terminator::Lf, 64, &[b"\n\nA\n"]), vec![ok("A")]);
     }
 
     #[test]
     fn a_cr_and_its_lf_in_different_reads() {
-        let got = frames(Terminator::Cr, 64, &[b"]E04006381333931\r", b"\n]E496385074\r", b"\n"]);
+        let got = frames(
+            Terminator::Cr,
+            64,
+            &[b"]E04006381333931\r", b"\n]E496385074\r", b"\n"],
+        );
         assert_eq!(got, vec![ok("]E04006381333931"), ok("]E496385074")]);
     }
 
@@ -137,7 +152,10 @@ mod tests {
     fn a_frame_split_into_single_bytes() {
         let data = b"]C10104006381333931\x1d21X\r";
         let chunks: Vec<&[u8]> = data.chunks(1).collect();
-        assert_eq!(frames(Terminator::Cr, 64, &chunks), vec![ok("]C10104006381333931\x1d21X")]);
+        assert_eq!(
+            frames(Terminator::Cr, 64, &chunks),
+            vec![ok("]C10104006381333931\x1d21X")]
+        );
     }
 
     #[test]
@@ -148,7 +166,10 @@ mod tests {
         assert_eq!(got, vec![("9".repeat(16), true), ok("OK")]);
         // Exactly max_len is not truncated.
         assert_eq!(frames(Terminator::Cr, 4, &[b"1234\r"]), vec![ok("1234")]);
-        assert_eq!(frames(Terminator::Cr, 4, &[b"12345\r"]), vec![("1234".to_owned(), true)]);
+        assert_eq!(
+            frames(Terminator::Cr, 4, &[b"12345\r"]),
+            vec![("1234".to_owned(), true)]
+        );
     }
 
     #[test]
@@ -159,7 +180,13 @@ mod tests {
         assert_eq!(f.pending(), 6);
         assert_eq!(f.reset(), 6);
         f.push(b"]E496385074\r", &mut out);
-        assert_eq!(out, vec![Frame { bytes: b"]E496385074".to_vec(), truncated: false }]);
+        assert_eq!(
+            out,
+            vec![Frame {
+                bytes: b"]E496385074".to_vec(),
+                truncated: false
+            }]
+        );
     }
 
     proptest! {

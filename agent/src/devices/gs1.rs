@@ -175,11 +175,12 @@ pub fn decode(frame: &[u8]) -> Decoded {
         data: render(body),
         ..Decoded::default()
     };
-    if let Some((i, &b)) = body.iter().enumerate().find(|(_, &b)| !printable(b) && b != GS) {
-        out.error = Some(ReadError::Noise {
-            byte: b,
-            offset: i,
-        });
+    if let Some((i, &b)) = body
+        .iter()
+        .enumerate()
+        .find(|(_, &b)| !printable(b) && b != GS)
+    {
+        out.error = Some(ReadError::Noise { byte: b, offset: i });
         return out;
     }
     if body.is_empty() {
@@ -210,7 +211,10 @@ pub fn decode(frame: &[u8]) -> Decoded {
             } else if !lens.contains(&text.len()) {
                 Err(ReadError::BadLength(format!(
                     "add-on carries {} digits, got {}",
-                    lens.iter().map(usize::to_string).collect::<Vec<_>>().join(" or "),
+                    lens.iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or "),
                     text.len()
                 )))
             } else {
@@ -223,7 +227,8 @@ pub fn decode(frame: &[u8]) -> Decoded {
             let all_digits = text.bytes().all(|b| b.is_ascii_digit());
             if all_digits && matches!(text.len(), 8 | 12 | 13 | 14) {
                 gtin_of(&text, text.len(), "GTIN").map(|g| (Some(g), vec![]))
-            } else if text.contains(char::from(GS)) || (text.starts_with("01") && text.len() >= 16) {
+            } else if text.contains(char::from(GS)) || (text.starts_with("01") && text.len() >= 16)
+            {
                 element_string(&text)
             } else {
                 Ok((None, vec![]))
@@ -252,7 +257,9 @@ pub fn decode_truncated(frame: &[u8], max_len: usize) -> Decoded {
 
 fn gtin_of(text: &str, len: usize, what: &str) -> Result<Gtin, ReadError> {
     if !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ReadError::NotDigits(format!("{what} `{text}` has non-digits")));
+        return Err(ReadError::NotDigits(format!(
+            "{what} `{text}` has non-digits"
+        )));
     }
     if text.len() != len {
         return Err(ReadError::BadLength(format!(
@@ -350,7 +357,12 @@ pub fn ai_spec(ai: &str) -> Option<AiSpec> {
         "410" | "411" | "412" | "413" | "414" | "415" | "416" | "417" => {
             fixed(13, N, Check::CheckDigit)
         }
-        "421" => AiSpec { min: 4, max: 12, charset: X, check: Check::None },
+        "421" => AiSpec {
+            min: 4,
+            max: 12,
+            charset: X,
+            check: Check::None,
+        },
         "422" | "424" | "426" => fixed(3, N, Check::None),
         "7003" => fixed(10, N, Check::None),
         "8004" => var(30, X),
@@ -358,10 +370,14 @@ pub fn ai_spec(ai: &str) -> Option<AiSpec> {
         "8020" => var(25, X),
         "8200" => var(70, X),
         "90" => var(30, X),
-        _ if b.len() == 2 && (b"91"..=b"99").contains(&b) => var(90, X),
-        // 310n-369n: trade measures, n = decimal places (0-5). Lexicographic
-        // byte ranges on equal-length ASCII digits are numeric ranges.
-        _ if b.len() == 4 && (b"310"..=b"369").contains(&&b[..3]) && (b'0'..=b'5').contains(&b[3]) => {
+        _ if b.len() == 2 && b[0] == b'9' && (b'1'..=b'9').contains(&b[1]) => var(90, X),
+        // 310n-369n: trade measures, n = decimal places (0-5).
+        _ if b.len() == 4
+            && ai[..3]
+                .parse::<u16>()
+                .is_ok_and(|p| (310..=369).contains(&p))
+            && (b'0'..=b'5').contains(&b[3]) =>
+        {
             fixed(6, N, Check::None)
         }
         // 390n / 392n amounts payable, 391n / 393n with an ISO 4217 code.
@@ -369,7 +385,12 @@ pub fn ai_spec(ai: &str) -> Option<AiSpec> {
             var(15, N)
         }
         _ if b.len() == 4 && (b[..3] == *b"391" || b[..3] == *b"393") && b[3].is_ascii_digit() => {
-            AiSpec { min: 4, max: 18, charset: N, check: Check::None }
+            AiSpec {
+                min: 4,
+                max: 18,
+                charset: N,
+                check: Check::None,
+            }
         }
         _ => return None,
     };
@@ -460,7 +481,9 @@ pub fn element_string(text: &str) -> Result<(Option<Gtin>, Vec<Gs1Element>), Rea
         let shown = render(value);
         match spec.charset {
             Charset::N if !value.iter().all(u8::is_ascii_digit) => {
-                return Err(ReadError::BadValue(format!("({ai}) `{shown}` must be digits")));
+                return Err(ReadError::BadValue(format!(
+                    "({ai}) `{shown}` must be digits"
+                )));
             }
             Charset::X => {
                 if let Some(&c) = value.iter().find(|&&c| !in_cset82(c)) {
@@ -539,7 +562,10 @@ mod tests {
         assert!(d.is_valid());
         // UPC-A 036000291452 arrives as 13 digits.
         let d = decode(b"]E00036000291452");
-        assert_eq!(d.gtin.as_ref().map(Gtin::to_gtin14).as_deref(), Some("00036000291452"));
+        assert_eq!(
+            d.gtin.as_ref().map(Gtin::to_gtin14).as_deref(),
+            Some("00036000291452")
+        );
         assert!(d.is_valid());
     }
 
@@ -600,26 +626,62 @@ mod tests {
             let frame = format!("{id}\u{1d}01040063813339313103001250");
             let d = decode(frame.as_bytes());
             assert!(d.is_valid(), "{id}: {:?}", d.error);
-            assert_eq!(d.elements, vec![el("01", "04006381333931"), el("3103", "001250")], "{id}");
+            assert_eq!(
+                d.elements,
+                vec![el("01", "04006381333931"), el("3103", "001250")],
+                "{id}"
+            );
         }
     }
 
     #[test]
     fn gs1_errors_have_stable_codes() {
         let cases: [(&[u8], &str); 10] = [
-            (b"]C10104006381333932", "bad_check_digit: (01) 04006381333932: check digit is 2 but should be 1"),
-            (b"]C1010400638133393", "bad_length: (01) has 14 characters, got 13"),
-            (b"]C1010400638133393117261332", "bad_date: (17) `261332` is not a date (YYMMDD, day 00 = end of month)"),
-            (b"]C10104006381333931170002", "bad_length: (17) has 6 characters, got 4"),
+            (
+                b"]C10104006381333932",
+                "bad_check_digit: (01) 04006381333932: check digit is 2 but should be 1",
+            ),
+            (
+                b"]C1010400638133393",
+                "bad_length: (01) has 14 characters, got 13",
+            ),
+            (
+                b"]C1010400638133393117261332",
+                "bad_date: (17) `261332` is not a date (YYMMDD, day 00 = end of month)",
+            ),
+            (
+                b"]C10104006381333931170002",
+                "bad_length: (17) has 6 characters, got 4",
+            ),
             (b"]C121ABC", "missing_ai: (21) requires (01)"),
-            (b"]C10104006381333931\x1d5512", "unknown_ai: no AI starts with `5512` at offset 17"),
-            (b"]C1010400638133393110ABC#", "bad_value: (10) `ABC#` has `#`, outside GS1's character set"),
-            (b"]C1010400638133393131031A3456", "bad_value: (3103) `1A3456` must be digits"),
-            (b"]C101040063813339311012345678901234567890123", "bad_length: (10) is at most 20 characters, got 23 (FNC1 separator missing?)"),
-            (b"]C1010400638133393110A\x1d10B", "duplicate_ai: (10) appears twice with different values"),
+            (
+                b"]C10104006381333931\x1d5512",
+                "unknown_ai: no AI starts with `5512` at offset 17",
+            ),
+            (
+                b"]C1010400638133393110ABC#",
+                "bad_value: (10) `ABC#` has `#`, outside GS1's character set",
+            ),
+            (
+                b"]C1010400638133393131031A3456",
+                "bad_value: (3103) `1A3456` must be digits",
+            ),
+            (
+                b"]C101040063813339311012345678901234567890123",
+                "bad_length: (10) is at most 20 characters, got 23 (FNC1 separator missing?)",
+            ),
+            (
+                b"]C1010400638133393110A\x1d10B",
+                "duplicate_ai: (10) appears twice with different values",
+            ),
         ];
         for (frame, want) in cases {
-            assert_eq!(reason(frame).as_deref(), Some(want), "{}", String::from_utf8_lossy(frame));
+            assert_eq!(
+                reason(frame).as_deref(),
+                Some(want),
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
         }
     }
 
@@ -631,7 +693,11 @@ mod tests {
         }
         for bad in ["250229", "261300", "260431", "269900"] {
             let frame = format!("]C1010400638133393117{bad}");
-            assert_eq!(decode(frame.as_bytes()).error.map(|e| e.code()), Some("bad_date"), "{bad}");
+            assert_eq!(
+                decode(frame.as_bytes()).error.map(|e| e.code()),
+                Some("bad_date"),
+                "{bad}"
+            );
         }
     }
 
@@ -646,7 +712,11 @@ mod tests {
     fn other_symbologies_are_plain_data() {
         for (frame, id, data) in [
             (&b"]A0CODE39-123"[..], "]A0", "CODE39-123"),
-            (b"]Q1https://example.com/p?id=1", "]Q1", "https://example.com/p?id=1"),
+            (
+                b"]Q1https://example.com/p?id=1",
+                "]Q1",
+                "https://example.com/p?id=1",
+            ),
             (b"]C0HELLO", "]C0", "HELLO"),
             (b"]d1ANY THING", "]d1", "ANY THING"),
         ] {
@@ -660,14 +730,29 @@ mod tests {
 
     #[test]
     fn without_aim_the_data_decides() {
-        assert_eq!(decode(b"4006381333931").gtin.map(|g| g.to_string()).as_deref(), Some("4006381333931"));
-        assert_eq!(decode(b"036000291452").gtin.map(|g| g.to_string()).as_deref(), Some("036000291452"));
+        assert_eq!(
+            decode(b"4006381333931")
+                .gtin
+                .map(|g| g.to_string())
+                .as_deref(),
+            Some("4006381333931")
+        );
+        assert_eq!(
+            decode(b"036000291452")
+                .gtin
+                .map(|g| g.to_string())
+                .as_deref(),
+            Some("036000291452")
+        );
         assert_eq!(
             reason(b"4006381333932").as_deref(),
             Some("bad_check_digit: 4006381333932: check digit is 2 but should be 1")
         );
         let d = decode(b"010400638133393110LOT7");
-        assert_eq!(d.elements, vec![el("01", "04006381333931"), el("10", "LOT7")]);
+        assert_eq!(
+            d.elements,
+            vec![el("01", "04006381333931"), el("10", "LOT7")]
+        );
         assert!(decode(b"12345").is_valid());
         assert!(decode(b"HELLO WORLD").is_valid());
     }
@@ -679,26 +764,47 @@ mod tests {
             Some("noise: unexpected byte 0x00 at offset 0")
         );
         let d = decode(b"]E0400638\x07133393");
-        assert_eq!(d.error.map(|e| e.to_string()).as_deref(), Some("noise: unexpected byte 0x07 at offset 6"));
+        assert_eq!(
+            d.error.map(|e| e.to_string()).as_deref(),
+            Some("noise: unexpected byte 0x07 at offset 6")
+        );
         assert_eq!(d.data, "400638\\x07133393");
         assert_eq!(d.symbology.as_deref(), Some("]E0"));
-        assert_eq!(reason(b"]E0").as_deref(), Some("empty: no data after the symbology identifier ]E0"));
-        assert_eq!(reason(b"]").as_deref(), Some("bad_symbology: `]` is not an AIM symbology identifier"));
-        assert_eq!(reason(b"]1x123").as_deref(), Some("bad_symbology: `]1x` is not an AIM symbology identifier"));
-        assert_eq!(reason(b"]C1\x1d\x1d").as_deref(), Some("empty: no data after the FNC1 separators"));
+        assert_eq!(
+            reason(b"]E0").as_deref(),
+            Some("empty: no data after the symbology identifier ]E0")
+        );
+        assert_eq!(
+            reason(b"]").as_deref(),
+            Some("bad_symbology: `]` is not an AIM symbology identifier")
+        );
+        assert_eq!(
+            reason(b"]1x123").as_deref(),
+            Some("bad_symbology: `]1x` is not an AIM symbology identifier")
+        );
+        assert_eq!(
+            reason(b"]C1\x1d\x1d").as_deref(),
+            Some("empty: no data after the FNC1 separators")
+        );
     }
 
     #[test]
     fn truncated_reads_are_never_valid() {
         let d = decode_truncated(b"]E04006381333931", 16);
         assert_eq!(d.gtin, None);
-        assert_eq!(d.error.map(|e| e.to_string()).as_deref(), Some("truncated: read longer than 16 bytes was cut"));
+        assert_eq!(
+            d.error.map(|e| e.to_string()).as_deref(),
+            Some("truncated: read longer than 16 bytes was cut")
+        );
     }
 
     fn gtin14() -> impl Strategy<Value = String> {
         proptest::collection::vec(0u8..10, 13).prop_map(|body| {
             let c = check_digit(&body);
-            body.iter().chain(std::iter::once(&c)).map(|d| char::from(b'0' + d)).collect()
+            body.iter()
+                .chain(std::iter::once(&c))
+                .map(|d| char::from(b'0' + d))
+                .collect()
         })
     }
 
@@ -754,7 +860,8 @@ mod tests {
             let mut digits = body.clone();
             digits.push(c);
             let good: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
-            prop_assert!(decode(format!("]E0{good}").as_bytes()).is_valid());
+            let frame = format!("]E0{}", good);
+            prop_assert!(decode(frame.as_bytes()).is_valid());
             digits[pos] = (digits[pos] + delta) % 10;
             let bad: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
             let d = decode(format!("]E0{bad}").as_bytes());

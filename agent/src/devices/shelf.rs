@@ -51,7 +51,9 @@ pub enum PayloadError {
     NotUtf8,
     #[error("payload is empty")]
     Empty,
-    #[error("payload is neither an integer nor JSON {{\"raw\": <integer>, \"ts\": <RFC 3339>}}: {0}")]
+    #[error(
+        "payload is neither an integer nor JSON {{\"raw\": <integer>, \"ts\": <RFC 3339>}}: {0}"
+    )]
     Malformed(String),
 }
 
@@ -254,7 +256,9 @@ impl Shelf {
 
     /// The clock moved: silence and dwell deadlines.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Output>) {
-        if self.presence != Presence::Offline && now.duration_since(self.last_heard) >= self.offline_after {
+        if self.presence != Presence::Offline
+            && now.duration_since(self.last_heard) >= self.offline_after
+        {
             self.presence = Presence::Offline;
             // A fresh baseline when it returns: its first reading is always sent.
             self.last_emitted = None;
@@ -268,7 +272,8 @@ impl Shelf {
 
     /// When [`Shelf::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let silence = (self.presence != Presence::Offline).then(|| self.last_heard + self.offline_after);
+        let silence =
+            (self.presence != Presence::Offline).then(|| self.last_heard + self.offline_after);
         let dwell = self.pending.map(|(_, since)| since + self.dwell);
         match (silence, dwell) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -282,7 +287,9 @@ impl Shelf {
             return;
         };
         let want = match self.level {
-            Level::Unknown | Level::Normal if count <= self.low_stock_at => Some(StockAlertKind::LowStock),
+            Level::Unknown | Level::Normal if count <= self.low_stock_at => {
+                Some(StockAlertKind::LowStock)
+            }
             Level::Low if count >= self.restocked_at => Some(StockAlertKind::Restocked),
             _ => None,
         };
@@ -370,22 +377,47 @@ mod tests {
 
     #[test]
     fn payloads_plain_and_json() {
-        assert_eq!(parse_payload(b" 8850608\n"), Ok(RawReading { raw: 8_850_608, taken_at: None }));
+        assert_eq!(
+            parse_payload(b" 8850608\n"),
+            Ok(RawReading {
+                raw: 8_850_608,
+                taken_at: None
+            })
+        );
         assert_eq!(parse_payload(b"-12").map(|r| r.raw), Ok(-12));
-        let j = parse_payload(br#"{"raw": 8850608, "ts": "2026-11-24T10:15:02+01:00"}"#).expect("json");
+        let j =
+            parse_payload(br#"{"raw": 8850608, "ts": "2026-11-24T10:15:02+01:00"}"#).expect("json");
         assert_eq!(j.raw, 8_850_608);
-        assert_eq!(j.taken_at.map(|t| t.to_rfc3339()).as_deref(), Some("2026-11-24T10:15:02+01:00"));
+        assert_eq!(
+            j.taken_at.map(|t| t.to_rfc3339()).as_deref(),
+            Some("2026-11-24T10:15:02+01:00")
+        );
         assert_eq!(parse_payload(br#"{"raw": 5}"#).map(|r| r.raw), Ok(5));
         assert_eq!(parse_payload(b""), Err(PayloadError::Empty));
         assert_eq!(parse_payload(b"\xff\xfe"), Err(PayloadError::NotUtf8));
-        for bad in [&b"12.5"[..], b"heavy", br#"{"raw": 1.5}"#, br#"{"raw": 1, "ts": "yesterday"}"#, br#"{"weight": 1}"#, b"99999999999999999999"] {
-            assert!(matches!(parse_payload(bad), Err(PayloadError::Malformed(_))), "{}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b"12.5"[..],
+            b"heavy",
+            br#"{"raw": 1.5}"#,
+            br#"{"raw": 1, "ts": "yesterday"}"#,
+            br#"{"weight": 1}"#,
+            b"99999999999999999999",
+        ] {
+            assert!(
+                matches!(parse_payload(bad), Err(PayloadError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn calibration_rounds_half_away_from_zero() {
-        let c = Calibration { zero_offset: 1000, counts_per_gram: 4, unit_weight_grams: 250 };
+        let c = Calibration {
+            zero_offset: 1000,
+            counts_per_gram: 4,
+            unit_weight_grams: 250,
+        };
         assert_eq!(c.grams(1000), 0);
         assert_eq!(c.grams(1002), 1); // 0.5 → 1
         assert_eq!(c.grams(1001), 0); // 0.25 → 0
@@ -396,7 +428,11 @@ mod tests {
         assert_eq!(c.items(125), 1); // 0.5 → 1
         assert_eq!(c.items(124), 0);
         assert_eq!(c.items(-400), 0);
-        let extreme = Calibration { zero_offset: i64::MIN, counts_per_gram: 1, unit_weight_grams: 1 };
+        let extreme = Calibration {
+            zero_offset: i64::MIN,
+            counts_per_gram: 1,
+            unit_weight_grams: 1,
+        };
         assert_eq!(extreme.grams(i64::MAX), i64::MAX);
         assert_eq!(extreme.items(i64::MAX), u32::MAX);
     }
@@ -408,14 +444,25 @@ mod tests {
         let mut s = shelf(&c, t0);
         let out = feed(&mut s, raw(5000), t0);
         assert_eq!(out[0], Output::Status(DeviceState::Online));
-        assert!(matches!(&out[1], Output::Reading(r) if r.grams == 5000 && r.item_count == 10 && r.raw_counts == raw(5000)));
+        assert!(
+            matches!(&out[1], Output::Reading(r) if r.grams == 5000 && r.item_count == 10 && r.raw_counts == raw(5000))
+        );
         let mut o = vec![];
-        assert_eq!(s.reading(raw(5019), t0, &mut o), ReadingOutcome::WithinDeadband);
-        assert_eq!(s.reading(raw(4981), t0, &mut o), ReadingOutcome::WithinDeadband);
+        assert_eq!(
+            s.reading(raw(5019), t0, &mut o),
+            ReadingOutcome::WithinDeadband
+        );
+        assert_eq!(
+            s.reading(raw(4981), t0, &mut o),
+            ReadingOutcome::WithinDeadband
+        );
         assert!(o.is_empty());
         assert_eq!(s.reading(raw(5020), t0, &mut o), ReadingOutcome::Emitted);
         // The deadband is measured from the last *emitted* reading (5020).
-        assert_eq!(s.reading(raw(5001), t0, &mut o), ReadingOutcome::WithinDeadband);
+        assert_eq!(
+            s.reading(raw(5001), t0, &mut o),
+            ReadingOutcome::WithinDeadband
+        );
         assert_eq!(s.reading(raw(5000), t0, &mut o), ReadingOutcome::Emitted);
     }
 
@@ -425,8 +472,10 @@ mod tests {
         let c = cfg();
         let mut s = shelf(&c, t0);
         let mut all = feed(&mut s, raw(5000), t0); // 10 items
-        // Items taken one by one down to 3, then the signal jitters between 3 and 4 items.
-        for g in [4000, 3000, 2000, 1500, 2000, 1500, 2010, 1480, 1990, 1520, 2000] {
+                                                   // Items taken one by one down to 3, then the signal jitters between 3 and 4 items.
+        for g in [
+            4000, 3000, 2000, 1500, 2000, 1500, 2010, 1480, 1990, 1520, 2000,
+        ] {
             all.extend(feed(&mut s, raw(g), t0));
         }
         assert_eq!(alerts(&all), vec![(StockAlertKind::LowStock, 3)]);
@@ -445,11 +494,17 @@ mod tests {
         let t0 = Instant::now();
         let c = cfg();
         let mut s = shelf(&c, t0);
-        assert_eq!(alerts(&feed(&mut s, raw(1000), t0)), vec![(StockAlertKind::LowStock, 2)]);
+        assert_eq!(
+            alerts(&feed(&mut s, raw(1000), t0)),
+            vec![(StockAlertKind::LowStock, 2)]
+        );
         assert_eq!(alerts(&feed(&mut s, raw(1500), t0)), vec![]);
         let mut s = shelf(&c, t0);
         assert_eq!(alerts(&feed(&mut s, raw(2000), t0)), vec![]); // 4 items: above low, below restocked
-        assert_eq!(alerts(&feed(&mut s, raw(1500), t0)), vec![(StockAlertKind::LowStock, 3)]);
+        assert_eq!(
+            alerts(&feed(&mut s, raw(1500), t0)),
+            vec![(StockAlertKind::LowStock, 3)]
+        );
     }
 
     #[test]
@@ -460,14 +515,23 @@ mod tests {
         let mut s = shelf(&c, t0);
         feed(&mut s, raw(5000), t0);
         // A 3 s dip to 3 items (a hand resting on the shelf) then back.
-        assert_eq!(alerts(&feed(&mut s, raw(1500), t0 + Duration::from_secs(1))), vec![]);
+        assert_eq!(
+            alerts(&feed(&mut s, raw(1500), t0 + Duration::from_secs(1))),
+            vec![]
+        );
         assert_eq!(s.next_deadline(), Some(t0 + Duration::from_secs(6)));
-        assert_eq!(alerts(&feed(&mut s, raw(4000), t0 + Duration::from_secs(4))), vec![]);
+        assert_eq!(
+            alerts(&feed(&mut s, raw(4000), t0 + Duration::from_secs(4))),
+            vec![]
+        );
         let mut out = vec![];
         s.tick(t0 + Duration::from_secs(7), &mut out);
         assert_eq!(alerts(&out), vec![]);
         // A real drop: the alert fires once the dwell has passed, on a tick.
-        assert_eq!(alerts(&feed(&mut s, raw(1000), t0 + Duration::from_secs(8))), vec![]);
+        assert_eq!(
+            alerts(&feed(&mut s, raw(1000), t0 + Duration::from_secs(8))),
+            vec![]
+        );
         let mut out = vec![];
         s.tick(t0 + Duration::from_secs(12), &mut out);
         assert_eq!(alerts(&out), vec![]);

@@ -1,0 +1,287 @@
+//! The in-store MQTT side of the shelf sensors: subscribe to
+//! `sensors/+/raw` (QoS 1) on the local broker, run each message through
+//! its sensor's [`Shelf`] state machine, submit what comes out.
+//!
+//! Two tasks so the MQTT event loop is never blocked by the outbox: the
+//! poller only moves publishes into a bounded queue (full queue → the
+//! reading is dropped and counted; sensors publish again); the processor
+//! owns the state machines and the clock (silence and dwell deadlines).
+//! The session is clean: after an agent restart stale readings are not
+//! replayed, the sensors' next readings are what counts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use firmware_config::{LocalMqtt, ShelfSensor};
+use protocol::device::StockAlertKind;
+use protocol::topics::{sensor_id_from_topic, ALL_SHELF_SENSORS};
+use protocol::{EventBody, Source, SourceKind};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::shelf::{parse_payload, Output, ReadingOutcome, Shelf};
+use super::{Submitted, Submitter};
+
+/// Messages queued between the MQTT event loop and the processor.
+const QUEUE: usize = 1024;
+/// At most one "unparseable" warning per sensor per this long (the counter counts all).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+struct Message {
+    topic: String,
+    payload: bytes::Bytes,
+    at: Instant,
+}
+
+struct Sensor {
+    shelf: Shelf,
+    source: Source,
+    last_warned: Option<Instant>,
+}
+
+/// MQTT client id on the in-store broker.
+pub fn client_id(store_id: &str, local: &LocalMqtt) -> String {
+    local
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("{store_id}-agent-devices"))
+}
+
+/// Starts the poller and the processor for `sensors` (non-empty).
+pub fn spawn(
+    store_id: &str,
+    local: &LocalMqtt,
+    sensors: &[ShelfSensor],
+    submitter: Submitter,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let now = Instant::now();
+    let mut states = HashMap::new();
+    for cfg in sensors {
+        // The profile was validated: an invalid GTIN cannot get here, but a
+        // sensor without one is skipped rather than taking the agent down.
+        let Ok(gtin) = cfg.gtin.parse() else {
+            tracing::error!(sensor = %cfg.id, gtin = %cfg.gtin, "shelf sensor has an invalid GTIN; ignored");
+            continue;
+        };
+        states.insert(
+            cfg.id.clone(),
+            Sensor {
+                shelf: Shelf::new(cfg, gtin, now),
+                source: Source {
+                    kind: SourceKind::ShelfSensor,
+                    device_id: cfg.id.clone(),
+                },
+                last_warned: None,
+            },
+        );
+    }
+    let mut opts = MqttOptions::new(client_id(store_id, local), local.host.clone(), local.port);
+    opts.set_clean_session(true);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, eventloop) = AsyncClient::new(opts, 64);
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let known: std::collections::HashSet<String> = states.keys().cloned().collect();
+    let span = tracing::info_span!("shelf_sensors", store = %store_id, broker = %format!("{}:{}", local.host, local.port));
+    vec![
+        tokio::spawn(
+            poll(
+                client,
+                eventloop,
+                tx,
+                known,
+                submitter.clone(),
+                shutdown.clone(),
+            )
+            .instrument(span.clone()),
+        ),
+        tokio::spawn(process(states, rx, submitter, shutdown).instrument(span)),
+    ]
+}
+
+async fn poll(
+    client: AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    tx: mpsc::Sender<Message>,
+    known: std::collections::HashSet<String>,
+    submitter: Submitter,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = client.try_disconnect();
+                return;
+            }
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!("connected to the in-store broker");
+                failures = 0;
+                // Clean session: subscribe on every connection.
+                if let Err(e) = client.try_subscribe(ALL_SHELF_SENSORS, QoS::AtLeastOnce) {
+                    tracing::error!("cannot subscribe to {ALL_SHELF_SENSORS}: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let msg = Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                    at: Instant::now(),
+                };
+                if let Err(mpsc::error::TrySendError::Full(m)) = tx.try_send(msg) {
+                    // Label only sensors the profile knows: topics are client-chosen.
+                    let sensor = sensor_id_from_topic(&m.topic)
+                        .filter(|id| known.contains(*id))
+                        .unwrap_or("unknown");
+                    submitter.metrics.shelf_reading(sensor, "dropped");
+                    tracing::warn!(sensor, "shelf reading dropped: processing queue full");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == 1 {
+                    tracing::warn!("in-store broker connection failed: {e}; retrying");
+                } else {
+                    tracing::debug!("in-store broker connection failed again: {e}");
+                }
+                // rumqttc reconnects on the next poll; wait first so a broker
+                // that is down does not turn this into a busy loop.
+                let wait = Duration::from_millis(200u64.saturating_mul(1 << failures.min(5)))
+                    .min(Duration::from_secs(5));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn process(
+    mut states: HashMap<String, Sensor>,
+    mut rx: mpsc::Receiver<Message>,
+    submitter: Submitter,
+    shutdown: CancellationToken,
+) {
+    let mut out = Vec::new();
+    loop {
+        let next = states
+            .values()
+            .filter_map(|s| s.shelf.next_deadline())
+            .min();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            msg = rx.recv() => match msg {
+                Some(m) => handle(&mut states, m, &submitter, &mut out).await,
+                None => return,
+            },
+            _ = sleep_until(next) => {
+                let now = Instant::now();
+                for (id, s) in states.iter_mut() {
+                    s.shelf.tick(now, &mut out);
+                    emit(id, &s.source, None, &mut out, &submitter).await;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn handle(
+    states: &mut HashMap<String, Sensor>,
+    m: Message,
+    submitter: &Submitter,
+    out: &mut Vec<Output>,
+) {
+    let Some((id, s)) =
+        sensor_id_from_topic(&m.topic).and_then(|id| states.get_mut(id).map(|s| (id, s)))
+    else {
+        submitter.metrics.shelf_reading("unknown", "unknown_sensor");
+        tracing::debug!(topic = %m.topic, "message from a sensor the profile does not know");
+        return;
+    };
+    s.shelf.heard(m.at, out);
+    let mut taken_at = None;
+    let mut outcome = None;
+    match parse_payload(&m.payload) {
+        Ok(r) => {
+            taken_at = r.taken_at;
+            outcome = Some(s.shelf.reading(r.raw, m.at, out));
+        }
+        Err(e) => {
+            submitter.metrics.unparseable(id);
+            if s.last_warned
+                .is_none_or(|t| m.at.duration_since(t) >= WARN_EVERY)
+            {
+                s.last_warned = Some(m.at);
+                tracing::warn!(sensor = id, "unparseable shelf reading: {e}");
+            } else {
+                tracing::debug!(sensor = id, "unparseable shelf reading: {e}");
+            }
+        }
+    }
+    if outcome == Some(ReadingOutcome::WithinDeadband) {
+        submitter
+            .metrics
+            .shelf_reading(id, ReadingOutcome::WithinDeadband.label());
+    }
+    let source = s.source.clone();
+    emit(id, &source, taken_at, out, submitter).await;
+}
+
+/// Submits what a state machine produced, in order.
+async fn emit(
+    sensor: &str,
+    source: &Source,
+    taken_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    out: &mut Vec<Output>,
+    submitter: &Submitter,
+) {
+    for o in out.drain(..) {
+        match o {
+            Output::Reading(r) => {
+                let at = taken_at.unwrap_or_else(|| Utc::now().fixed_offset());
+                match submitter
+                    .submit(source, at, EventBody::ShelfReading(r))
+                    .await
+                {
+                    Some(Submitted::Shed) => submitter.metrics.shelf_reading(sensor, "shed"),
+                    Some(_) => submitter
+                        .metrics
+                        .shelf_reading(sensor, ReadingOutcome::Emitted.label()),
+                    None => {}
+                }
+            }
+            Output::Alert(a) => {
+                let kind = match a.kind {
+                    StockAlertKind::LowStock => "low_stock",
+                    StockAlertKind::Restocked => "restocked",
+                };
+                tracing::info!(sensor, kind, items = a.item_count, "stock alert");
+                submitter.metrics.stock_alert(sensor, kind);
+                submitter
+                    .submit(source, Utc::now().fixed_offset(), EventBody::StockAlert(a))
+                    .await;
+            }
+            Output::Status(state) => {
+                tracing::info!(sensor, ?state, "shelf sensor status");
+                submitter.status(source, state, None).await;
+            }
+        }
+    }
+}

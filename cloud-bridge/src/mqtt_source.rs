@@ -1,0 +1,132 @@
+//! The MQTT side: a persistent session on the shared subscription, manual acks.
+//!
+//! * `clean_session = false` with a client id that is stable per replica:
+//!   Mosquitto keeps this session's unacknowledged QoS 1 messages while the
+//!   replica is away and redelivers them when the *same client id*
+//!   reconnects. Mosquitto 2.0 does not hand a dead member's messages to the
+//!   rest of the share group (and keeps routing its round-robin share of new
+//!   messages to the offline session), so a replica that crashes must come
+//!   back with its id — a StatefulSet ordinal does that — or be drained by
+//!   starting a bridge with its client id before it is retired.
+//! * Manual acks: a message is acknowledged by the pipeline only after Kafka
+//!   has every event and the receipt is on its way; the event loop never
+//!   acks, never blocks and never waits on Kafka.
+//! * The event loop hands publishes over an unbounded channel. It is bounded
+//!   in practice by the broker: Mosquitto sends a client at most
+//!   `max_inflight_messages` unacknowledged QoS 1 messages, and the pipeline
+//!   stops acking when its own in-flight budget is used up. (MQTT 3.1.1 has
+//!   no client-side receive maximum; the broker setting is required.)
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttConfig;
+use crate::metrics::Metrics;
+
+/// Connection state read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub mqtt_connected: AtomicBool,
+    /// The broker confirmed the shared subscription on the current connection.
+    pub subscribed: AtomicBool,
+    pub kafka_connected: AtomicBool,
+}
+
+/// Builds the client from validated config (rumqttc's setters assert).
+pub fn client(cfg: &MqttConfig) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    o.set_keep_alive(cfg.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
+        .set_inflight(cfg.outgoing_inflight)
+        .set_request_channel_capacity(cfg.request_channel_capacity);
+    if let Some((u, p)) = &cfg.credentials {
+        o.set_credentials(u, p);
+    }
+    AsyncClient::new(o, cfg.request_channel_capacity)
+}
+
+/// Drives the event loop until `stop` is cancelled and the loop has sent
+/// its DISCONNECT (or `stop` plus a short grace passes). Reconnects with a
+/// capped backoff and subscribes again on every CONNACK.
+pub async fn run_event_loop(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    subscription: String,
+    tx: mpsc::UnboundedSender<Publish>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let polled = tokio::select! {
+            _ = stop.cancelled() => {
+                // Give the DISCONNECT queued by the shutdown path a moment to go out.
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain_until_disconnect(&mut eventloop)).await;
+                break;
+            }
+            p = eventloop.poll() => p,
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                failures = 0;
+                health.mqtt_connected.store(true, Ordering::Relaxed);
+                tracing::info!(session_present = ack.session_present, "connected to MQTT");
+                // Subscribing from here would await the request channel the
+                // event loop itself drains: hand it to a task.
+                let c = client.clone();
+                let s = subscription.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = c.subscribe(&s, QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "could not queue the MQTT subscription");
+                    }
+                });
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::info!(codes = ?ack.return_codes, subscription = %subscription, "subscribed");
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                health.subscribed.store(granted, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                metrics.mqtt_messages.inc();
+                if tx.send(p).is_err() {
+                    // Pipeline gone: we are shutting down; unacked messages stay with the broker.
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                health.mqtt_connected.store(false, Ordering::Relaxed);
+                health.subscribed.store(false, Ordering::Relaxed);
+                failures = failures.saturating_add(1);
+                let pause =
+                    Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "MQTT connection lost");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    health.mqtt_connected.store(false, Ordering::Relaxed);
+}
+
+async fn drain_until_disconnect(eventloop: &mut EventLoop) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

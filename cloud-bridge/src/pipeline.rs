@@ -1,0 +1,521 @@
+//! From an MQTT message to acknowledged Kafka records.
+//!
+//! Architecture invariant: **an MQTT message is acknowledged only after every
+//! event in it is settled** — delivered to its domain topic, written to the
+//! dead-letter topic, or found in the de-duplication window as published —
+//! **and its receipt has been handed to the MQTT client** (QoS 1). Until then
+//! the broker holds the message and redelivers it if this replica dies.
+//!
+//! The dispatcher takes messages one by one, in the order the broker sent
+//! them: it routes (pure, [`crate::routing`]), checks the dedupe window and
+//! hands every record to librdkafka before taking the next message, so the
+//! order of events within a store's stream is the order of produce calls.
+//! Waiting for delivery reports, receipts and acks happens in one task per
+//! message, tracked so that shutdown can wait for them.
+//!
+//! Bounded work: a message needs one permit of `max_messages_in_flight` and
+//! one permit per event of `max_events_in_flight` before it is dispatched.
+//! When Kafka is slow or down, permits run out, the dispatcher stops taking
+//! messages, acks stop, and Mosquitto stops sending (its
+//! `max_inflight_messages`) and queues for us instead. When deliveries resume,
+//! permits come back and so does the flow, without intervention.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use protocol::topics::{self, headers};
+use protocol::EventId;
+use rumqttc::{AsyncClient, Publish, QoS};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::dead_letter::{dead_letter_record, Why};
+use crate::dedupe::{DedupeWindow, Seen};
+use crate::kafka_sink::{KafkaSink, OutRecord, SinkError};
+use crate::metrics::Metrics;
+use crate::receipts::{self, Settled};
+use crate::routing::{self, reason, Decision, PublishEvent};
+
+pub struct Pipeline {
+    cfg: Arc<Config>,
+    sink: Arc<KafkaSink>,
+    client: AsyncClient,
+    metrics: Arc<Metrics>,
+    dedupe: Arc<Mutex<DedupeWindow>>,
+    events: Arc<Semaphore>,
+    messages: Arc<Semaphore>,
+    tasks: TaskTracker,
+    /// Cancelled when the shutdown grace runs out: abandons retries.
+    abort: CancellationToken,
+}
+
+/// What one event still needs after dispatch.
+enum Job {
+    Produce {
+        ev: PublishEvent,
+        rec: OutRecord,
+        fut: rdkafka::producer::DeliveryFuture,
+        started: Instant,
+    },
+    /// A first copy is in flight elsewhere; wait for its outcome.
+    AwaitFirstCopy {
+        ev: PublishEvent,
+        rec: OutRecord,
+    },
+    Duplicate(EventId),
+    DeadLetter {
+        id: Option<EventId>,
+        reason: &'static str,
+        rec: OutRecord,
+        fut: Option<rdkafka::producer::DeliveryFuture>,
+    },
+}
+
+impl Pipeline {
+    pub fn new(
+        cfg: Arc<Config>,
+        sink: Arc<KafkaSink>,
+        client: AsyncClient,
+        metrics: Arc<Metrics>,
+        abort: CancellationToken,
+    ) -> Pipeline {
+        Pipeline {
+            dedupe: Arc::new(Mutex::new(DedupeWindow::new(
+                cfg.dedupe.max_entries,
+                cfg.dedupe.max_age,
+            ))),
+            events: Arc::new(Semaphore::new(cfg.limits.max_events_in_flight)),
+            messages: Arc::new(Semaphore::new(cfg.limits.max_messages_in_flight)),
+            tasks: TaskTracker::new(),
+            cfg,
+            sink,
+            client,
+            metrics,
+            abort,
+        }
+    }
+
+    /// Takes messages until `intake` is cancelled or the source closes, then
+    /// waits up to the shutdown grace for in-flight messages to settle.
+    /// Returns the number of messages abandoned unacked (the broker keeps them).
+    pub async fn run(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Publish>,
+        intake: CancellationToken,
+    ) -> usize {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = intake.cancelled() => break,
+                m = rx.recv() => m,
+            };
+            let Some(publish) = next else { break };
+            tokio::select! {
+                biased;
+                _ = intake.cancelled() => break,
+                _ = self.dispatch(publish) => {}
+            }
+        }
+        // Messages received but not dispatched stay unacked: the broker
+        // redelivers them to this session when it comes back.
+        rx.close();
+        let pending = rx.len();
+        self.tasks.close();
+        let grace = self.cfg.limits.shutdown_grace;
+        let abandoned = if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            let n = self.tasks.len();
+            tracing::warn!(
+                in_flight = n,
+                grace_s = grace.as_secs(),
+                "shutdown grace over; leaving unacked messages to the broker"
+            );
+            self.abort.cancel();
+            // Let the tasks observe the abort and release their reservations.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            n
+        } else {
+            0
+        };
+        self.sink.flush(Duration::from_secs(5));
+        pending + abandoned
+    }
+
+    /// Routes one message and hands its records to Kafka, in order; spawns
+    /// the task that waits for delivery, receipts and acks.
+    async fn dispatch(self: &Arc<Self>, publish: Publish) {
+        let routed = routing::route(
+            &publish.topic,
+            &publish.payload,
+            self.cfg.limits.max_event_bytes,
+        );
+        let n = routed
+            .event_count()
+            .clamp(1, self.cfg.limits.max_events_in_flight);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        // Semaphores are never closed, so acquiring cannot fail.
+        let Ok(msg_permit) = self.messages.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(ev_permit) = self.events.clone().acquire_many_owned(n).await else {
+            return;
+        };
+        let gauge = InFlightGauge::new(&self.metrics, n);
+
+        let payload: Bytes = publish.payload.clone();
+        let store = routed.topic_store.clone();
+        let now = Instant::now();
+        let mut jobs = Vec::with_capacity(routed.decisions.len());
+        for d in routed.decisions {
+            match d {
+                Decision::Publish(ev) => {
+                    let rec = domain_record(&ev, &payload, store.as_deref().unwrap_or_default());
+                    let seen = self
+                        .dedupe
+                        .lock()
+                        .map(|mut w| w.check_and_reserve(ev.id, now))
+                        .unwrap_or(Seen::New);
+                    match seen {
+                        Seen::New => {
+                            let started = Instant::now();
+                            match self.sink.enqueue(&rec, &self.abort).await {
+                                Ok(fut) => jobs.push(Job::Produce {
+                                    ev,
+                                    rec,
+                                    fut,
+                                    started,
+                                }),
+                                Err(SinkError::Rejected(e)) => {
+                                    self.release(&ev.id);
+                                    let dl = dead_letter_record(
+                                        payload.slice(ev.value.clone()),
+                                        Why {
+                                            reason: reason::KAFKA_REJECTED,
+                                            detail: &e.to_string(),
+                                            source_topic: &publish.topic,
+                                            store_id: store.as_deref(),
+                                            event_id: Some(&ev.id),
+                                        },
+                                        self.dlq_max(),
+                                        chrono::Utc::now(),
+                                    );
+                                    jobs.push(Job::DeadLetter {
+                                        id: Some(ev.id),
+                                        reason: reason::KAFKA_REJECTED,
+                                        rec: dl,
+                                        fut: None,
+                                    });
+                                }
+                                Err(_) => {
+                                    self.release(&ev.id);
+                                    return; // aborting: leave the message unacked
+                                }
+                            }
+                        }
+                        Seen::InFlight => jobs.push(Job::AwaitFirstCopy { ev, rec }),
+                        Seen::Published => jobs.push(Job::Duplicate(ev.id)),
+                    }
+                }
+                Decision::DeadLetter(dl) => {
+                    let rec = dead_letter_record(
+                        payload.slice(dl.value.clone()),
+                        Why {
+                            reason: dl.reason,
+                            detail: &dl.detail,
+                            source_topic: &publish.topic,
+                            store_id: store.as_deref(),
+                            event_id: dl.id.as_ref(),
+                        },
+                        self.dlq_max(),
+                        chrono::Utc::now(),
+                    );
+                    tracing::warn!(reason = dl.reason, detail = %dl.detail, store_id = store.as_deref().unwrap_or("?"),
+                        event_id = ?dl.id, "dead-lettering");
+                    let fut = self.sink.enqueue(&rec, &self.abort).await.ok();
+                    jobs.push(Job::DeadLetter {
+                        id: dl.id,
+                        reason: dl.reason,
+                        rec,
+                        fut,
+                    });
+                }
+            }
+        }
+
+        let this = Arc::clone(self);
+        let span = tracing::info_span!("message", store_id = store.as_deref().unwrap_or("?"), batch_id = ?routed.batch_id, pkid = publish.pkid);
+        self.tasks.spawn(
+            async move {
+                let settled = this.settle_all(jobs, &publish.topic).await;
+                if let Some(settled) = settled {
+                    this.finish(&publish, store.as_deref(), routed.batch_id, &settled)
+                        .await;
+                }
+                drop(gauge);
+                drop(ev_permit);
+                drop(msg_permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Settles every job; `None` if the bridge is aborting (message stays unacked).
+    async fn settle_all(&self, jobs: Vec<Job>, source_topic: &str) -> Option<Vec<Settled>> {
+        let settled =
+            futures::future::join_all(jobs.into_iter().map(|job| self.settle(job, source_topic)))
+                .await;
+        settled.into_iter().collect()
+    }
+
+    async fn settle(&self, job: Job, source_topic: &str) -> Option<Settled> {
+        match job {
+            Job::Produce {
+                ev,
+                rec,
+                fut,
+                started,
+            } => {
+                let span = tracing::debug_span!("event", event_id = %ev.id, topic = rec.topic);
+                async {
+                    match self.sink.settle(&rec, fut, started, &self.abort).await {
+                        Ok(d) => {
+                            self.delivered(&ev, d.partition, d.offset);
+                            Some(Settled::Delivered(ev.id))
+                        }
+                        Err(SinkError::Rejected(e)) => {
+                            self.release(&ev.id);
+                            self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
+                                .await
+                        }
+                        Err(_) => {
+                            self.release(&ev.id);
+                            None
+                        }
+                    }
+                }
+                .instrument(span)
+                .await
+            }
+            Job::AwaitFirstCopy { ev, rec } => loop {
+                let state = self.dedupe.lock().ok().and_then(|w| w.peek(&ev.id));
+                match state {
+                    Some(Seen::Published) => {
+                        self.metrics.duplicates_dropped.inc();
+                        return Some(Settled::Duplicate(ev.id));
+                    }
+                    Some(Seen::InFlight) => {
+                        tokio::select! {
+                            _ = self.abort.cancelled() => return None,
+                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        }
+                    }
+                    // The first copy was abandoned or dead-lettered: try ourselves.
+                    Some(Seen::New) | None => {
+                        let reserved = self
+                            .dedupe
+                            .lock()
+                            .map(|mut w| w.check_and_reserve(ev.id, Instant::now()))
+                            .unwrap_or(Seen::New);
+                        if reserved != Seen::New {
+                            continue;
+                        }
+                        return match self.sink.send(&rec, &self.abort).await {
+                            Ok(d) => {
+                                self.delivered(&ev, d.partition, d.offset);
+                                Some(Settled::Delivered(ev.id))
+                            }
+                            Err(SinkError::Rejected(e)) => {
+                                self.release(&ev.id);
+                                self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
+                                    .await
+                            }
+                            Err(_) => {
+                                self.release(&ev.id);
+                                None
+                            }
+                        };
+                    }
+                }
+            },
+            Job::Duplicate(id) => {
+                tracing::debug!(event_id = %id, "duplicate dropped");
+                self.metrics.duplicates_dropped.inc();
+                Some(Settled::Duplicate(id))
+            }
+            Job::DeadLetter {
+                id,
+                reason,
+                rec,
+                fut,
+            } => {
+                let res = match fut {
+                    Some(f) => self.sink.settle(&rec, f, Instant::now(), &self.abort).await,
+                    None => self.sink.send(&rec, &self.abort).await,
+                };
+                match res {
+                    Ok(_) => {
+                        self.metrics.dead_lettered(reason);
+                        Some(Settled::DeadLettered(id, reason))
+                    }
+                    Err(e) => {
+                        if !matches!(e, SinkError::Cancelled) {
+                            tracing::error!(error = %e, "the dead-letter topic refused a record; leaving the message unacked");
+                        }
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter_rejected(
+        &self,
+        ev: &PublishEvent,
+        rec: &OutRecord,
+        source_topic: &str,
+        detail: &str,
+    ) -> Option<Settled> {
+        let store = rec
+            .headers
+            .iter()
+            .find(|(k, _)| *k == headers::STORE_ID)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let dl = dead_letter_record(
+            rec.value.clone(),
+            Why {
+                reason: reason::KAFKA_REJECTED,
+                detail,
+                source_topic,
+                store_id: store.as_deref(),
+                event_id: Some(&ev.id),
+            },
+            self.dlq_max(),
+            chrono::Utc::now(),
+        );
+        match self.sink.send(&dl, &self.abort).await {
+            Ok(_) => {
+                self.metrics.dead_lettered(reason::KAFKA_REJECTED);
+                Some(Settled::DeadLettered(Some(ev.id), reason::KAFKA_REJECTED))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn delivered(&self, ev: &PublishEvent, partition: i32, offset: i64) {
+        if let Ok(mut w) = self.dedupe.lock() {
+            w.mark_published(ev.id, Instant::now());
+        }
+        self.metrics.published(ev.topic.name());
+        let e2e = chrono::Utc::now().signed_duration_since(ev.recorded_at);
+        if let Ok(std) = e2e.to_std() {
+            self.metrics.end_to_end_latency.observe(std.as_secs_f64());
+        }
+        tracing::trace!(event_id = %ev.id, partition, offset, "delivered");
+    }
+
+    fn release(&self, id: &EventId) {
+        if let Ok(mut w) = self.dedupe.lock() {
+            w.release(id);
+        }
+    }
+
+    /// Dead letters must fit the producer's `message.max.bytes` with room for headers.
+    fn dlq_max(&self) -> usize {
+        self.cfg
+            .kafka
+            .message_max_bytes
+            .saturating_sub(16 * 1024)
+            .max(1024)
+    }
+
+    /// Publishes the receipt (QoS 1), then acknowledges the MQTT message.
+    async fn finish(
+        &self,
+        publish: &Publish,
+        store: Option<&str>,
+        batch_id: Option<uuid::Uuid>,
+        settled: &[Settled],
+    ) {
+        if let (Some(store), Some(batch_id)) = (store, batch_id) {
+            let receipt = receipts::build(
+                store,
+                batch_id,
+                settled,
+                &self.cfg.bridge_id,
+                chrono::Utc::now(),
+            );
+            match serde_json::to_vec(&receipt) {
+                Ok(bytes) => {
+                    if let Err(e) = self
+                        .client
+                        .publish(
+                            topics::store_receipts_topic(store),
+                            QoS::AtLeastOnce,
+                            false,
+                            bytes,
+                        )
+                        .await
+                    {
+                        // The client is gone (shutdown): without a receipt the
+                        // message must stay unacked, so the agent's resend or
+                        // the broker's redelivery produces one later.
+                        tracing::warn!(error = %e, "could not queue a receipt; message left unacked");
+                        return;
+                    }
+                    self.metrics.receipts_published.inc();
+                }
+                Err(e) => tracing::error!(error = %e, "could not encode a receipt"),
+            }
+        }
+        if let Err(e) = self.client.ack(publish).await {
+            tracing::warn!(error = %e, "could not queue an MQTT ack; the broker will redeliver");
+        }
+    }
+}
+
+/// Counts events in `storelink_bridge_events_in_flight` for as long as it lives.
+struct InFlightGauge {
+    metrics: Arc<Metrics>,
+    n: i64,
+}
+
+impl InFlightGauge {
+    fn new(metrics: &Arc<Metrics>, n: u32) -> InFlightGauge {
+        let n = i64::from(n);
+        metrics.events_in_flight.inc_by(n);
+        InFlightGauge {
+            metrics: Arc::clone(metrics),
+            n,
+        }
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.metrics.events_in_flight.dec_by(self.n);
+    }
+}
+
+/// The domain-topic record of an event: original bytes, partition key, headers.
+fn domain_record(ev: &PublishEvent, payload: &Bytes, store_id: &str) -> OutRecord {
+    OutRecord {
+        topic: ev.topic.name(),
+        key: Some(ev.key.clone()),
+        value: payload.slice(ev.value.clone()),
+        headers: vec![
+            (headers::EVENT_ID, ev.id.to_string().into_bytes()),
+            (headers::SCHEMA, ev.kind.schema_name().as_bytes().to_vec()),
+            (
+                headers::SCHEMA_VERSION,
+                ev.schema_version.to_string().into_bytes(),
+            ),
+            (headers::STORE_ID, store_id.as_bytes().to_vec()),
+        ],
+    }
+}

@@ -1,0 +1,339 @@
+//! `cloud-bridge topics ensure`: creates the domain topics or checks them
+//! against the configuration, fixing what Kafka lets us fix.
+//!
+//! | observed | action |
+//! | --- | --- |
+//! | topic missing | created with partitions, RF, `min.insync.replicas`, `retention.ms` |
+//! | fewer partitions | `create_partitions` (keys move partition: done once, before traffic) |
+//! | more partitions | noted; partitions cannot be removed |
+//! | other replication factor | **drift** (needs a reassignment, not done here) |
+//! | other `min.insync.replicas` / `retention.ms` | altered |
+//!
+//! The comparison ([`plan`]) is pure; only [`ensure`] talks to Kafka.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::topics::KafkaTopic;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+
+use crate::config::TopicsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("Kafka admin client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a topic should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: &'static str,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub configs: Vec<(&'static str, String)>,
+}
+
+/// What the cluster has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub configs: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Create,
+    AddPartitions(i32),
+    AlterConfigs(Vec<(&'static str, String)>),
+    Note(String),
+    Drift(String),
+}
+
+/// The desired state of every domain topic.
+pub fn specs(cfg: &TopicsConfig) -> Vec<TopicSpec> {
+    KafkaTopic::ALL
+        .iter()
+        .map(|t| {
+            let retention = if *t == KafkaTopic::DeadLetters {
+                cfg.dead_letter_retention_ms
+            } else {
+                cfg.retention_ms
+            };
+            TopicSpec {
+                name: t.name(),
+                partitions: cfg.partitions,
+                replication_factor: cfg.replication_factor,
+                configs: vec![
+                    ("min.insync.replicas", cfg.min_insync_replicas.to_string()),
+                    ("retention.ms", retention.to_string()),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// Compares one topic; an empty plan means it is as configured.
+pub fn plan(spec: &TopicSpec, observed: Option<&Observed>) -> Vec<Step> {
+    let Some(o) = observed else {
+        return vec![Step::Create];
+    };
+    let mut steps = Vec::new();
+    if o.partitions < spec.partitions {
+        steps.push(Step::AddPartitions(spec.partitions));
+    } else if o.partitions > spec.partitions {
+        steps.push(Step::Note(format!(
+            "has {} partitions, more than the configured {} (partitions cannot be removed)",
+            o.partitions, spec.partitions
+        )));
+    }
+    if o.replication_factor != spec.replication_factor {
+        steps.push(Step::Drift(format!(
+            "replication factor is {}, configured {} (needs a partition reassignment)",
+            o.replication_factor, spec.replication_factor
+        )));
+    }
+    let differs = spec
+        .configs
+        .iter()
+        .any(|(k, v)| o.configs.get(*k).map(String::as_str) != Some(v.as_str()));
+    if differs {
+        steps.push(Step::AlterConfigs(spec.configs.clone()));
+    }
+    steps
+}
+
+/// The outcome of [`ensure`], one line per finding.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub lines: Vec<String>,
+    /// Drift that could not be fixed: `topics ensure` exits non-zero.
+    pub unfixed: Vec<String>,
+}
+
+/// Creates or checks (and with `fix`, repairs) every domain topic.
+pub async fn ensure(bootstrap: &str, cfg: &TopicsConfig, fix: bool) -> Result<Report, AdminError> {
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()?,
+    );
+    let observed = observe(Arc::clone(&admin)).await?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let mut report = Report::default();
+    for spec in specs(cfg) {
+        for step in plan(&spec, observed.get(spec.name)) {
+            let line = apply(&admin, &opts, &spec, &step, fix).await;
+            match (&step, line) {
+                (Step::Drift(d), _) => {
+                    report.unfixed.push(format!("{}: {d}", spec.name));
+                }
+                (_, Ok(l)) => report.lines.push(format!("{}: {l}", spec.name)),
+                (_, Err(e)) => report.unfixed.push(format!("{}: {e}", spec.name)),
+            }
+        }
+        if report
+            .lines
+            .iter()
+            .chain(&report.unfixed)
+            .all(|l| !l.starts_with(spec.name))
+        {
+            report.lines.push(format!("{}: ok", spec.name));
+        }
+    }
+    Ok(report)
+}
+
+async fn apply(
+    admin: &AdminClient<DefaultClientContext>,
+    opts: &AdminOptions,
+    spec: &TopicSpec,
+    step: &Step,
+    fix: bool,
+) -> Result<String, String> {
+    if !fix {
+        return match step {
+            Step::Note(n) => Ok(n.clone()),
+            other => Err(format!("differs: {other:?}")),
+        };
+    }
+    match step {
+        Step::Create => {
+            let mut t = NewTopic::new(
+                spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(spec.replication_factor),
+            );
+            for (k, v) in &spec.configs {
+                t = t.set(k, v);
+            }
+            let r = admin
+                .create_topics([&t], opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            match r.into_iter().next() {
+                Some(Ok(_)) => Ok(format!(
+                    "created ({} partitions, RF {})",
+                    spec.partitions, spec.replication_factor
+                )),
+                Some(Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists))) => {
+                    Ok("created by someone else meanwhile".to_owned())
+                }
+                Some(Err((_, code))) => Err(format!("create failed: {code}")),
+                None => Err("create: no result".to_owned()),
+            }
+        }
+        Step::AddPartitions(n) => {
+            let count = usize::try_from(*n).map_err(|e| e.to_string())?;
+            let p = NewPartitions::new(spec.name, count);
+            let r = admin
+                .create_partitions([&p], opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            match r.into_iter().next() {
+                Some(Ok(_)) => Ok(format!("partitions increased to {n}")),
+                Some(Err((_, code))) => Err(format!("adding partitions failed: {code}")),
+                None => Err("create_partitions: no result".to_owned()),
+            }
+        }
+        Step::AlterConfigs(cfgs) => {
+            let mut a = AlterConfig::new(ResourceSpecifier::Topic(spec.name));
+            for (k, v) in cfgs {
+                a = a.set(k, v);
+            }
+            let r = admin
+                .alter_configs([&a], opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            match r.into_iter().next() {
+                Some(Ok(_)) => Ok(format!("configs set: {cfgs:?}")),
+                Some(Err((_, code))) => Err(format!("altering configs failed: {code}")),
+                None => Err("alter_configs: no result".to_owned()),
+            }
+        }
+        Step::Note(n) => Ok(n.clone()),
+        Step::Drift(d) => Err(d.clone()),
+    }
+}
+
+/// Partitions, replication factor and our configs of the domain topics that exist.
+async fn observe(
+    admin: Arc<AdminClient<DefaultClientContext>>,
+) -> Result<HashMap<String, Observed>, AdminError> {
+    let a = Arc::clone(&admin);
+    // Metadata requests block: keep them off the async workers.
+    let md = tokio::task::spawn_blocking(move || {
+        a.inner().fetch_metadata(None, Duration::from_secs(15))
+    })
+    .await
+    .map_err(|e| AdminError::Failed(format!("metadata task: {e}")))??;
+    let mut out = HashMap::new();
+    for t in md.topics() {
+        if !KafkaTopic::ALL.iter().any(|k| k.name() == t.name()) || t.error().is_some() {
+            continue;
+        }
+        let rf = t
+            .partitions()
+            .first()
+            .map(|p| p.replicas().len())
+            .unwrap_or(0);
+        out.insert(
+            t.name().to_owned(),
+            Observed {
+                partitions: i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
+                replication_factor: i32::try_from(rf).unwrap_or(i32::MAX),
+                configs: HashMap::new(),
+            },
+        );
+    }
+    let names: Vec<String> = out.keys().cloned().collect();
+    if !names.is_empty() {
+        let specs: Vec<ResourceSpecifier<'_>> =
+            names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
+        let res = admin
+            .describe_configs(
+                &specs,
+                &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))),
+            )
+            .await?;
+        for (name, r) in names.iter().zip(res) {
+            let r = r.map_err(|code| AdminError::Failed(format!("describe {name}: {code}")))?;
+            if let Some(o) = out.get_mut(name) {
+                for key in ["min.insync.replicas", "retention.ms"] {
+                    if let Some(v) = r.get(key).and_then(|e| e.value.clone()) {
+                        o.configs.insert(key.to_owned(), v);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> TopicsConfig {
+        TopicsConfig {
+            partitions: 12,
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            retention_ms: 1000,
+            dead_letter_retention_ms: 2000,
+        }
+    }
+
+    fn observed_as(spec: &TopicSpec) -> Observed {
+        Observed {
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            configs: spec
+                .configs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_topic_as_configured_needs_nothing_and_a_missing_one_is_created() {
+        for spec in specs(&cfg()) {
+            assert!(plan(&spec, Some(&observed_as(&spec))).is_empty());
+            assert_eq!(plan(&spec, None), [Step::Create]);
+        }
+    }
+
+    #[test]
+    fn fewer_partitions_are_fixed_and_another_replication_factor_is_drift() {
+        let spec = specs(&cfg()).remove(0);
+        let mut o = observed_as(&spec);
+        o.partitions = 3;
+        o.replication_factor = 1;
+        o.configs.insert("retention.ms".into(), "5".into());
+        let steps = plan(&spec, Some(&o));
+        assert!(steps.contains(&Step::AddPartitions(12)));
+        assert!(steps.iter().any(|s| matches!(s, Step::Drift(_))));
+        assert!(steps.iter().any(|s| matches!(s, Step::AlterConfigs(_))));
+    }
+
+    #[test]
+    fn dead_letters_keep_their_own_retention() {
+        let s = specs(&cfg());
+        let dlq = s
+            .iter()
+            .find(|t| t.name == KafkaTopic::DeadLetters.name())
+            .expect("dlq spec");
+        assert!(dlq.configs.contains(&("retention.ms", "2000".to_owned())));
+    }
+}
