@@ -165,7 +165,11 @@ cmd_start() {
     if [[ ! -f "$dir/data/meta.properties" ]]; then
         local cluster_id
         # A Kafka cluster id is 16 random bytes, base64url without padding.
-        cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+        # A leading '-' would read as an option to the format tool: draw again.
+        cluster_id="-"
+        while [[ "$cluster_id" == -* ]]; do
+            cluster_id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+        done
         java $(java_opts "$dir") -cp "$LIBS/*" kafka.tools.StorageTool format \
             -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
             die "formatting $dir failed: $(tail -5 "$dir/format.log")"

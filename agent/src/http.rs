@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,6 +37,8 @@ pub struct AppState {
     pub ingest: Ingest,
     /// Terminals in the store profile; empty means any well-formed id.
     pub terminals: HashSet<String>,
+    /// Bearer token per terminal, when the profile sets `terminal_tokens_dir`.
+    pub terminal_tokens: Option<std::collections::HashMap<String, String>>,
     pub shutting_down: AtomicBool,
     pub registry: Registry,
     pub outbox_stats: Arc<OutboxStats>,
@@ -136,8 +138,33 @@ fn idempotency_key(r: &TransactionRef) -> String {
     format!("{}/{}/{}", r.terminal_id, r.business_day, r.sequence_number)
 }
 
+/// Compares without an early exit, so response timing does not reveal how
+/// much of a guessed token was right.
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap, terminal_id: &str) -> Result<(), Problem> {
+    let Some(tokens) = &state.terminal_tokens else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (tokens.get(terminal_id), presented) {
+        (Some(expected), Some(got)) if same_token(expected.as_bytes(), got.as_bytes()) => Ok(()),
+        _ => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("terminal `{terminal_id}` must present its bearer token"),
+        )),
+    }
+}
+
 async fn submit(
     state: &AppState,
+    headers: &HeaderMap,
     terminal_id: &str,
     reference: TransactionRef,
     occurred_at: chrono::DateTime<chrono::FixedOffset>,
@@ -152,6 +179,7 @@ async fn submit(
         p.retry_after = Some(2);
         return Err(p);
     }
+    authorize(state, headers, terminal_id)?;
     if !state.terminals.is_empty() && !state.terminals.contains(terminal_id) {
         let mut p = Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -249,7 +277,11 @@ fn record(route: &str, started: Instant, result: Result<Response, Problem>) -> R
     resp
 }
 
-async fn post_sale(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn post_sale(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let sale: Sale = decode(&body)?;
@@ -257,6 +289,7 @@ async fn post_sale(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
         let (terminal, reference, at) = (sale.terminal_id.clone(), sale.reference(), sale.ended_at);
         submit(
             &state,
+            &headers,
             &terminal,
             reference,
             at,
@@ -268,7 +301,11 @@ async fn post_sale(State(state): State<Arc<AppState>>, body: Bytes) -> Response 
     record("/v1/sales", started, result)
 }
 
-async fn post_return(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn post_return(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let ret: Return = decode(&body)?;
@@ -277,6 +314,7 @@ async fn post_return(State(state): State<Arc<AppState>>, body: Bytes) -> Respons
         let (terminal, reference, at) = (t.terminal_id.clone(), t.reference(), t.ended_at);
         submit(
             &state,
+            &headers,
             &terminal,
             reference,
             at,
@@ -288,14 +326,26 @@ async fn post_return(State(state): State<Arc<AppState>>, body: Bytes) -> Respons
     record("/v1/returns", started, result)
 }
 
-async fn post_void(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn post_void(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let result = async {
         let void: Void = decode(&body)?;
         void.validate().map_err(validation_problem)?;
         let (terminal, reference, at) =
             (void.terminal_id.clone(), void.reference(), void.voided_at);
-        submit(&state, &terminal, reference, at, EventBody::Void(void)).await
+        submit(
+            &state,
+            &headers,
+            &terminal,
+            reference,
+            at,
+            EventBody::Void(void),
+        )
+        .await
     }
     .await;
     record("/v1/voids", started, result)
@@ -350,4 +400,256 @@ async fn outbox(State(state): State<Arc<AppState>>) -> Response {
         "quarantined_total": s.quarantined_total.load(Ordering::Relaxed),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Handler tests without a socket (`oneshot`), against a real outbox file.
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::ingest::StoreIdentity;
+    use crate::outbox::{Outbox, OutboxConfig};
+
+    struct Fixture {
+        app: Router,
+        state: Arc<AppState>,
+        _outbox: Outbox,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(max_rows: u64, tokens: Option<&[(&str, &str)]>) -> Fixture {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StoreIdentity {
+            store_id: "store-test".into(),
+            region: "eu-west".into(),
+        };
+        let outbox = Outbox::open(
+            OutboxConfig::new(dir.path().join("outbox.db"), 1 << 30, max_rows),
+            store.clone(),
+        )
+        .expect("outbox");
+        let stats = outbox.handle().stats_arc();
+        let state = Arc::new(AppState {
+            ingest: Ingest::new(outbox.handle(), store),
+            terminals: ["pos-01", "pos-02"].into_iter().map(String::from).collect(),
+            terminal_tokens: tokens.map(|t| {
+                t.iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect()
+            }),
+            shutting_down: AtomicBool::new(false),
+            registry: crate::metrics::registry(stats.clone()),
+            outbox_stats: stats,
+        });
+        Fixture {
+            app: router(state.clone()),
+            state,
+            _outbox: outbox,
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+        auth: Option<&str>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = app
+            .clone()
+            .oneshot(req.body(Body::from(body)).expect("request"))
+            .await
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn sale(seq: u64) -> Vec<u8> {
+        serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json")
+    }
+
+    #[tokio::test]
+    async fn a_sale_is_created_once_and_a_repost_returns_the_original_id() {
+        let f = fixture(1000, None);
+        let (status, _, first) = call(&f.app, "POST", "/v1/sales", sale(1), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{first}");
+        let (status, _, again) = call(&f.app, "POST", "/v1/sales", sale(1), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again["event_id"], first["event_id"]);
+        assert_eq!(again["duplicate"], true);
+        assert_eq!(f.state.outbox_stats.rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_a_problem_naming_the_field() {
+        let f = fixture(1000, None);
+        let (status, headers, p) =
+            call(&f.app, "POST", "/v1/sales", b"{not json".to_vec(), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
+        assert_eq!(p["code"], "malformed_json");
+
+        let mut v =
+            serde_json::to_value(protocol::samples::sale_numbered("pos-01", 2)).expect("json");
+        v["lines"][0]["quantity"] = serde_json::json!({"units": -3});
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            serde_json::to_vec(&v).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p["errors"][0]["field"], "lines[0].quantity.units", "{p}");
+
+        let mut s = protocol::samples::sale_numbered("pos-01", 3);
+        s.lines[1].extended_amount = 1;
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            serde_json::to_vec(&s).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p["code"], "validation_failed");
+        assert!(
+            p["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .any(|e| e["field"] == "lines[1].extended_amount"),
+            "{p}"
+        );
+
+        let s = protocol::samples::sale_numbered("pos-99", 4);
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            serde_json::to_vec(&s).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p["code"], "unknown_terminal");
+        assert_eq!(f.state.outbox_stats.rows(), 0, "nothing invalid was stored");
+    }
+
+    #[tokio::test]
+    async fn a_reused_sequence_number_with_another_body_is_a_conflict() {
+        let f = fixture(1000, None);
+        call(&f.app, "POST", "/v1/sales", sale(5), None).await;
+        let mut other = protocol::samples::sale_numbered("pos-01", 5);
+        other.operator_id = "op-9".into();
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            serde_json::to_vec(&other).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(p["code"], "idempotency_conflict");
+    }
+
+    #[tokio::test]
+    async fn terminals_must_present_their_own_token_when_tokens_are_configured() {
+        let f = fixture(
+            1000,
+            Some(&[("pos-01", "s3cret-1"), ("pos-02", "s3cret-2")]),
+        );
+        let (status, _, p) = call(&f.app, "POST", "/v1/sales", sale(1), None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(p["code"], "unauthorized");
+        let (status, _, _) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            sale(1),
+            Some("Bearer s3cret-2"),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "another terminal's token is refused"
+        );
+        let (status, _, _) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            sale(1),
+            Some("Bearer s3cret-1"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_answers_503_with_retry_after_and_the_gate_says_unsafe() {
+        let f = fixture(3, None);
+        let (status, _, _) = call(
+            &f.app,
+            "GET",
+            "/v1/maintenance/safe-to-restart",
+            vec![],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        for seq in 1..=3 {
+            let (status, _, p) = call(&f.app, "POST", "/v1/sales", sale(seq), None).await;
+            assert_eq!(status, StatusCode::CREATED, "{p}");
+        }
+        let (status, headers, p) = call(&f.app, "POST", "/v1/sales", sale(4), None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(p["code"], "outbox_full");
+        assert!(headers.get("retry-after").is_some());
+        let (status, _, gate) = call(
+            &f.app,
+            "GET",
+            "/v1/maintenance/safe-to-restart",
+            vec![],
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(gate["pending_transactions"], 3);
+    }
+
+    #[tokio::test]
+    async fn while_shutting_down_sales_are_refused_and_readiness_fails() {
+        let f = fixture(1000, None);
+        f.state.shutting_down.store(true, Ordering::Relaxed);
+        let (status, headers, p) = call(&f.app, "POST", "/v1/sales", sale(1), None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(p["code"], "shutting_down");
+        assert!(headers.get("retry-after").is_some());
+        let (status, _, _) = call(&f.app, "GET", "/readyz", vec![], None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

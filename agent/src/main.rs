@@ -110,6 +110,7 @@ async fn run(profile_path: &Path) -> Result<()> {
     // a port or a database is opened.
     let profile = config::load(profile_path)?;
     let mqtt_options = config::cloud_mqtt_options(&profile)?;
+    let terminal_tokens = load_terminal_tokens(&profile)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let store = StoreIdentity {
@@ -186,6 +187,7 @@ async fn run(profile_path: &Path) -> Result<()> {
 
     let state = Arc::new(AppState {
         ingest,
+        terminal_tokens,
         terminals: profile
             .terminals
             .iter()
@@ -231,4 +233,30 @@ async fn run(profile_path: &Path) -> Result<()> {
     outbox.close().await;
     tracing::info!("store agent stopped cleanly");
     served.context("HTTP server failed")
+}
+
+/// Reads one token file per profile terminal from `terminal_tokens_dir`.
+fn load_terminal_tokens(
+    profile: &firmware_config::StoreProfile,
+) -> Result<Option<std::collections::HashMap<String, String>>> {
+    let Some(dir) = &profile.agent.terminal_tokens_dir else {
+        return Ok(None);
+    };
+    let mut tokens = std::collections::HashMap::new();
+    for t in &profile.terminals {
+        let path = dir.join(&t.id);
+        let token = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading the token of terminal {} from {}",
+                t.id,
+                path.display()
+            )
+        })?;
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            anyhow::bail!("the token file {} is empty", path.display());
+        }
+        tokens.insert(t.id.clone(), token);
+    }
+    Ok(Some(tokens))
 }

@@ -608,6 +608,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_states_the_defaults() {
+        let c = validate(include_str!("../bridge.example.toml"), &[]).expect("example is valid");
+        let d = validate("[kafka]\nbootstrap = \"x:1\"\n", &[]).expect("valid");
+        assert_eq!(c.topics, d.topics);
+        assert_eq!(c.kafka.producer, d.kafka.producer);
+        assert_eq!(c.limits.max_events_in_flight, d.limits.max_events_in_flight);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = validate("[mqtt]\nprot = 1\n", &[]).expect_err("unknown key");
         assert!(err.to_string().contains("prot"), "{err}");

@@ -45,6 +45,11 @@ pub enum SinkError {
     Rejected(#[source] KafkaError),
     #[error("shutting down before the record was delivered")]
     Cancelled,
+    /// librdkafka raised a fatal error (e.g. an idempotence invariant broke):
+    /// this producer instance can never deliver again. The process must
+    /// restart; unacked MQTT messages are redelivered to the new one.
+    #[error("the Kafka producer hit a fatal error: {0}")]
+    Fatal(String),
 }
 
 /// Where a record landed.
@@ -105,6 +110,9 @@ impl KafkaSink {
                 Ok(f) => return Ok(f),
                 Err((e, _)) if is_permanent(&e) => return Err(SinkError::Rejected(e)),
                 Err((e, _)) => {
+                    if let Some((code, reason)) = self.producer.client().fatal_error() {
+                        return Err(SinkError::Fatal(format!("{code}: {reason}")));
+                    }
                     if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull)) {
                         tracing::warn!(error = %e, topic = rec.topic, "Kafka client refused a record; retrying");
                     }
@@ -154,6 +162,9 @@ impl KafkaSink {
                 Ok(Err((e, _))) => e.to_string(),
                 Err(_canceled) => "delivery report lost (producer closing)".to_owned(),
             };
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                return Err(SinkError::Fatal(format!("{code}: {reason}")));
+            }
             self.metrics.produce_retries.inc();
             let pause = backoff.next_backoff().unwrap_or(self.retry_max_backoff);
             tracing::warn!(error = %err, topic = rec.topic, retry_in_ms = pause.as_millis() as u64,

@@ -42,6 +42,8 @@ use crate::pipeline::Pipeline;
 pub enum RunError {
     #[error(transparent)]
     Sink(#[from] kafka_sink::SinkError),
+    #[error("stopped: {0}")]
+    KafkaFatal(String),
     #[error("binding the HTTP listener on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -113,7 +115,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
         Arc::clone(&metrics),
         abort,
     ));
-    let left = pipeline.run(rx, shutdown.clone()).await;
+    let left = Arc::clone(&pipeline).run(rx, shutdown.clone()).await;
     tracing::info!(
         unacked_left_to_broker = left,
         "pipeline stopped; disconnecting"
@@ -126,7 +128,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
     http_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     kafka_watch.abort();
-    Ok(left)
+    match pipeline.fatal_error() {
+        Some(e) => Err(RunError::KafkaFatal(e)),
+        None => Ok(left),
+    }
 }
 
 /// Creates/checks topics at startup, retrying while Kafka is unreachable.

@@ -49,8 +49,11 @@ pub struct Pipeline {
     events: Arc<Semaphore>,
     messages: Arc<Semaphore>,
     tasks: TaskTracker,
-    /// Cancelled when the shutdown grace runs out: abandons retries.
+    /// Cancelled when the shutdown grace runs out or the producer is dead:
+    /// abandons retries, leaving the messages unacked for the broker.
     abort: CancellationToken,
+    /// Set when the producer hit a fatal error; `run` then reports it.
+    fatal: Mutex<Option<String>>,
 }
 
 /// What one event still needs after dispatch.
@@ -96,6 +99,22 @@ impl Pipeline {
             client,
             metrics,
             abort,
+            fatal: Mutex::new(None),
+        }
+    }
+
+    /// The producer's fatal error, if one stopped the pipeline.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn on_sink_error(&self, e: &SinkError) {
+        if let SinkError::Fatal(msg) = e {
+            tracing::error!(error = %msg, "Kafka producer is unusable; stopping so a restart can resume");
+            if let Ok(mut f) = self.fatal.lock() {
+                f.get_or_insert_with(|| msg.clone());
+            }
+            self.abort.cancel();
         }
     }
 
@@ -111,12 +130,14 @@ impl Pipeline {
             let next = tokio::select! {
                 biased;
                 _ = intake.cancelled() => break,
+                _ = self.abort.cancelled() => break,
                 m = rx.recv() => m,
             };
             let Some(publish) = next else { break };
             tokio::select! {
                 biased;
                 _ = intake.cancelled() => break,
+                _ = self.abort.cancelled() => break,
                 _ = self.dispatch(publish) => {}
             }
         }
@@ -293,7 +314,8 @@ impl Pipeline {
                             self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
                                 .await
                         }
-                        Err(_) => {
+                        Err(e) => {
+                            self.on_sink_error(&e);
                             self.release(&ev.id);
                             None
                         }
@@ -335,7 +357,8 @@ impl Pipeline {
                                 self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
                                     .await
                             }
-                            Err(_) => {
+                            Err(e) => {
+                                self.on_sink_error(&e);
                                 self.release(&ev.id);
                                 None
                             }
@@ -364,7 +387,8 @@ impl Pipeline {
                         Some(Settled::DeadLettered(id, reason))
                     }
                     Err(e) => {
-                        if !matches!(e, SinkError::Cancelled) {
+                        self.on_sink_error(&e);
+                        if !matches!(e, SinkError::Cancelled | SinkError::Fatal(_)) {
                             tracing::error!(error = %e, "the dead-letter topic refused a record; leaving the message unacked");
                         }
                         None

@@ -61,6 +61,12 @@ pub struct Agent {
     #[serde(default = "default_shutdown_grace_secs")]
     #[schemars(range(min = 1, max = 600))]
     pub shutdown_grace_secs: u64,
+    /// Directory with one file per POS terminal, named by the terminal id and
+    /// holding the bearer token that terminal must present. When set, every
+    /// POST needs `Authorization: Bearer <token>` of the terminal named in its
+    /// body. Mounted from a Secret at the store.
+    #[serde(default)]
+    pub terminal_tokens_dir: Option<PathBuf>,
 }
 
 fn default_http_listen() -> SocketAddr {
@@ -79,6 +85,7 @@ impl Default for Agent {
             http_listen: default_http_listen(),
             data_dir: default_data_dir(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            terminal_tokens_dir: None,
         }
     }
 }
@@ -165,6 +172,12 @@ pub struct LocalMqtt {
     pub port: u16,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The agent's login at the in-store broker (whose ACL lets it read `sensors/#`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the password for `username` (mounted from a Secret).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

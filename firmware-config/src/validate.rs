@@ -160,6 +160,7 @@ impl StoreProfile {
         self.check_cloud(opts, &mut out);
         self.check_outbox(&mut out);
         self.check_local_mqtt(&mut out);
+        self.check_secret_files(opts, &mut out);
         self.check_device_ids(&mut out);
         self.check_scanners(&mut out);
         for (i, s) in self.shelf_sensors.iter().enumerate() {
@@ -381,6 +382,57 @@ impl StoreProfile {
                 Problem::error("outbox.max_rows", "must be greater than 0")
                     .with_hint("e.g. 5000000"),
             );
+        }
+    }
+
+    /// Credentials the store box mounts from Secrets.
+    fn check_secret_files(&self, opts: &CheckOptions, out: &mut Vec<Problem>) {
+        if let Some(m) = &self.local_mqtt {
+            if m.password_file.is_some() && m.username.is_none() {
+                out.push(
+                    Problem::error(
+                        "local_mqtt.password_file",
+                        "is set but local_mqtt.username is not",
+                    )
+                    .with_hint("the broker needs both, e.g. username = \"store-agent\""),
+                );
+            }
+            if let (Some(file), true) = (&m.password_file, opts.check_files) {
+                if let Some(why) = unreadable(file) {
+                    out.push(
+                        Problem::error(
+                            "local_mqtt.password_file",
+                            format!("cannot read `{}`: {why}", file.display()),
+                        )
+                        .with_hint("mount the store-agent-local-mqtt Secret there"),
+                    );
+                }
+            }
+        }
+        if let (Some(dir), true) = (&self.agent.terminal_tokens_dir, opts.check_files) {
+            if !dir.is_dir() {
+                out.push(
+                    Problem::error(
+                        "agent.terminal_tokens_dir",
+                        format!("`{}` is not a readable directory", dir.display()),
+                    )
+                    .with_hint(
+                        "mount the store-agent-terminals Secret there: one file per terminal id",
+                    ),
+                );
+            } else {
+                for t in &self.terminals {
+                    if let Some(why) = unreadable(&dir.join(&t.id)) {
+                        out.push(
+                            Problem::error(
+                                "agent.terminal_tokens_dir",
+                                format!("no token for terminal `{}`: {why}", t.id),
+                            )
+                            .with_hint("add a file named after the terminal id holding its token"),
+                        );
+                    }
+                }
+            }
         }
     }
 

@@ -133,7 +133,13 @@ fn start_shared() -> Result<Kafka> {
     // Ownership of the dir passes to the script's supervisor (removes it when
     // this process exits).
     let dir = tmp.keep();
-    let bootstrap = run_script_start(&dir, true)?;
+    let bootstrap = match run_script_start(&dir, true) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let k = Kafka {
         bootstrap,
         dir,

@@ -84,6 +84,20 @@ pub fn spawn(
     opts.set_clean_session(true);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    if let Some(user) = &local.username {
+        // Read at start: a rotated Secret takes effect on the next restart.
+        let password = match &local.password_file {
+            Some(f) => match std::fs::read_to_string(f) {
+                Ok(p) => p.trim_end().to_owned(),
+                Err(e) => {
+                    tracing::error!(file = %f.display(), error = %e, "cannot read the in-store broker password; connecting without it");
+                    String::new()
+                }
+            },
+            None => String::new(),
+        };
+        opts.set_credentials(user.clone(), password);
+    }
     let (client, eventloop) = AsyncClient::new(opts, 64);
     let (tx, rx) = mpsc::channel(QUEUE);
     let known: std::collections::HashSet<String> = states.keys().cloned().collect();

@@ -420,3 +420,35 @@ pub fn assert_each_exactly(records: &[Record], ids: &HashSet<EventId>, times: us
         wrong.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+/// Publishes `batches` batches of `batch_size` fresh events at `interval`;
+/// returns every event id published.
+pub fn publish_stream(
+    store: &FakeStore,
+    batches: usize,
+    batch_size: usize,
+    interval: Duration,
+) -> Result<HashSet<EventId>> {
+    let mut ids = HashSet::new();
+    let start = Instant::now();
+    for i in 0..batches {
+        let events = fresh_events(&store.store_id, batch_size);
+        ids.extend(events.iter().map(|e| e.id));
+        store.publish_events(&events)?;
+        let next = start + interval * u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+    Ok(ids)
+}
+
+/// Events whose id appears more than once in `records`.
+pub fn duplicate_count(records: &[Record]) -> usize {
+    let mut seen = HashSet::new();
+    records
+        .iter()
+        .filter_map(record_id)
+        .filter(|id| !seen.insert(*id))
+        .count()
+}

@@ -1,0 +1,379 @@
+//! Bridge throughput against Kafka's own ceiling, on this machine, in one run.
+//!
+//! ```text
+//! cargo build --release -p cloud-bridge -p storelink-tests --bin cloud-bridge --bin bench_bridge
+//! target/release/bench_bridge [EVENTS] [EVENTS_PER_BATCH]
+//! ```
+//!
+//! 1. Ceiling: `org.apache.kafka.tools.ProducerPerformance` (same jars as the
+//!    broker) writes EVENTS sale events (the same JSON the bridge forwards,
+//!    from a payload file) with the bridge's producer settings: acks=all,
+//!    idempotence, lz4, linger 5 ms, to a topic with as many partitions.
+//! 2. Bridge: Mosquitto holds EVENTS events as batches pre-loaded into the
+//!    bridge's persistent session (the bridge is stopped meanwhile); then the
+//!    bridge starts and drains them. Rate = events / (last − first publish),
+//!    read from the bridge's own `events_published_total`.
+//! 3. CPU cost of routing one event (envelope parse + header check + full
+//!    typed body decode) in this process, to show what the decode costs.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use harness::kafka::Kafka;
+use harness::mosquitto::{Mosquitto, MosquittoOptions};
+use harness::process::{bin_path, ChildProcess};
+use protocol::{EventBody, EventId, RawEnvelope};
+use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
+
+const PARTITIONS: i32 = 6;
+const STORES: usize = 50;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let events: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(300_000);
+    let per_batch: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100);
+    let batches = events.div_ceil(per_batch);
+    let events = batches * per_batch;
+
+    let sales = sale_events(1000);
+    let avg = sales.iter().map(Vec::len).sum::<usize>() / sales.len();
+    println!(
+        "events: {events} sale events of {avg} bytes on average, {per_batch} per MQTT message"
+    );
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+
+    let (route_with, route_without) = routing_cost(&sales);
+    println!(
+        "routing cost per event: {:.2} µs with typed body decode, {:.2} µs header only",
+        route_with, route_without
+    );
+
+    let kafka = Kafka::start()?;
+    let ceiling = ceiling(&kafka, events, &sales)?;
+    println!("ceiling (ProducerPerformance, acks=all, idempotent, lz4): {ceiling:.0} events/s");
+
+    let bridge = bridge_rate(&kafka, events, per_batch)?;
+    println!(
+        "bridge (MQTT → Kafka, acks=all, idempotent, lz4, receipts, acks): {bridge:.0} events/s"
+    );
+    println!("ratio bridge / ceiling: {:.0} %", 100.0 * bridge / ceiling);
+    println!(
+        "targets: >= 50000 events/s: {}; >= 70 % of ceiling: {}",
+        if bridge >= 50_000.0 { "met" } else { "NOT met" },
+        if bridge >= 0.7 * ceiling {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}
+
+/// Sale events (both sample sales, alternating), compact JSON, fresh ids.
+fn sale_events(n: usize) -> Vec<Vec<u8>> {
+    let samples = protocol::samples::envelopes("store-0000");
+    (0..n)
+        .map(|i| {
+            let mut e = samples[i % 2].clone();
+            e.id = EventId::new_v7();
+            e.to_json()
+        })
+        .collect()
+}
+
+fn routing_cost(sales: &[Vec<u8>]) -> (f64, f64) {
+    let rounds = 50;
+    let t = Instant::now();
+    let mut ok = 0usize;
+    for _ in 0..rounds {
+        for s in sales {
+            if let Ok(env) = RawEnvelope::parse(s) {
+                if let Ok(kind) = env.check_header() {
+                    ok += usize::from(EventBody::from_json(kind, env.body.get()).is_ok());
+                }
+            }
+        }
+    }
+    let with = t.elapsed().as_secs_f64() * 1e6 / (rounds * sales.len()) as f64;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for s in sales {
+            if let Ok(env) = RawEnvelope::parse(s) {
+                ok += usize::from(env.check_header().is_ok());
+            }
+        }
+    }
+    let without = t.elapsed().as_secs_f64() * 1e6 / (rounds * sales.len()) as f64;
+    assert!(ok > 0);
+    (with, without)
+}
+
+fn ceiling(kafka: &Kafka, events: usize, sales: &[Vec<u8>]) -> Result<f64> {
+    kafka.create_topics(&[("bench.ceiling", PARTITIONS)])?;
+    let dir = tempfile::tempdir()?;
+    let payloads = dir.path().join("sales.jsonl");
+    let mut text = Vec::new();
+    for s in sales {
+        text.extend_from_slice(s);
+        text.push(b'\n');
+    }
+    std::fs::write(&payloads, text)?;
+    let out = Command::new("bash")
+        .arg(harness::kafka::script_path())
+        .args(["run", "org.apache.kafka.tools.ProducerPerformance"])
+        .args([
+            "--topic",
+            "bench.ceiling",
+            "--num-records",
+            &events.to_string(),
+        ])
+        .args(["--throughput", "-1", "--payload-delimiter", "\n"])
+        .arg("--payload-file")
+        .arg(&payloads)
+        .arg("--producer-props")
+        .arg(format!("bootstrap.servers={}", kafka.bootstrap()))
+        .args([
+            "acks=all",
+            "enable.idempotence=true",
+            "compression.type=lz4",
+            "linger.ms=5",
+            "batch.size=1000000",
+        ])
+        .output()
+        .context("running ProducerPerformance")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "ProducerPerformance failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // "300000 records sent, 123456.7 records/sec (…), … ms avg latency, …"
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("records sent"))
+        .context("no summary line from ProducerPerformance")?;
+    println!("ProducerPerformance: {last}");
+    last.split(", ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("cannot read records/sec")
+}
+
+fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<f64> {
+    let mut mosquitto = Mosquitto::start_with(MosquittoOptions {
+        max_inflight_messages: 200,
+        max_queued_messages: 0,
+        autosave_interval_s: 3600,
+    })?;
+    let http = harness::mosquitto::free_port()?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"bridge_id = "bench-0"
+http_listen = "127.0.0.1:{http}"
+[mqtt]
+port = {mqtt}
+[kafka]
+bootstrap = "{bootstrap}"
+compression = "lz4"
+linger_ms = 5
+[topics]
+partitions = {PARTITIONS}
+replication_factor = 1
+min_insync_replicas = 1
+[limits]
+max_events_in_flight = 50000
+max_messages_in_flight = 1000
+"#,
+            mqtt = mosquitto.port(),
+            bootstrap = kafka.bootstrap(),
+        ),
+    )?;
+    let log = dir.path().join("bridge.log");
+    let start_bridge = || -> Result<ChildProcess> {
+        let mut cmd = Command::new(bin_path("cloud-bridge")?);
+        cmd.args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn");
+        ChildProcess::spawn_logging_to("cloud-bridge", cmd, &log)
+    };
+
+    // 1. Create the persistent session (and topics), then stop the bridge.
+    let mut b = start_bridge()?;
+    wait_metric(
+        http,
+        "storelink_bridge_events_in_flight",
+        |_| true,
+        Duration::from_secs(60),
+        &b,
+    )?;
+    wait_ready(http, &b)?;
+    b.sigterm()?;
+    b.wait_exit(Duration::from_secs(30))?;
+
+    // 2. Pre-load the backlog.
+    let t = Instant::now();
+    preload(mosquitto.port(), events, per_batch)?;
+    println!(
+        "pre-loaded {} MQTT messages in {:.1} s",
+        events / per_batch,
+        t.elapsed().as_secs_f64()
+    );
+
+    // 3. Drain.
+    let b = start_bridge()?;
+    let series = "storelink_bridge_events_published_total{topic=\"retail.transactions.v1\"}";
+    let first = wait_metric(http, series, |v| v > 0.0, Duration::from_secs(60), &b)?;
+    let last = wait_metric(
+        http,
+        series,
+        |v| v >= events as f64,
+        Duration::from_secs(600),
+        &b,
+    )?;
+    let secs = last.duration_since(first).as_secs_f64();
+    let m = metrics(http)?;
+    println!(
+        "bridge drained {events} events in {secs:.2} s; produce p50/p99 from histogram not shown; retries {}",
+        metric_value(&m, "storelink_bridge_produce_retries_total")
+    );
+    drop(b);
+    mosquitto.stop()?;
+    Ok(events as f64 / secs)
+}
+
+fn preload(port: u16, events: usize, per_batch: usize) -> Result<()> {
+    let mut o = MqttOptions::new("bench-loader", "127.0.0.1", port);
+    o.set_max_packet_size(16 << 20, 16 << 20)
+        .set_inflight(500)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = Client::new(o, 1000);
+    let batches = events / per_batch;
+    let samples: Vec<Vec<protocol::Envelope>> = (0..STORES)
+        .map(|i| protocol::samples::envelopes(&format!("store-{i:04}")))
+        .collect();
+    let payloads: Vec<(String, Vec<u8>)> = (0..batches)
+        .map(|i| {
+            let store = format!("store-{:04}", i % STORES);
+            let evs: Vec<Vec<u8>> = (0..per_batch)
+                .map(|j| {
+                    // A sale (one of the two samples) with a fresh id.
+                    let mut e = samples[i % STORES][j % 2].clone();
+                    e.id = EventId::new_v7();
+                    e.recorded_at = chrono::Utc::now();
+                    e.to_json()
+                })
+                .collect();
+            let payload = protocol::batch::encode_batch(
+                uuid::Uuid::now_v7(),
+                &store,
+                evs.iter().map(|e| e.as_slice()),
+            );
+            (protocol::topics::store_events_topic(&store), payload)
+        })
+        .collect();
+    let publisher = std::thread::spawn(move || -> Result<()> {
+        for (topic, payload) in payloads {
+            client.publish(topic, QoS::AtLeastOnce, false, payload)?;
+        }
+        client.disconnect()?;
+        Ok(())
+    });
+    let mut acked = 0usize;
+    for ev in conn.iter() {
+        match ev {
+            Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => bail!("pre-loading: {e}"),
+        }
+    }
+    publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    if acked < batches {
+        // Disconnect may overtake the last PUBACKs; Mosquitto has them anyway.
+        println!("({acked} of {batches} PUBACKs seen before disconnect)");
+    }
+    Ok(())
+}
+
+fn metrics(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf)
+}
+
+fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == series).then(|| v.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+fn wait_ready(port: u16, p: &ChildProcess) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        use std::io::{Read, Write};
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(s, "GET /readyz HTTP/1.0\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("bridge not ready; log:\n{}", p.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls a metric every 10 ms until `ok(value)`; returns when that was seen.
+fn wait_metric(
+    port: u16,
+    series: &str,
+    ok: impl Fn(f64) -> bool,
+    timeout: Duration,
+    p: &ChildProcess,
+) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(m) = metrics(port) {
+            if m.contains(series.split('{').next().unwrap_or(series))
+                && ok(metric_value(&m, series))
+            {
+                return Ok(Instant::now());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{series} did not reach its target within {timeout:?}; now {:?}; bridge log:\n{}",
+                metrics(port).map(|m| metric_value(&m, series)).ok(),
+                p.log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
