@@ -28,7 +28,7 @@ cargo build --workspace --bins --locked
 
 step "tests"
 # Two test threads: the end-to-end tests each run several processes.
-cargo test --workspace --locked -- --test-threads=2
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2
 
 step "fleet manifests and profiles"
 STORE_AGENT_BIN=target/debug/store-agent bash scripts/check-fleet.sh

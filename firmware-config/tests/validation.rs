@@ -110,7 +110,7 @@ fn unknown_keys_do_not_hide_semantic_problems() {
             ("restocked_at = 6", "restocked_at = 2"),
         ],
         &[
-            "9:1: error: agent.verbose: unknown key `verbose` (hint: known keys here: data_dir, http_listen, shutdown_grace_secs)",
+            "9:1: error: agent.verbose: unknown key `verbose` (hint: known keys here: data_dir, http_listen, shutdown_grace_secs, terminal_tokens_dir)",
             "41:16: error: shelf_sensors[0].restocked_at: must be greater than low_stock_at (3), not 2 (hint: the gap between the two is the hysteresis that stops alerts flapping)",
         ],
     );

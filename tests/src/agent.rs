@@ -31,6 +31,8 @@ pub struct StackOptions {
     pub receipt_timeout_secs: u64,
     /// Start a bridge; tests of the agent alone can leave it out.
     pub with_bridge: bool,
+    /// Where the agent keeps its outbox; default: `data/` in the stack's temp dir.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for StackOptions {
@@ -41,6 +43,7 @@ impl Default for StackOptions {
             outbox_max_rows: 5_000_000,
             receipt_timeout_secs: 10,
             with_bridge: true,
+            data_dir: None,
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct StoreStack {
     pub agent: ChildProcess,
     pub dir: tempfile::TempDir,
     profile_path: PathBuf,
+    data_dir: PathBuf,
 }
 
 /// Writes a bridge config and starts a `cloud-bridge` against these brokers.
@@ -141,6 +145,7 @@ impl StoreStack {
             None
         };
         let http_port = free_port()?;
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
         let terminals: String = TERMINALS
             .iter()
             .map(|t| format!("[[terminals]]\nid = \"{t}\"\n\n"))
@@ -174,7 +179,7 @@ port = {store_port}
 {terminals}
 {extra}
 "#,
-            data_dir = dir.path().join("data").display(),
+            data_dir = data_dir.display(),
             cloud_port = cloud_mqtt.port(),
             store_port = store_mqtt.port(),
             receipt_timeout = opts.receipt_timeout_secs,
@@ -198,6 +203,7 @@ port = {store_port}
             agent,
             dir,
             profile_path,
+            data_dir,
         };
         stack.wait_agent_ready(Duration::from_secs(30))?;
         Ok(stack)
@@ -213,7 +219,7 @@ port = {store_port}
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone()
     }
 
     pub fn outbox_path(&self) -> PathBuf {

@@ -413,3 +413,99 @@ fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
         .iter()
         .any(|r| String::from_utf8_lossy(&r.value).contains("outbox_recovered")));
 }
+
+/// A small tmpfs standing in for a store box's nearly full disk; unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).expect("mkdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "this test needs to mount a small tmpfs (run as root, as CI does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after_drain() {
+    let disk = SmallDisk::mount(3 * 1024 * 1024);
+    let mut stack = StoreStack::start_with(StackOptions {
+        data_dir: Some(disk.path.join("data")),
+        ..StackOptions::default()
+    })
+    .expect("store stack");
+    stack.cloud_mqtt.stop().expect("stop cloud broker");
+    let client = reqwest::blocking::Client::new();
+    let post = |seq: u64| {
+        client
+            .post(format!("{}/v1/sales", stack.http_base))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json"))
+            .send()
+            .expect("the agent keeps answering on a full disk")
+    };
+    let mut acked = HashMap::new();
+    let mut refused_at = None;
+    for seq in 1..=20_000u64 {
+        let r = post(seq);
+        match r.status().as_u16() {
+            200 | 201 => {
+                let v: serde_json::Value = r.json().expect("json");
+                acked.insert(v["event_id"].as_str().expect("id").to_owned(), ("pos-01".to_owned(), seq));
+            }
+            503 => {
+                assert!(r.headers().get("retry-after").is_some());
+                refused_at = Some(seq);
+                break;
+            }
+            s => panic!("unexpected {s}: {}", r.text().unwrap_or_default()),
+        }
+    }
+    let refused_at = refused_at.expect("a 3 MB disk must fill up");
+    println!("disk full after {} sales", acked.len());
+    // Still alive and still refusing cleanly, not crash-looping.
+    assert_eq!(post(refused_at).status().as_u16(), 503);
+    assert!(stack.agent.try_exit_status().expect("status").is_none(), "the agent must not exit on a full disk");
+
+    stack.cloud_mqtt.start_again().expect("cloud broker back");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seq = refused_at;
+    loop {
+        let r = post(seq);
+        if r.status().is_success() {
+            let v: serde_json::Value = r.json().expect("json");
+            acked.insert(v["event_id"].as_str().expect("id").to_owned(), ("pos-01".to_owned(), seq));
+            seq += 1;
+            if seq > refused_at + 50 {
+                break;
+            }
+        } else {
+            assert!(Instant::now() < deadline, "sales still refused after the backlog drained");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
+    println!("full disk: {} acknowledged, {} missing, {duplicates} duplicates", acked.len(), missing.len());
+    assert!(missing.is_empty(), "acknowledged sales lost on a full disk: {:?}", &missing[..missing.len().min(5)]);
+    drop(stack);
+    drop(disk);
+}
