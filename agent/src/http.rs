@@ -236,6 +236,15 @@ async fn submit(
             p.retry_after = Some(5);
             Err(p)
         }
+        Err(OutboxError::DiskFull) => {
+            let mut p = Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "disk_full",
+                "the store box's disk is full while the cloud link catches up; keep the transaction in the terminal journal and retry",
+            );
+            p.retry_after = Some(5);
+            Err(p)
+        }
         Err(OutboxError::IdempotencyConflict { key, original }) => {
             let mut p = Problem::new(
                 StatusCode::CONFLICT,

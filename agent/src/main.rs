@@ -120,15 +120,13 @@ async fn run(profile_path: &Path) -> Result<()> {
     let span = tracing::info_span!("agent", store = %store.store_id);
     let _guard = span.enter();
 
-    let outbox = Outbox::open(
-        OutboxConfig::new(
-            profile.agent.data_dir.join("outbox.db"),
-            profile.outbox.max_bytes,
-            profile.outbox.max_rows,
-        ),
-        store.clone(),
-    )
-    .context("opening the outbox")?;
+    let mut outbox_config = OutboxConfig::new(
+        profile.agent.data_dir.join("outbox.db"),
+        profile.outbox.max_bytes,
+        profile.outbox.max_rows,
+    );
+    outbox_config.disk_reserve_bytes = profile.outbox.disk_reserve_bytes;
+    let outbox = Outbox::open(outbox_config, store.clone()).context("opening the outbox")?;
     let handle = outbox.handle();
     let stats = handle.stats_arc();
     let ingest = Ingest::new(handle.clone(), store.clone());

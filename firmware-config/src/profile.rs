@@ -147,6 +147,16 @@ pub struct OutboxLimits {
     pub max_bytes: u64,
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
+    /// Disk space held back in a reserve file next to the outbox. When the
+    /// disk fills up anyway (other programs, a small card), the agent frees
+    /// it so receipts can still delete delivered events and the outbox can
+    /// recover, instead of being stuck on a disk too full to shrink.
+    #[serde(default = "default_disk_reserve_bytes")]
+    pub disk_reserve_bytes: u64,
+}
+
+fn default_disk_reserve_bytes() -> u64 {
+    8 * 1024 * 1024
 }
 
 fn default_max_bytes() -> u64 {
@@ -161,6 +171,7 @@ impl Default for OutboxLimits {
         OutboxLimits {
             max_bytes: default_max_bytes(),
             max_rows: default_max_rows(),
+            disk_reserve_bytes: default_disk_reserve_bytes(),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct StackOptions {
     pub with_bridge: bool,
     /// Where the agent keeps its outbox; default: `data/` in the stack's temp dir.
     pub data_dir: Option<PathBuf>,
+    /// `outbox.disk_reserve_bytes`; `None` keeps the profile default.
+    pub disk_reserve_bytes: Option<u64>,
 }
 
 impl Default for StackOptions {
@@ -44,6 +46,7 @@ impl Default for StackOptions {
             receipt_timeout_secs: 10,
             with_bridge: true,
             data_dir: None,
+            disk_reserve_bytes: None,
         }
     }
 }
@@ -145,7 +148,10 @@ impl StoreStack {
             None
         };
         let http_port = free_port()?;
-        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         let terminals: String = TERMINALS
             .iter()
             .map(|t| format!("[[terminals]]\nid = \"{t}\"\n\n"))
@@ -171,6 +177,7 @@ receipt_timeout_secs = {receipt_timeout}
 [outbox]
 max_bytes = {max_bytes}
 max_rows = {max_rows}
+{reserve}
 
 [local_mqtt]
 host = "127.0.0.1"
@@ -186,6 +193,10 @@ port = {store_port}
             max_bytes = opts.outbox_max_bytes,
             max_rows = opts.outbox_max_rows,
             extra = opts.extra_profile,
+            reserve = opts
+                .disk_reserve_bytes
+                .map(|b| format!("disk_reserve_bytes = {b}"))
+                .unwrap_or_default(),
         );
         let profile_path = dir.path().join("store.toml");
         std::fs::write(&profile_path, profile).context("writing profile")?;

@@ -441,7 +441,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
     }
 }
 
@@ -450,6 +453,7 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
     let disk = SmallDisk::mount(3 * 1024 * 1024);
     let mut stack = StoreStack::start_with(StackOptions {
         data_dir: Some(disk.path.join("data")),
+        disk_reserve_bytes: Some(512 * 1024),
         ..StackOptions::default()
     })
     .expect("store stack");
@@ -459,7 +463,9 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
         client
             .post(format!("{}/v1/sales", stack.http_base))
             .header("content-type", "application/json")
-            .body(serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json"))
+            .body(
+                serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json"),
+            )
             .send()
             .expect("the agent keeps answering on a full disk")
     };
@@ -470,10 +476,19 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
         match r.status().as_u16() {
             200 | 201 => {
                 let v: serde_json::Value = r.json().expect("json");
-                acked.insert(v["event_id"].as_str().expect("id").to_owned(), ("pos-01".to_owned(), seq));
+                acked.insert(
+                    v["event_id"].as_str().expect("id").to_owned(),
+                    ("pos-01".to_owned(), seq),
+                );
             }
             503 => {
                 assert!(r.headers().get("retry-after").is_some());
+                let problem: serde_json::Value = r.json().expect("problem");
+                assert!(
+                    ["disk_full", "outbox_unavailable"]
+                        .contains(&problem["code"].as_str().unwrap_or("")),
+                    "{problem}"
+                );
                 refused_at = Some(seq);
                 break;
             }
@@ -484,7 +499,10 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
     println!("disk full after {} sales", acked.len());
     // Still alive and still refusing cleanly, not crash-looping.
     assert_eq!(post(refused_at).status().as_u16(), 503);
-    assert!(stack.agent.try_exit_status().expect("status").is_none(), "the agent must not exit on a full disk");
+    assert!(
+        stack.agent.try_exit_status().expect("status").is_none(),
+        "the agent must not exit on a full disk"
+    );
 
     stack.cloud_mqtt.start_again().expect("cloud broker back");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -493,19 +511,33 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
         let r = post(seq);
         if r.status().is_success() {
             let v: serde_json::Value = r.json().expect("json");
-            acked.insert(v["event_id"].as_str().expect("id").to_owned(), ("pos-01".to_owned(), seq));
+            acked.insert(
+                v["event_id"].as_str().expect("id").to_owned(),
+                ("pos-01".to_owned(), seq),
+            );
             seq += 1;
             if seq > refused_at + 50 {
                 break;
             }
         } else {
-            assert!(Instant::now() < deadline, "sales still refused after the backlog drained");
+            assert!(
+                Instant::now() < deadline,
+                "sales still refused after the backlog drained"
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
     let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
-    println!("full disk: {} acknowledged, {} missing, {duplicates} duplicates", acked.len(), missing.len());
-    assert!(missing.is_empty(), "acknowledged sales lost on a full disk: {:?}", &missing[..missing.len().min(5)]);
+    println!(
+        "full disk: {} acknowledged, {} missing, {duplicates} duplicates",
+        acked.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged sales lost on a full disk: {:?}",
+        &missing[..missing.len().min(5)]
+    );
     drop(stack);
     drop(disk);
 }

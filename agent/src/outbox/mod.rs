@@ -61,6 +61,9 @@ pub struct OutboxConfig {
     pub max_rows: u64,
     /// Most requests folded into one commit.
     pub group_commit_max: usize,
+    /// Bytes kept in `outbox.reserve` beside the database, released when the
+    /// disk fills up (see `writer.rs`). 0 disables the reserve.
+    pub disk_reserve_bytes: u64,
 }
 
 impl OutboxConfig {
@@ -70,6 +73,7 @@ impl OutboxConfig {
             max_bytes,
             max_rows,
             group_commit_max: 1024,
+            disk_reserve_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -80,6 +84,10 @@ pub enum OutboxError {
     Full { rows: u64, bytes: u64 },
     #[error("transaction {key} was already recorded with a different body as event {original}")]
     IdempotencyConflict { key: String, original: EventId },
+    #[error(
+        "the disk holding the outbox is full; refusing new events until delivered ones free space"
+    )]
+    DiskFull,
     #[error("outbox storage failed: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("outbox is closed")]
@@ -349,6 +357,15 @@ pub(crate) fn priority_of(kind: EventKind) -> i64 {
     } else {
         1
     }
+}
+
+/// Whether a storage error means the file system is out of space.
+pub(crate) fn is_disk_full(e: &OutboxError) -> bool {
+    matches!(
+        e,
+        OutboxError::Storage(rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::DiskFull
+    )
 }
 
 /// Path helpers for the database and the files SQLite keeps beside it.

@@ -49,6 +49,11 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "busy_timeout", 5000)?;
     conn.pragma_update(None, "cache_size", -8000)?;
+    // A small WAL: checkpoint every ~1 MiB and truncate it back to 4 MiB at
+    // most, so a full disk is mostly database pages — which deletes free and
+    // new events reuse — and not a log that needs as much again to checkpoint.
+    conn.pragma_update(None, "wal_autocheckpoint", 256)?;
+    conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
     migrate(&conn)?;
     Ok(conn)
 }

@@ -34,6 +34,9 @@ pub(crate) struct Writer {
     stats: Arc<OutboxStats>,
     appended: Arc<Notify>,
     unreported_shed: u64,
+    /// The disk filled up: the reserve was released and appends are refused
+    /// until housekeeping can put the reserve back.
+    disk_full: bool,
     /// None until the first report: the first shed is reported at once.
     last_shed_report: Option<Instant>,
 }
@@ -62,7 +65,7 @@ impl Writer {
         stats
             .pending_transactions
             .store(pending as u64, Ordering::Relaxed);
-        Ok(Writer {
+        let mut writer = Writer {
             conn,
             config,
             store,
@@ -70,7 +73,55 @@ impl Writer {
             appended,
             unreported_shed: 0,
             last_shed_report: None,
-        })
+            disk_full: false,
+        };
+        if let Err(e) = writer.ensure_reserve() {
+            // Starting on a full disk: run without the reserve; appends are
+            // refused until delivered events free space.
+            tracing::error!(error = %e, "cannot create the outbox disk reserve; disk full?");
+            writer.disk_full = true;
+        }
+        Ok(writer)
+    }
+
+    fn reserve_path(&self) -> std::path::PathBuf {
+        self.config.path.with_extension("reserve")
+    }
+
+    /// Writes the reserve file with real bytes (a sparse file would hold no space).
+    fn ensure_reserve(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        let want = self.config.disk_reserve_bytes;
+        let path = self.reserve_path();
+        if want == 0 || std::fs::metadata(&path).is_ok_and(|m| m.len() >= want) {
+            return Ok(());
+        }
+        let result = (|| {
+            let mut f = std::fs::File::create(&path)?;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = want;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                f.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+            f.sync_all()
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn on_disk_full(&mut self) {
+        if !self.disk_full {
+            self.disk_full = true;
+            let freed = std::fs::remove_file(self.reserve_path()).is_ok();
+            tracing::error!(
+                reserve_released = freed,
+                "disk holding the outbox is full; refusing new events until delivered ones free space"
+            );
+        }
     }
 
     /// Records an agent notice outside the normal request path (at open).
@@ -115,6 +166,7 @@ impl Writer {
         let mut shutdown = None;
         let mut replies: Vec<Reply> = Vec::new();
         let mut housekeep = false;
+        let mut disk_full_seen = false;
         let snapshot = (
             self.stats.rows(),
             self.stats.bytes(),
@@ -126,14 +178,40 @@ impl Writer {
             for cmd in batch.drain(..) {
                 match cmd {
                     Command::Append { event, key, reply } => {
-                        let outcome = append(
-                            &tx,
-                            &self.config,
-                            &self.stats,
-                            &event,
-                            key.as_deref(),
-                            &mut self.unreported_shed,
-                        );
+                        let outcome = if self.disk_full {
+                            Err(OutboxError::DiskFull)
+                        } else {
+                            // A savepoint per append: one that fails halfway
+                            // (disk full between the event and its key) leaves
+                            // nothing behind, and the rest of the group commits.
+                            let before = (
+                                self.stats.rows(),
+                                self.stats.bytes(),
+                                self.stats.pending_transactions(),
+                            );
+                            tx.execute_batch("SAVEPOINT append")?;
+                            let outcome = append(
+                                &tx,
+                                &self.config,
+                                &self.stats,
+                                &event,
+                                key.as_deref(),
+                                &mut self.unreported_shed,
+                            );
+                            if outcome.is_err() {
+                                tx.execute_batch("ROLLBACK TO append")?;
+                                self.stats.rows.store(before.0, Ordering::Relaxed);
+                                self.stats.bytes.store(before.1, Ordering::Relaxed);
+                                self.stats
+                                    .pending_transactions
+                                    .store(before.2, Ordering::Relaxed);
+                            }
+                            tx.execute_batch("RELEASE append")?;
+                            outcome
+                        };
+                        if outcome.as_ref().err().is_some_and(super::is_disk_full) {
+                            disk_full_seen = true;
+                        }
                         replies.push(Reply::Append(Pending { reply, outcome }));
                     }
                     Command::Delete { ids, reply } => {
@@ -178,6 +256,9 @@ impl Writer {
         })();
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
         let commit_err = result.err();
+        if disk_full_seen || commit_err.as_ref().is_some_and(super::is_disk_full) {
+            self.on_disk_full();
+        }
         if let Some(e) = &commit_err {
             // Nothing of this group is durable: restore the counters and
             // fail every request in it.
@@ -211,6 +292,16 @@ impl Writer {
 
     /// Small, bounded steps so a commit never waits long behind housekeeping.
     fn housekeep(&mut self) {
+        if self.disk_full {
+            self.checkpoint("TRUNCATE");
+            match self.ensure_reserve() {
+                Ok(()) => {
+                    self.disk_full = false;
+                    tracing::info!("disk space recovered; the outbox takes new events again");
+                }
+                Err(e) => tracing::warn!(error = %e, "disk still full"),
+            }
+        }
         let cutoff = now_ms() - KEY_RETENTION.as_millis() as i64;
         if let Err(e) = self.conn.execute(
             "DELETE FROM transaction_keys WHERE key IN (SELECT key FROM transaction_keys WHERE created_ms < ?1 LIMIT 10000)",
@@ -272,6 +363,7 @@ fn clone_err(e: &OutboxError) -> OutboxError {
             bytes: *bytes,
         },
         OutboxError::Closed => OutboxError::Closed,
+        OutboxError::DiskFull => OutboxError::DiskFull,
         other => OutboxError::Open {
             path: "outbox commit".into(),
             reason: other.to_string(),
