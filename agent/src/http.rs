@@ -46,9 +46,9 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/sales", post(post_sale))
-        .route("/v1/returns", post(post_return))
-        .route("/v1/voids", post(post_void))
+        .route(Sale::ROUTE, post(post_record::<Sale>))
+        .route(Return::ROUTE, post(post_record::<Return>))
+        .route(Void::ROUTE, post(post_record::<Void>))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -286,78 +286,87 @@ fn record(route: &str, started: Instant, result: Result<Response, Problem>) -> R
     resp
 }
 
-async fn post_sale(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let sale: Sale = decode(&body)?;
-        sale.validate().map_err(validation_problem)?;
-        let (terminal, reference, at) = (sale.terminal_id.clone(), sale.reference(), sale.ended_at);
-        submit(
-            &state,
-            &headers,
-            &terminal,
-            reference,
-            at,
-            EventBody::Sale(Box::new(sale)),
-        )
-        .await
-    }
-    .await;
-    record("/v1/sales", started, result)
+/// What the three POS endpoints have in common: a POSLog record from one
+/// terminal with its idempotency key, validated before it is stored.
+trait PosRecord: DeserializeOwned {
+    const ROUTE: &'static str;
+    fn validate(&self) -> Result<(), Problems>;
+    fn reference(&self) -> TransactionRef;
+    fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset>;
+    fn into_body(self) -> EventBody;
 }
 
-async fn post_return(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let started = Instant::now();
-    let result = async {
-        let ret: Return = decode(&body)?;
-        ret.validate().map_err(validation_problem)?;
-        let t = &ret.transaction;
-        let (terminal, reference, at) = (t.terminal_id.clone(), t.reference(), t.ended_at);
-        submit(
-            &state,
-            &headers,
-            &terminal,
-            reference,
-            at,
-            EventBody::Return(Box::new(ret)),
-        )
-        .await
+impl PosRecord for Sale {
+    const ROUTE: &'static str = "/v1/sales";
+    fn validate(&self) -> Result<(), Problems> {
+        Sale::validate(self)
     }
-    .await;
-    record("/v1/returns", started, result)
+    fn reference(&self) -> TransactionRef {
+        Sale::reference(self)
+    }
+    fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset> {
+        self.ended_at
+    }
+    fn into_body(self) -> EventBody {
+        EventBody::Sale(Box::new(self))
+    }
 }
 
-async fn post_void(
+impl PosRecord for Return {
+    const ROUTE: &'static str = "/v1/returns";
+    fn validate(&self) -> Result<(), Problems> {
+        Return::validate(self)
+    }
+    fn reference(&self) -> TransactionRef {
+        self.transaction.reference()
+    }
+    fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset> {
+        self.transaction.ended_at
+    }
+    fn into_body(self) -> EventBody {
+        EventBody::Return(Box::new(self))
+    }
+}
+
+impl PosRecord for Void {
+    const ROUTE: &'static str = "/v1/voids";
+    fn validate(&self) -> Result<(), Problems> {
+        Void::validate(self)
+    }
+    fn reference(&self) -> TransactionRef {
+        Void::reference(self)
+    }
+    fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset> {
+        self.voided_at
+    }
+    fn into_body(self) -> EventBody {
+        EventBody::Void(self)
+    }
+}
+
+async fn post_record<R: PosRecord>(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
     let result = async {
-        let void: Void = decode(&body)?;
-        void.validate().map_err(validation_problem)?;
-        let (terminal, reference, at) =
-            (void.terminal_id.clone(), void.reference(), void.voided_at);
+        let record: R = decode(&body)?;
+        record.validate().map_err(validation_problem)?;
+        let (reference, at) = (record.reference(), record.occurred_at());
+        let terminal = reference.terminal_id.clone();
         submit(
             &state,
             &headers,
             &terminal,
             reference,
             at,
-            EventBody::Void(void),
+            record.into_body(),
         )
         .await
     }
     .await;
-    record("/v1/voids", started, result)
+    record(R::ROUTE, started, result)
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -504,6 +513,21 @@ mod tests {
         assert_eq!(again["event_id"], first["event_id"]);
         assert_eq!(again["duplicate"], true);
         assert_eq!(f.state.outbox_stats.rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn returns_and_voids_are_accepted_on_their_own_routes() {
+        let f = fixture(1000, None);
+        let ret = serde_json::to_vec(&protocol::samples::return_()).expect("json");
+        let (status, _, p) = call(&f.app, "POST", "/v1/returns", ret, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        let void = serde_json::to_vec(&protocol::samples::void()).expect("json");
+        let (status, _, p) = call(&f.app, "POST", "/v1/voids", void, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        // A sale body on the voids route is not a void.
+        let (status, _, p) = call(&f.app, "POST", "/v1/voids", sale(9), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(f.state.outbox_stats.pending_transactions(), 2);
     }
 
     #[tokio::test]
