@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
 use protocol::topics::{self, headers};
 use protocol::EventId;
 use rumqttc::{AsyncClient, Publish, QoS};
@@ -38,7 +39,10 @@ use crate::dedupe::{DedupeWindow, Seen};
 use crate::kafka_sink::{KafkaSink, OutRecord, SinkError};
 use crate::metrics::Metrics;
 use crate::receipts::{self, Settled};
-use crate::routing::{self, reason, Decision, PublishEvent};
+use crate::routing::{self, reason, Decision, PublishEvent, RoutedMessage};
+
+/// Messages routed ahead of the one being dispatched.
+const ROUTE_AHEAD: usize = 4;
 
 pub struct Pipeline {
     cfg: Arc<Config>,
@@ -126,19 +130,43 @@ impl Pipeline {
         mut rx: mpsc::UnboundedReceiver<Publish>,
         intake: CancellationToken,
     ) -> usize {
+        // Routing (JSON parsing, the CPU-heavy part) runs on the blocking
+        // pool, a few messages ahead; results are dispatched in arrival
+        // order, so produce order still follows the broker's order.
+        let mut routing = FuturesOrdered::new();
+        let mut source_open = true;
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = intake.cancelled() => break,
-                _ = self.abort.cancelled() => break,
-                m = rx.recv() => m,
-            };
-            let Some(publish) = next else { break };
             tokio::select! {
                 biased;
                 _ = intake.cancelled() => break,
                 _ = self.abort.cancelled() => break,
-                _ = self.dispatch(publish) => {}
+                Some(done) = routing.next(), if !routing.is_empty() => {
+                    let (publish, routed) = match done {
+                        Ok(pr) => pr,
+                        Err(e) => {
+                            // A panic while routing: that message stays unacked.
+                            tracing::error!(error = %e, "routing task failed");
+                            continue;
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = intake.cancelled() => break,
+                        _ = self.abort.cancelled() => break,
+                        _ = self.dispatch(publish, routed) => {}
+                    }
+                }
+                m = rx.recv(), if source_open && routing.len() < ROUTE_AHEAD => match m {
+                    Some(publish) => {
+                        let max = self.cfg.limits.max_event_bytes;
+                        routing.push_back(tokio::task::spawn_blocking(move || {
+                            let routed = routing::route(&publish.topic, &publish.payload, max);
+                            (publish, routed)
+                        }));
+                    }
+                    None => source_open = false,
+                },
+                else => break,
             }
         }
         // Messages received but not dispatched stay unacked: the broker
@@ -170,12 +198,7 @@ impl Pipeline {
 
     /// Routes one message and hands its records to Kafka, in order; spawns
     /// the task that waits for delivery, receipts and acks.
-    async fn dispatch(self: &Arc<Self>, publish: Publish) {
-        let routed = routing::route(
-            &publish.topic,
-            &publish.payload,
-            self.cfg.limits.max_event_bytes,
-        );
+    async fn dispatch(self: &Arc<Self>, publish: Publish, routed: RoutedMessage) {
         let n = routed
             .event_count()
             .clamp(1, self.cfg.limits.max_events_in_flight);
@@ -193,15 +216,22 @@ impl Pipeline {
         let store = routed.topic_store.clone();
         let now = Instant::now();
         let mut jobs = Vec::with_capacity(routed.decisions.len());
-        for d in routed.decisions {
+        // One lock for the whole message.
+        let seen: Vec<Seen> = match self.dedupe.lock() {
+            Ok(mut w) => routed
+                .decisions
+                .iter()
+                .map(|d| match d {
+                    Decision::Publish(ev) => w.check_and_reserve(ev.id, now),
+                    Decision::DeadLetter(_) => Seen::New,
+                })
+                .collect(),
+            Err(_) => vec![Seen::New; routed.decisions.len()],
+        };
+        for (d, seen) in routed.decisions.into_iter().zip(seen) {
             match d {
                 Decision::Publish(ev) => {
                     let rec = domain_record(&ev, &payload, store.as_deref().unwrap_or_default());
-                    let seen = self
-                        .dedupe
-                        .lock()
-                        .map(|mut w| w.check_and_reserve(ev.id, now))
-                        .unwrap_or(Seen::New);
                     match seen {
                         Seen::New => {
                             let started = Instant::now();

@@ -74,6 +74,13 @@ impl Kafka {
         crate::process::log_tail(&self.dir.join("server.log"), n)
     }
 
+    /// Process id of the broker JVM while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("kafka.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
     /// Controlled shutdown (SIGTERM, SIGKILL after 30 s).
     pub fn stop(&mut self) -> Result<()> {
         run_script(&["stop"], &self.dir)?;

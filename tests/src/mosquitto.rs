@@ -84,6 +84,11 @@ impl Mosquitto {
         "127.0.0.1"
     }
 
+    /// Process id of the running broker (for CPU accounting in benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildProcess::pid)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("mosquitto.log")
     }

@@ -21,20 +21,21 @@
 //! * **Transactions are never dropped.** When full, sales/returns/voids are
 //!   refused ([`OutboxError::Full`]) and the terminal keeps its own journal.
 //! * **Idempotency.** `(terminal, business day, sequence number)` keys live in
-//!   `transaction_keys` for 7 days, longer than any event stays in `events`,
+//!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
 //!   so a re-post after delivery still answers with the original id.
 //!
-//! # On-disk format (schema version 1, `PRAGMA user_version`)
+//! # On-disk format (schema version 2, `PRAGMA user_version`)
 //!
 //! ```sql
 //! events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE, kind TEXT,
 //!        priority INTEGER, device_id TEXT, payload BLOB, crc32 INTEGER, created_ms INTEGER)
-//! transaction_keys(key TEXT PRIMARY KEY, event_id BLOB, body_crc INTEGER, created_ms INTEGER)
+//! idempotency_keys(key TEXT, event_id BLOB, body_crc INTEGER, created_ms INTEGER)  -- append-only, see keys.rs
 //! quarantine(seq, id, payload, reason, at_ms)   -- rows that failed their checksum
 //! ```
 //! `payload` is the event's envelope JSON, byte for byte what goes to Kafka;
 //! `crc32` covers it and is verified before sending.
 
+mod keys;
 mod recovery;
 mod schema;
 mod writer;

@@ -277,3 +277,65 @@ async fn an_event_failing_its_checksum_is_quarantined_and_reported() {
     assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 1);
     assert_eq!(h.stats().pending_transactions(), 0);
 }
+
+#[tokio::test]
+async fn a_version_1_outbox_is_migrated_and_keeps_its_idempotency_keys() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("outbox.db");
+    let (env, key) = sale(42);
+    let original = env.id;
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(super::schema::MIGRATIONS[0])
+            .expect("v1 schema");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        let body = super::PreparedEvent::new(&env).body_crc;
+        conn.execute(
+            "INSERT INTO transaction_keys (key, event_id, body_crc, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![key.as_deref(), original.0.as_bytes().as_slice(), i64::from(body), Utc::now().timestamp_millis()],
+        )
+        .expect("v1 key");
+    }
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let (again, _) = sale(42);
+    assert_eq!(
+        outbox.handle().append(again, key).await.expect("append"),
+        AppendOutcome::Duplicate(original)
+    );
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(version as usize, super::schema::MIGRATIONS.len());
+}
+
+#[tokio::test]
+async fn idempotency_keys_survive_a_restart() {
+    // The in-memory key index is rebuilt from disk: after a reopen a stored
+    // key is still a duplicate, and a fresh key is stored.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (env, key) = sale(1);
+    let id = env.id;
+    {
+        let outbox = open(dir.path(), 1 << 30, 1000);
+        outbox
+            .handle()
+            .append(env, key.clone())
+            .await
+            .expect("append");
+        outbox.close().await;
+    }
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    let (again, _) = sale(1);
+    assert_eq!(
+        h.append(again, key).await.expect("dup"),
+        AppendOutcome::Duplicate(id)
+    );
+    let (fresh, fresh_key) = sale(2);
+    assert_eq!(
+        h.append(fresh, fresh_key).await.expect("fresh"),
+        AppendOutcome::Stored
+    );
+}

@@ -10,14 +10,12 @@ use protocol::{Envelope, EventBody, EventId, Source, SourceKind};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, Notify};
 
+use super::keys::{KeyEntry, KeyIndex, KEY_RETENTION};
 use super::{
     priority_of, AppendOutcome, Command, OutboxConfig, OutboxError, OutboxStats, PreparedEvent,
 };
 use crate::ingest::StoreIdentity;
 
-/// Kept for a week: longer than any event stays undelivered in practice, and
-/// long enough that a terminal replaying yesterday's journal is recognised.
-const KEY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Shed counts are reported at most this often, aggregated.
 const SHED_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Telemetry may use this share of the capacity; the rest is kept for events
@@ -34,6 +32,7 @@ pub(crate) struct Writer {
     stats: Arc<OutboxStats>,
     appended: Arc<Notify>,
     unreported_shed: u64,
+    keys: KeyIndex,
     /// The disk filled up: the reserve was released and appends are refused
     /// until housekeeping can put the reserve back.
     disk_full: bool,
@@ -65,7 +64,10 @@ impl Writer {
         stats
             .pending_transactions
             .store(pending as u64, Ordering::Relaxed);
+        let keys = KeyIndex::load(&conn)?;
+        tracing::info!(keys = keys.len(), "idempotency keys loaded");
         let mut writer = Writer {
+            keys,
             conn,
             config,
             store,
@@ -194,6 +196,7 @@ impl Writer {
                                 &tx,
                                 &self.config,
                                 &self.stats,
+                                &mut self.keys,
                                 &event,
                                 key.as_deref(),
                                 &mut self.unreported_shed,
@@ -256,6 +259,11 @@ impl Writer {
         })();
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
         let commit_err = result.err();
+        if commit_err.is_some() {
+            self.keys.discard();
+        } else {
+            self.keys.commit();
+        }
         if disk_full_seen || commit_err.as_ref().is_some_and(super::is_disk_full) {
             self.on_disk_full();
         }
@@ -303,11 +311,10 @@ impl Writer {
             }
         }
         let cutoff = now_ms() - KEY_RETENTION.as_millis() as i64;
-        if let Err(e) = self.conn.execute(
-            "DELETE FROM transaction_keys WHERE key IN (SELECT key FROM transaction_keys WHERE created_ms < ?1 LIMIT 10000)",
-            params![cutoff],
-        ) {
-            tracing::warn!(error = %e, "pruning old transaction keys failed");
+        match self.keys.prune(&self.conn, cutoff) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, "old idempotency keys forgotten"),
+            Err(e) => tracing::warn!(error = %e, "pruning old idempotency keys failed"),
         }
         // Return up to 4 MiB of free pages to the file system per pass.
         if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum(1024);") {
@@ -423,29 +430,20 @@ fn append(
     tx: &Transaction<'_>,
     config: &OutboxConfig,
     stats: &OutboxStats,
+    keys: &mut KeyIndex,
     ev: &PreparedEvent,
     key: Option<&str>,
     unreported_shed: &mut u64,
 ) -> Result<AppendOutcome, OutboxError> {
-    let crc = ev.body_crc;
-    if let Some(key) = key {
-        let existing: Option<(Vec<u8>, i64)> = tx
-            .prepare_cached("SELECT event_id, body_crc FROM transaction_keys WHERE key = ?1")?
-            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        if let Some((id, stored_crc)) = existing {
-            let original = uuid::Uuid::from_slice(&id)
-                .map(EventId)
-                .unwrap_or(EventId(uuid::Uuid::nil()));
-            return if stored_crc as u32 == crc {
-                Ok(AppendOutcome::Duplicate(original))
-            } else {
-                Err(OutboxError::IdempotencyConflict {
-                    key: key.to_owned(),
-                    original,
-                })
-            };
-        }
+    if let Some(existing) = key.and_then(|k| keys.get(k)) {
+        return if existing.body_crc == ev.body_crc {
+            Ok(AppendOutcome::Duplicate(existing.event_id))
+        } else {
+            Err(OutboxError::IdempotencyConflict {
+                key: key.unwrap_or_default().to_owned(),
+                original: existing.event_id,
+            })
+        };
     }
     let size_hint = ev.payload.len() as u64;
     match priority_of(ev.kind) {
@@ -500,10 +498,11 @@ fn append(
     }
     insert(tx, stats, ev)?;
     if let Some(key) = key {
-        tx.prepare_cached(
-            "INSERT INTO transaction_keys (key, event_id, body_crc, created_ms) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![key, ev.id.0.as_bytes().as_slice(), i64::from(crc), now_ms()])?;
+        let entry = KeyEntry {
+            event_id: ev.id,
+            body_crc: ev.body_crc,
+        };
+        keys.insert(tx, key, entry, now_ms())?;
     }
     Ok(AppendOutcome::Stored)
 }

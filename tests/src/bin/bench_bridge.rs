@@ -238,7 +238,13 @@ max_messages_in_flight = 1000
     // 3. Drain.
     let b = start_bridge()?;
     let series = "storelink_bridge_events_published_total{topic=\"retail.transactions.v1\"}";
+    let pids = [
+        ("bridge", Some(b.pid())),
+        ("mosquitto", mosquitto.pid()),
+        ("kafka", kafka.pid()),
+    ];
     let first = wait_metric(http, series, |v| v > 0.0, Duration::from_secs(60), &b)?;
+    let cpu0: Vec<f64> = pids.iter().map(|(_, p)| cpu_seconds(*p)).collect();
     let last = wait_metric(
         http,
         series,
@@ -247,9 +253,18 @@ max_messages_in_flight = 1000
         &b,
     )?;
     let secs = last.duration_since(first).as_secs_f64();
+    let cpu: Vec<String> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|((name, p), c0)| format!("{name} {:.0} %", 100.0 * (cpu_seconds(*p) - c0) / secs))
+        .collect();
+    println!(
+        "CPU during the drain (100 % = one core): {}",
+        cpu.join(", ")
+    );
     let m = metrics(http)?;
     println!(
-        "bridge drained {events} events in {secs:.2} s; produce p50/p99 from histogram not shown; retries {}",
+        "bridge drained {events} events in {secs:.2} s; produce retries {}",
         metric_value(&m, "storelink_bridge_produce_retries_total")
     );
     drop(b);
@@ -314,6 +329,19 @@ fn preload(port: u16, events: usize, per_batch: usize) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     Ok(())
+}
+
+/// User + system CPU seconds of a process (from /proc; 0 if unknown).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces): utime is 14th, stime 15th overall.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn metrics(port: u16) -> Result<String> {

@@ -1,0 +1,198 @@
+//! Idempotency keys of transactions: `(terminal, business day, sequence
+//! number)` → the event first stored under it.
+//!
+//! The table is append-only in time order (rowid = insertion order, no
+//! index), so a commit touches only its last page; a B-tree keyed by the
+//! terminal key would dirty one leaf per terminal per commit and multiply
+//! the WAL written by the group commit. Lookups go to an in-memory map
+//! rebuilt from the table at start. Keys are kept [`KEY_RETENTION`]; a store
+//! records tens of thousands of transactions a day, so the map stays a few
+//! megabytes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use protocol::EventId;
+use rusqlite::{params, Connection, Transaction};
+
+/// Longer than any event stays undelivered in practice, and long enough that
+/// a terminal replaying last week's journal is recognised.
+pub(crate) const KEY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// At most this many keys are remembered (~40 MB); beyond it the oldest are
+/// forgotten early. A store records far fewer in a week; the cap only keeps
+/// a runaway terminal from growing the agent without bound. A re-post of a
+/// forgotten key is stored again, and downstream de-duplicates on the
+/// natural key (store, terminal, business day, sequence number).
+pub(crate) const MAX_KEYS: usize = 500_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyEntry {
+    pub event_id: EventId,
+    pub body_crc: u32,
+}
+
+/// Committed keys, plus the ones written by the group commit in progress
+/// (visible to later requests of the same group, dropped if it fails).
+#[derive(Default)]
+pub(crate) struct KeyIndex {
+    committed: HashMap<Box<str>, KeyEntry>,
+    staged: HashMap<Box<str>, KeyEntry>,
+}
+
+fn event_id(bytes: &[u8]) -> EventId {
+    uuid::Uuid::from_slice(bytes)
+        .map(EventId)
+        .unwrap_or(EventId(uuid::Uuid::nil()))
+}
+
+impl KeyIndex {
+    pub(crate) fn load(conn: &Connection) -> Result<KeyIndex, rusqlite::Error> {
+        let mut index = KeyIndex::default();
+        let mut stmt = conn.prepare("SELECT key, event_id, body_crc FROM idempotency_keys")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            let id: Vec<u8> = row.get(1)?;
+            let crc: i64 = row.get(2)?;
+            index.committed.insert(
+                key.into_boxed_str(),
+                KeyEntry {
+                    event_id: event_id(&id),
+                    body_crc: crc as u32,
+                },
+            );
+        }
+        Ok(index)
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<KeyEntry> {
+        self.staged
+            .get(key)
+            .or_else(|| self.committed.get(key))
+            .copied()
+    }
+
+    /// Writes a key in the open transaction and stages it.
+    pub(crate) fn insert(
+        &mut self,
+        tx: &Transaction<'_>,
+        key: &str,
+        entry: KeyEntry,
+        now_ms: i64,
+    ) -> Result<(), rusqlite::Error> {
+        tx.prepare_cached(
+            "INSERT INTO idempotency_keys (key, event_id, body_crc, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            key,
+            entry.event_id.0.as_bytes().as_slice(),
+            i64::from(entry.body_crc),
+            now_ms
+        ])?;
+        self.staged.insert(key.into(), entry);
+        Ok(())
+    }
+
+    /// The group committed: staged keys become permanent.
+    pub(crate) fn commit(&mut self) {
+        self.committed.extend(self.staged.drain());
+    }
+
+    /// The group failed: nothing it staged exists on disk.
+    pub(crate) fn discard(&mut self) {
+        self.staged.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.committed.len()
+    }
+
+    /// Forgets keys older than the retention, or the oldest beyond
+    /// [`MAX_KEYS`], oldest first, in bounded steps.
+    pub(crate) fn prune(
+        &mut self,
+        conn: &Connection,
+        cutoff_ms: i64,
+    ) -> Result<usize, rusqlite::Error> {
+        let over = self.committed.len().saturating_sub(MAX_KEYS);
+        if over > 0 {
+            tracing::warn!(
+                over,
+                "more idempotency keys than the agent keeps; forgetting the oldest early"
+            );
+        }
+        let mut stmt = conn.prepare_cached(
+            "DELETE FROM idempotency_keys WHERE rowid IN
+               (SELECT rowid FROM idempotency_keys WHERE created_ms < ?1 OR rowid <=
+                  (SELECT min(rowid) + ?2 - 1 FROM idempotency_keys)
+                ORDER BY rowid LIMIT 10000)
+             RETURNING key",
+        )?;
+        let mut rows = stmt.query(params![cutoff_ms, over as i64])?;
+        let mut n = 0;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(0)?;
+            self.committed.remove(key.as_str());
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_keys_are_forgotten_in_insertion_order() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        for sql in crate::outbox::schema::MIGRATIONS {
+            conn.execute_batch(sql).expect("schema");
+        }
+        let mut keys = KeyIndex::default();
+        let tx = conn.transaction().expect("tx");
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            let entry = KeyEntry {
+                event_id: EventId::new_v7(),
+                body_crc: 1,
+            };
+            keys.insert(&tx, k, entry, 1000 + i as i64).expect("insert");
+        }
+        tx.commit().expect("commit");
+        keys.commit();
+        assert_eq!(keys.prune(&conn, 1002).expect("prune"), 2);
+        assert!(keys.get("a").is_none() && keys.get("b").is_none());
+        assert!(keys.get("c").is_some());
+        assert_eq!(KeyIndex::load(&conn).expect("load").len(), 1);
+    }
+
+    #[test]
+    fn staged_keys_are_visible_until_discarded() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        for sql in crate::outbox::schema::MIGRATIONS {
+            conn.execute_batch(sql).expect("schema");
+        }
+        let mut keys = KeyIndex::default();
+        let tx = conn.transaction().expect("tx");
+        keys.insert(
+            &tx,
+            "k",
+            KeyEntry {
+                event_id: EventId::new_v7(),
+                body_crc: 7,
+            },
+            1,
+        )
+        .expect("insert");
+        assert!(
+            keys.get("k").is_some(),
+            "later requests of the same group see it"
+        );
+        drop(tx);
+        keys.discard();
+        assert!(
+            keys.get("k").is_none(),
+            "a failed group leaves no key behind"
+        );
+    }
+}
