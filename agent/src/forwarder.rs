@@ -178,9 +178,7 @@ impl Forwarder {
             }
             METRICS
                 .events_receipted
-                .get_or_create(&OutcomeLabel {
-                    outcome: outcome.into(),
-                })
+                .get_or_create(&OutcomeLabel { outcome })
                 .inc();
         }
         // Receipts of batches from before a rewind or a restart still mean

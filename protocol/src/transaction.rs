@@ -182,29 +182,35 @@ pub struct Void {
 const MAX_LINES: usize = 2_000;
 const MAX_ID_LEN: usize = 64;
 
-fn check_id(problems: &mut Problems, field: &str, value: &str) {
+// Field paths are built only when there is a problem to report: validation
+// runs on every sale, and a valid sale should allocate nothing here.
+fn check_id(problems: &mut Problems, field: impl FnOnce() -> String, value: &str) {
     if value.is_empty() {
-        problems.push(FieldError::new(field, "required", "must not be empty"));
+        problems.push(FieldError::new(field(), "required", "must not be empty"));
     } else if value.len() > MAX_ID_LEN
         || !value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
     {
         problems.push(FieldError::new(
-            field,
+            field(),
             "invalid_id",
             "must be 1-64 characters of A-Z a-z 0-9 - _ . :",
         ));
     }
 }
 
-fn sum(problems: &mut Problems, field: &str, values: impl Iterator<Item = MinorUnits>) -> i64 {
+fn sum(
+    problems: &mut Problems,
+    field: impl FnOnce() -> String,
+    values: impl Iterator<Item = MinorUnits>,
+) -> i64 {
     let mut total: i64 = 0;
     for v in values {
         match total.checked_add(v) {
             Some(t) => total = t,
             None => {
-                problems.push(FieldError::new(field, "overflow", "amounts overflow"));
+                problems.push(FieldError::new(field(), "overflow", "amounts overflow"));
                 return 0;
             }
         }
@@ -212,10 +218,16 @@ fn sum(problems: &mut Problems, field: &str, values: impl Iterator<Item = MinorU
     total
 }
 
-fn expect_eq(problems: &mut Problems, field: &str, stated: i64, computed: i64, rule: &str) {
+fn expect_eq(
+    problems: &mut Problems,
+    field: impl FnOnce() -> String,
+    stated: i64,
+    computed: i64,
+    rule: &str,
+) {
     if stated != computed {
         problems.push(FieldError::new(
-            field,
+            field(),
             "totals_mismatch",
             format!("is {stated} but {rule} gives {computed}"),
         ));
@@ -242,8 +254,8 @@ impl Transaction {
 
     pub(crate) fn collect_problems(&self, p: &mut Problems, prefix: &str) {
         let f = |name: &str| format!("{prefix}{name}");
-        check_id(p, &f("terminal_id"), &self.terminal_id);
-        check_id(p, &f("operator_id"), &self.operator_id);
+        check_id(p, || f("terminal_id"), &self.terminal_id);
+        check_id(p, || f("operator_id"), &self.operator_id);
         if self.sequence_number == 0 {
             p.push(FieldError::new(
                 f("sequence_number"),
@@ -294,7 +306,7 @@ impl Transaction {
                 ));
             }
             if let ItemId::Sku(sku) = &line.item {
-                check_id(p, &lf("item.sku"), sku);
+                check_id(p, || lf("item.sku"), sku);
             }
             if line.unit_price < 0 {
                 p.push(FieldError::new(
@@ -318,7 +330,7 @@ impl Transaction {
             if let Some(computed) = computed {
                 expect_eq(
                     p,
-                    &lf("extended_amount"),
+                    || lf("extended_amount"),
                     line.extended_amount,
                     computed,
                     "unit_price × quantity",
@@ -354,36 +366,36 @@ impl Transaction {
         }
 
         let live = || self.lines.iter().filter(|l| !l.voided);
-        let gross = sum(p, &f("totals.gross"), live().map(|l| l.extended_amount));
+        let gross = sum(p, || f("totals.gross"), live().map(|l| l.extended_amount));
         let discounts = sum(
             p,
-            &f("totals.discounts"),
+            || f("totals.discounts"),
             live().flat_map(|l| l.discounts.iter().map(|d| d.amount)),
         );
-        let tax = sum(p, &f("totals.tax"), self.tax.iter().map(|t| t.amount));
+        let tax = sum(p, || f("totals.tax"), self.tax.iter().map(|t| t.amount));
         let tendered = sum(
             p,
-            &f("totals.tendered"),
+            || f("totals.tendered"),
             self.tenders.iter().map(|t| t.amount),
         );
         let totals = &self.totals;
         expect_eq(
             p,
-            &f("totals.gross"),
+            || f("totals.gross"),
             totals.gross,
             gross,
             "the sum of the non-voided lines",
         );
         expect_eq(
             p,
-            &f("totals.discounts"),
+            || f("totals.discounts"),
             totals.discounts,
             discounts,
             "the sum of the line discounts",
         );
         expect_eq(
             p,
-            &f("totals.tax"),
+            || f("totals.tax"),
             totals.tax,
             tax,
             "the sum of the tax lines",
@@ -399,11 +411,11 @@ impl Transaction {
             TaxMode::Inclusive => "gross − discounts (tax_mode inclusive)",
         };
         if let Some(grand) = grand {
-            expect_eq(p, &f("totals.grand"), totals.grand, grand, rule);
+            expect_eq(p, || f("totals.grand"), totals.grand, grand, rule);
         }
         expect_eq(
             p,
-            &f("totals.tendered"),
+            || f("totals.tendered"),
             totals.tendered,
             tendered,
             "the sum of the tenders",
@@ -418,7 +430,7 @@ impl Transaction {
         if let Some(paid) = totals.tendered.checked_sub(totals.change) {
             expect_eq(
                 p,
-                &f("totals.change"),
+                || f("totals.change"),
                 paid,
                 totals.grand,
                 "tendered − change must equal grand; tendered − change",
@@ -439,7 +451,7 @@ impl Return {
             ));
         }
         if let Some(orig) = &self.original {
-            check_id(&mut p, "original.terminal_id", &orig.terminal_id);
+            check_id(&mut p, || "original.terminal_id".into(), &orig.terminal_id);
         }
         p.into_result()
     }
@@ -456,9 +468,13 @@ impl Void {
 
     pub fn validate(&self) -> Result<(), Problems> {
         let mut p = Problems::default();
-        check_id(&mut p, "terminal_id", &self.terminal_id);
-        check_id(&mut p, "operator_id", &self.operator_id);
-        check_id(&mut p, "voided.terminal_id", &self.voided.terminal_id);
+        check_id(&mut p, || "terminal_id".into(), &self.terminal_id);
+        check_id(&mut p, || "operator_id".into(), &self.operator_id);
+        check_id(
+            &mut p,
+            || "voided.terminal_id".into(),
+            &self.voided.terminal_id,
+        );
         if self.sequence_number == 0 {
             p.push(FieldError::new(
                 "sequence_number",
