@@ -28,7 +28,11 @@ cargo build --workspace --bins --locked
 
 step "tests"
 # Two test threads: the end-to-end tests each run several processes.
-cargo test --workspace --locked --no-fail-fast -- --test-threads=2
+mkdir -p target
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee target/test-output.log
+# One closing line for the whole run (cargo prints one per test binary).
+totals=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+              END { printf "%d passed, %d failed", p, f }' target/test-output.log)
 
 step "fleet manifests and profiles"
 STORE_AGENT_BIN=target/debug/store-agent bash scripts/check-fleet.sh
@@ -38,3 +42,6 @@ if [[ "${STORELINK_SKIP_CROSS:-0}" != "1" ]]; then
     bash cross/build.sh aarch64
     bash cross/smoke-test.sh aarch64
 fi
+
+step "summary"
+echo "storelink: ${totals}"

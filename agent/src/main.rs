@@ -143,8 +143,13 @@ async fn run(profile_path: &Path) -> Result<()> {
 
     // Cloud link: the connection task outlives the forwarder so receipts
     // can still arrive during the drain.
-    let (client, eventloop) =
+    let (client, mut eventloop) =
         rumqttc::AsyncClient::new(mqtt_options, profile.cloud.max_batches_in_flight * 2 + 16);
+    // Batches are latency-bound round trips (publish → receipt): without
+    // TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to each.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let link_shutdown = CancellationToken::new();
     let (link_tx, link_rx) =
         tokio::sync::mpsc::channel(profile.cloud.max_batches_in_flight * 4 + 64);

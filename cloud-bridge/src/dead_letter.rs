@@ -44,16 +44,25 @@ pub fn dead_letter_record(
     // Details come from parser messages; keep headers small.
     let detail: String = detail.chars().take(1024).collect();
     let mut hs = vec![
-        (headers::DLQ_REASON, reason.as_bytes().to_vec()),
-        (headers::DLQ_DETAIL, detail.into_bytes()),
-        (headers::DLQ_SOURCE_TOPIC, source_topic.as_bytes().to_vec()),
-        (headers::DLQ_AT, now.to_rfc3339().into_bytes()),
+        (
+            headers::DLQ_REASON,
+            bytes::Bytes::copy_from_slice(reason.as_bytes()),
+        ),
+        (headers::DLQ_DETAIL, detail.into_bytes().into()),
+        (
+            headers::DLQ_SOURCE_TOPIC,
+            bytes::Bytes::copy_from_slice(source_topic.as_bytes()),
+        ),
+        (headers::DLQ_AT, now.to_rfc3339().into_bytes().into()),
     ];
     if let Some(store) = store_id {
-        hs.push((headers::STORE_ID, store.as_bytes().to_vec()));
+        hs.push((
+            headers::STORE_ID,
+            bytes::Bytes::copy_from_slice(store.as_bytes()),
+        ));
     }
     if let Some(id) = event_id {
-        hs.push((headers::EVENT_ID, id.to_string().into_bytes()));
+        hs.push((headers::EVENT_ID, id.to_string().into_bytes().into()));
     }
     OutRecord {
         topic: KafkaTopic::DeadLetters.name(),

@@ -12,17 +12,29 @@
 //! * `QueueFull` (librdkafka's local queue) is backpressure: wait and retry.
 //! * Permanent refusals (record too large, invalid record) are returned as
 //!   [`SinkError::Rejected`] so the caller can dead-letter instead of looping.
+//!
+//! Delivery reports are counted per MQTT message, not awaited per record: the
+//! records of one message share a [`MessageDeliveries`]; librdkafka's
+//! delivery-report thread (a [`ThreadedProducer`] with [`SinkContext`])
+//! decrements its counter and notes every failed record, and the message's
+//! task wakes once, when the last report is in. Failed records then go
+//! through the per-record retry loop ([`KafkaSink::redeliver`]). A report
+//! that never comes (the producer is torn down) counts as a failure, never
+//! as a delivery.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
 use bytes::Bytes;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
@@ -34,7 +46,7 @@ pub struct OutRecord {
     pub topic: &'static str,
     pub key: Option<String>,
     pub value: Bytes,
-    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub headers: Vec<(&'static str, Bytes)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +71,141 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// Why a record of a message was not delivered: the report's error, or
+/// `None` when its report was lost (producer closing).
+pub type Failure = Option<KafkaError>;
+
+/// The delivery reports of one MQTT message's records.
+pub struct MessageDeliveries {
+    started: Instant,
+    /// Records whose report is outstanding, plus one until [`Self::seal`].
+    remaining: AtomicUsize,
+    failed: Mutex<Vec<(u32, Failure)>>,
+    done: Notify,
+}
+
+impl MessageDeliveries {
+    pub fn new() -> Arc<MessageDeliveries> {
+        Arc::new(MessageDeliveries {
+            started: Instant::now(),
+            remaining: AtomicUsize::new(1),
+            failed: Mutex::new(Vec::new()),
+            done: Notify::new(),
+        })
+    }
+
+    fn settle_one(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_one();
+        }
+    }
+
+    /// Every record of the message has been handed to librdkafka.
+    pub fn seal(&self) {
+        self.settle_one();
+    }
+
+    /// Waits (after [`Self::seal`]) for every report; returns the failed
+    /// records by index.
+    pub async fn wait(&self, cancel: &CancellationToken) -> Result<Vec<(u32, Failure)>, SinkError> {
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+            _ = self.done.notified() => {}
+        }
+        Ok(self
+            .failed
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default())
+    }
+}
+
+/// One record of a message in librdkafka's hands. Dropping it counts the
+/// record as reported; if no report was seen (and it was never accepted by
+/// librdkafka's queue... which `unsent` says), it counts as lost.
+pub struct BatchTicket {
+    batch: Arc<MessageDeliveries>,
+    idx: u32,
+    reported: bool,
+    unsent: bool,
+}
+
+impl Drop for BatchTicket {
+    fn drop(&mut self) {
+        if !self.reported && !self.unsent {
+            if let Ok(mut f) = self.batch.failed.lock() {
+                f.push((self.idx, None));
+            }
+        }
+        self.batch.settle_one();
+    }
+}
+
+type Report = Result<Delivered, KafkaError>;
+
+/// What librdkafka hands back with a delivery report.
+pub enum Ticket {
+    /// A record of a message (see [`MessageDeliveries`]).
+    Batch(BatchTicket),
+    /// A record awaited on its own (retries, dead letters, second copies).
+    Single {
+        tx: oneshot::Sender<Report>,
+        started: Instant,
+    },
+}
+
+/// The producer's context: routes delivery reports to their waiters.
+pub struct SinkContext {
+    metrics: Arc<Metrics>,
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Ticket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<Ticket>) {
+        let report = match result {
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(e.clone()),
+        };
+        match *ticket {
+            Ticket::Batch(mut t) => {
+                t.reported = true;
+                match report {
+                    Ok(_) => self
+                        .metrics
+                        .produce_latency
+                        .observe(t.batch.started.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        if let Ok(mut f) = t.batch.failed.lock() {
+                            f.push((t.idx, Some(e)));
+                        }
+                    }
+                }
+            }
+            Ticket::Single { tx, started } => {
+                if report.is_ok() {
+                    self.metrics
+                        .produce_latency
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                let _ = tx.send(report);
+            }
+        }
+    }
+}
+
+pub type SinkProducer = ThreadedProducer<SinkContext>;
+
+/// The delivery report of a record produced with [`KafkaSink::enqueue`].
+pub type DeliveryReceiver = oneshot::Receiver<Report>;
+
 pub struct KafkaSink {
-    producer: FutureProducer,
+    producer: SinkProducer,
     retry_max_backoff: Duration,
     metrics: Arc<Metrics>,
 }
@@ -72,7 +217,11 @@ impl KafkaSink {
         for (k, v) in &cfg.producer {
             cc.set(k, v);
         }
-        let producer: FutureProducer = cc.create().map_err(SinkError::Create)?;
+        let producer: SinkProducer = cc
+            .create_with_context(SinkContext {
+                metrics: Arc::clone(&metrics),
+            })
+            .map_err(SinkError::Create)?;
         Ok(KafkaSink {
             producer,
             retry_max_backoff: cfg.retry_max_backoff,
@@ -80,63 +229,145 @@ impl KafkaSink {
         })
     }
 
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &SinkProducer {
         &self.producer
     }
 
-    /// Hands `rec` to librdkafka, waiting while its local queue is full.
-    /// Returns the delivery future, or a permanent refusal.
-    pub async fn enqueue(
+    /// Hands `rec` to librdkafka with the ticket `make` builds, waiting while
+    /// its local queue is full. `unsend` disarms a ticket librdkafka refused.
+    async fn produce(
         &self,
         rec: &OutRecord,
         cancel: &CancellationToken,
-    ) -> Result<DeliveryFuture, SinkError> {
+        mut make: impl FnMut() -> Ticket,
+    ) -> Result<(), SinkError> {
         let mut wait = Duration::from_millis(1);
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
             for (k, v) in &rec.headers {
                 headers = headers.insert(Header {
                     key: k,
-                    value: Some(v.as_slice()),
+                    value: Some(&v[..]),
                 });
             }
-            let mut fr: FutureRecord<'_, str, [u8]> = FutureRecord::to(rec.topic)
-                .payload(&rec.value[..])
-                .headers(headers);
+            let mut br: BaseRecord<'_, str, [u8], Box<Ticket>> =
+                BaseRecord::with_opaque_to(rec.topic, Box::new(make()))
+                    .payload(&rec.value[..])
+                    .headers(headers);
             if let Some(k) = &rec.key {
-                fr = fr.key(k.as_str());
+                br = br.key(k.as_str());
             }
-            match self.producer.send_result(fr) {
-                Ok(f) => return Ok(f),
-                Err((e, _)) if is_permanent(&e) => return Err(SinkError::Rejected(e)),
-                Err((e, _)) => {
-                    if let Some((code, reason)) = self.producer.client().fatal_error() {
-                        return Err(SinkError::Fatal(format!("{code}: {reason}")));
+            let e = match self.producer.send(br) {
+                Ok(()) => return Ok(()),
+                Err((e, br)) => {
+                    if let Ticket::Batch(mut t) = *br.delivery_opaque {
+                        t.unsent = true;
                     }
-                    if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull)) {
-                        tracing::warn!(error = %e, topic = rec.topic, "Kafka client refused a record; retrying");
-                    }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(Duration::from_millis(100));
+                    e
                 }
+            };
+            if is_permanent(&e) {
+                return Err(SinkError::Rejected(e));
             }
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                return Err(SinkError::Fatal(format!("{code}: {reason}")));
+            }
+            if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull)) {
+                tracing::warn!(error = %e, topic = rec.topic, "Kafka client refused a record; retrying");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Hands `rec`, record `idx` of a message, to librdkafka; its report goes
+    /// to `batch`. Waits while the local queue is full.
+    pub async fn enqueue_in(
+        &self,
+        rec: &OutRecord,
+        batch: &Arc<MessageDeliveries>,
+        idx: u32,
+        cancel: &CancellationToken,
+    ) -> Result<(), SinkError> {
+        self.produce(rec, cancel, || {
+            batch.remaining.fetch_add(1, Ordering::AcqRel);
+            Ticket::Batch(BatchTicket {
+                batch: Arc::clone(batch),
+                idx,
+                reported: false,
+                unsent: false,
+            })
+        })
+        .await
+    }
+
+    /// Hands `rec` to librdkafka, waiting while its local queue is full.
+    /// Returns its delivery report, or a permanent refusal.
+    pub async fn enqueue(
+        &self,
+        rec: &OutRecord,
+        cancel: &CancellationToken,
+    ) -> Result<DeliveryReceiver, SinkError> {
+        let mut rx = None;
+        self.produce(rec, cancel, || {
+            let (tx, r) = oneshot::channel();
+            rx = Some(r);
+            Ticket::Single {
+                tx,
+                started: Instant::now(),
+            }
+        })
+        .await?;
+        rx.ok_or(SinkError::Cancelled)
+    }
+
+    async fn report(
+        rx: DeliveryReceiver,
+        cancel: &CancellationToken,
+    ) -> Result<Result<Delivered, Failure>, SinkError> {
+        tokio::select! {
+            _ = cancel.cancelled() => Err(SinkError::Cancelled),
+            r = rx => Ok(match r {
+                Ok(Ok(d)) => Ok(d),
+                Ok(Err(e)) => Err(Some(e)),
+                Err(_lost) => Err(None),
+            }),
         }
     }
 
     /// Waits for `first`'s delivery report and re-produces `rec` until it is
-    /// delivered (see the module doc). Observes the produce latency.
+    /// delivered (see the module doc).
     pub async fn settle(
         &self,
         rec: &OutRecord,
-        first: DeliveryFuture,
-        started: Instant,
+        first: DeliveryReceiver,
         cancel: &CancellationToken,
     ) -> Result<Delivered, SinkError> {
-        let mut fut = first;
-        let mut started = started;
+        let outcome = Self::report(first, cancel).await?;
+        self.retry_until_delivered(rec, outcome, cancel).await
+    }
+
+    /// Re-produces a record of a message whose delivery failed, until it is
+    /// delivered (see the module doc).
+    pub async fn redeliver(
+        &self,
+        rec: &OutRecord,
+        failure: Failure,
+        cancel: &CancellationToken,
+    ) -> Result<Delivered, SinkError> {
+        self.retry_until_delivered(rec, Err(failure), cancel).await
+    }
+
+    async fn retry_until_delivered(
+        &self,
+        rec: &OutRecord,
+        first: Result<Delivered, Failure>,
+        cancel: &CancellationToken,
+    ) -> Result<Delivered, SinkError> {
+        let mut outcome = first;
         let mut backoff = backoff::ExponentialBackoff {
             initial_interval: Duration::from_millis(200),
             max_interval: self.retry_max_backoff,
@@ -144,23 +375,11 @@ impl KafkaSink {
             ..Default::default()
         };
         loop {
-            let outcome = tokio::select! {
-                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                r = fut => r,
-            };
             let err = match outcome {
-                Ok(Ok(d)) => {
-                    self.metrics
-                        .produce_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    return Ok(Delivered {
-                        partition: d.partition,
-                        offset: d.offset,
-                    });
-                }
-                Ok(Err((e, _))) if is_permanent(&e) => return Err(SinkError::Rejected(e)),
-                Ok(Err((e, _))) => e.to_string(),
-                Err(_canceled) => "delivery report lost (producer closing)".to_owned(),
+                Ok(d) => return Ok(d),
+                Err(Some(e)) if is_permanent(&e) => return Err(SinkError::Rejected(e)),
+                Err(Some(e)) => e.to_string(),
+                Err(None) => "delivery report lost (producer closing)".to_owned(),
             };
             if let Some((code, reason)) = self.producer.client().fatal_error() {
                 return Err(SinkError::Fatal(format!("{code}: {reason}")));
@@ -173,8 +392,8 @@ impl KafkaSink {
                 _ = cancel.cancelled() => return Err(SinkError::Cancelled),
                 _ = tokio::time::sleep(pause) => {}
             }
-            started = Instant::now();
-            fut = self.enqueue(rec, cancel).await?;
+            let rx = self.enqueue(rec, cancel).await?;
+            outcome = Self::report(rx, cancel).await?;
         }
     }
 
@@ -184,9 +403,8 @@ impl KafkaSink {
         rec: &OutRecord,
         cancel: &CancellationToken,
     ) -> Result<Delivered, SinkError> {
-        let started = Instant::now();
         let f = self.enqueue(rec, cancel).await?;
-        self.settle(rec, f, started, cancel).await
+        self.settle(rec, f, cancel).await
     }
 
     /// Waits up to `timeout` for librdkafka to deliver what it holds.

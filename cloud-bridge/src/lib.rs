@@ -163,7 +163,7 @@ async fn ensure_topics_until_done(cfg: &Config, shutdown: &CancellationToken) {
 
 /// Keeps `health.kafka_connected` current with a metadata request every few seconds.
 async fn watch_kafka(
-    producer: rdkafka::producer::FutureProducer,
+    producer: crate::kafka_sink::SinkProducer,
     health: Arc<Health>,
     stop: CancellationToken,
 ) {

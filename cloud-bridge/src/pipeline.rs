@@ -36,7 +36,9 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::dead_letter::{dead_letter_record, Why};
 use crate::dedupe::{DedupeWindow, Seen};
-use crate::kafka_sink::{KafkaSink, OutRecord, SinkError};
+use crate::kafka_sink::{
+    DeliveryReceiver, Failure, KafkaSink, MessageDeliveries, OutRecord, SinkError,
+};
 use crate::metrics::Metrics;
 use crate::receipts::{self, Settled};
 use crate::routing::{self, reason, Decision, PublishEvent, RoutedMessage};
@@ -62,11 +64,12 @@ pub struct Pipeline {
 
 /// What one event still needs after dispatch.
 enum Job {
+    /// Handed to librdkafka as record `idx` of the message's
+    /// [`MessageDeliveries`].
     Produce {
         ev: PublishEvent,
         rec: OutRecord,
-        fut: rdkafka::producer::DeliveryFuture,
-        started: Instant,
+        idx: u32,
     },
     /// A first copy is in flight elsewhere; wait for its outcome.
     AwaitFirstCopy {
@@ -78,7 +81,7 @@ enum Job {
         id: Option<EventId>,
         reason: &'static str,
         rec: OutRecord,
-        fut: Option<rdkafka::producer::DeliveryFuture>,
+        fut: Option<DeliveryReceiver>,
     },
 }
 
@@ -214,8 +217,11 @@ impl Pipeline {
 
         let payload: Bytes = publish.payload.clone();
         let store = routed.topic_store.clone();
+        let store_header = Bytes::copy_from_slice(store.as_deref().unwrap_or_default().as_bytes());
         let now = Instant::now();
         let mut jobs = Vec::with_capacity(routed.decisions.len());
+        let deliveries = MessageDeliveries::new();
+        let mut produced: u32 = 0;
         // One lock for the whole message.
         let seen: Vec<Seen> = match self.dedupe.lock() {
             Ok(mut w) => routed
@@ -231,17 +237,19 @@ impl Pipeline {
         for (d, seen) in routed.decisions.into_iter().zip(seen) {
             match d {
                 Decision::Publish(ev) => {
-                    let rec = domain_record(&ev, &payload, store.as_deref().unwrap_or_default());
+                    let rec = domain_record(&ev, &payload, &store_header);
                     match seen {
                         Seen::New => {
-                            let started = Instant::now();
-                            match self.sink.enqueue(&rec, &self.abort).await {
-                                Ok(fut) => jobs.push(Job::Produce {
-                                    ev,
-                                    rec,
-                                    fut,
-                                    started,
-                                }),
+                            let idx = produced;
+                            match self
+                                .sink
+                                .enqueue_in(&rec, &deliveries, idx, &self.abort)
+                                .await
+                            {
+                                Ok(()) => {
+                                    produced += 1;
+                                    jobs.push(Job::Produce { ev, rec, idx });
+                                }
                                 Err(SinkError::Rejected(e)) => {
                                     self.release(&ev.id);
                                     let dl = dead_letter_record(
@@ -299,11 +307,16 @@ impl Pipeline {
             }
         }
 
+        // Every record is in librdkafka's hands: the last report now wakes the task.
+        deliveries.seal();
+
         let this = Arc::clone(self);
         let span = tracing::info_span!("message", store_id = store.as_deref().unwrap_or("?"), batch_id = ?routed.batch_id, pkid = publish.pkid);
         self.tasks.spawn(
             async move {
-                let settled = this.settle_all(jobs, &publish.topic).await;
+                let settled = this
+                    .settle_all(jobs, &deliveries, produced > 0, &publish.topic)
+                    .await;
                 if let Some(settled) = settled {
                     this.finish(&publish, store.as_deref(), routed.batch_id, &settled)
                         .await;
@@ -317,43 +330,113 @@ impl Pipeline {
     }
 
     /// Settles every job; `None` if the bridge is aborting (message stays unacked).
-    async fn settle_all(&self, jobs: Vec<Job>, source_topic: &str) -> Option<Vec<Settled>> {
-        let settled =
-            futures::future::join_all(jobs.into_iter().map(|job| self.settle(job, source_topic)))
-                .await;
-        settled.into_iter().collect()
+    ///
+    /// The message's records are waited for together (one wake-up when the
+    /// last delivery report is in); only records whose delivery failed, and
+    /// the rare other jobs, are settled one by one.
+    async fn settle_all(
+        &self,
+        jobs: Vec<Job>,
+        deliveries: &MessageDeliveries,
+        any_produced: bool,
+        source_topic: &str,
+    ) -> Option<Vec<Settled>> {
+        let mut failures: Vec<(u32, Failure)> = Vec::new();
+        if any_produced {
+            match deliveries.wait(&self.abort).await {
+                Ok(f) => failures = f,
+                Err(_) => {
+                    // Aborting: release the reservations, leave the message unacked.
+                    if let Ok(mut w) = self.dedupe.lock() {
+                        for job in &jobs {
+                            if let Job::Produce { ev, .. } = job {
+                                w.release(&ev.id);
+                            }
+                        }
+                    }
+                    return None;
+                }
+            }
+        }
+        failures.sort_unstable_by_key(|(i, _)| *i);
+        // Delivered records: one dedupe lock and one clock read for the message.
+        let delivered: Vec<&PublishEvent> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Produce { ev, idx, .. }
+                    if failures.binary_search_by_key(idx, |(i, _)| *i).is_err() =>
+                {
+                    Some(ev)
+                }
+                _ => None,
+            })
+            .collect();
+        self.delivered_all(&delivered);
+        drop(delivered);
+
+        let mut out: Vec<Option<Settled>> = Vec::with_capacity(jobs.len());
+        let mut rest = Vec::new();
+        for (pos, job) in jobs.into_iter().enumerate() {
+            match job {
+                Job::Produce { ev, rec, idx } => {
+                    match failures.binary_search_by_key(&idx, |(i, _)| *i) {
+                        Err(_) => out.push(Some(Settled::Delivered(ev.id))),
+                        Ok(at) => {
+                            let failure = failures[at].1.take();
+                            out.push(None);
+                            rest.push((pos, self.redeliver(ev, rec, failure, source_topic)));
+                        }
+                    }
+                }
+                other => {
+                    out.push(None);
+                    rest.push((pos, Box::pin(self.settle(other, source_topic))));
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let (positions, futs): (Vec<usize>, Vec<_>) = rest.into_iter().unzip();
+            let results = futures::future::join_all(futs).await;
+            for (pos, r) in positions.into_iter().zip(results) {
+                out[pos] = Some(r?);
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// A record of the message whose delivery failed: produced again until
+    /// delivered (or dead-lettered if Kafka refuses it for good).
+    fn redeliver<'a>(
+        &'a self,
+        ev: PublishEvent,
+        rec: OutRecord,
+        failure: Failure,
+        source_topic: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Settled>> + Send + 'a>> {
+        Box::pin(async move {
+            match self.sink.redeliver(&rec, failure, &self.abort).await {
+                Ok(d) => {
+                    self.delivered(&ev, d.partition, d.offset);
+                    Some(Settled::Delivered(ev.id))
+                }
+                Err(SinkError::Rejected(e)) => {
+                    self.release(&ev.id);
+                    self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
+                        .await
+                }
+                Err(e) => {
+                    self.on_sink_error(&e);
+                    self.release(&ev.id);
+                    None
+                }
+            }
+        })
     }
 
     async fn settle(&self, job: Job, source_topic: &str) -> Option<Settled> {
         match job {
-            Job::Produce {
-                ev,
-                rec,
-                fut,
-                started,
-            } => {
-                let span = tracing::debug_span!("event", event_id = %ev.id, topic = rec.topic);
-                async {
-                    match self.sink.settle(&rec, fut, started, &self.abort).await {
-                        Ok(d) => {
-                            self.delivered(&ev, d.partition, d.offset);
-                            Some(Settled::Delivered(ev.id))
-                        }
-                        Err(SinkError::Rejected(e)) => {
-                            self.release(&ev.id);
-                            self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
-                                .await
-                        }
-                        Err(e) => {
-                            self.on_sink_error(&e);
-                            self.release(&ev.id);
-                            None
-                        }
-                    }
-                }
-                .instrument(span)
-                .await
-            }
+            // Settled together in `settle_all`.
+            Job::Produce { .. } => None,
             Job::AwaitFirstCopy { ev, rec } => loop {
                 let state = self.dedupe.lock().ok().and_then(|w| w.peek(&ev.id));
                 match state {
@@ -408,7 +491,7 @@ impl Pipeline {
                 fut,
             } => {
                 let res = match fut {
-                    Some(f) => self.sink.settle(&rec, f, Instant::now(), &self.abort).await,
+                    Some(f) => self.sink.settle(&rec, f, &self.abort).await,
                     None => self.sink.send(&rec, &self.abort).await,
                 };
                 match res {
@@ -471,6 +554,27 @@ impl Pipeline {
             self.metrics.end_to_end_latency.observe(std.as_secs_f64());
         }
         tracing::trace!(event_id = %ev.id, partition, offset, "delivered");
+    }
+
+    /// [`Self::delivered`] for every event of a message, with one lock.
+    fn delivered_all(&self, evs: &[&PublishEvent]) {
+        if evs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        if let Ok(mut w) = self.dedupe.lock() {
+            for ev in evs {
+                w.mark_published(ev.id, now);
+            }
+        }
+        let wall = chrono::Utc::now();
+        for ev in evs {
+            self.metrics.published(ev.topic.name());
+            if let Ok(std) = wall.signed_duration_since(ev.recorded_at).to_std() {
+                self.metrics.end_to_end_latency.observe(std.as_secs_f64());
+            }
+            tracing::trace!(event_id = %ev.id, "delivered");
+        }
     }
 
     fn release(&self, id: &EventId) {
@@ -557,19 +661,24 @@ impl Drop for InFlightGauge {
 }
 
 /// The domain-topic record of an event: original bytes, partition key, headers.
-fn domain_record(ev: &PublishEvent, payload: &Bytes, store_id: &str) -> OutRecord {
+fn domain_record(ev: &PublishEvent, payload: &Bytes, store_id: &Bytes) -> OutRecord {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = ev.id.0.hyphenated().encode_lower(&mut id);
     OutRecord {
         topic: ev.topic.name(),
         key: Some(ev.key.clone()),
         value: payload.slice(ev.value.clone()),
         headers: vec![
-            (headers::EVENT_ID, ev.id.to_string().into_bytes()),
-            (headers::SCHEMA, ev.kind.schema_name().as_bytes().to_vec()),
+            (headers::EVENT_ID, Bytes::copy_from_slice(id.as_bytes())),
+            (
+                headers::SCHEMA,
+                Bytes::from_static(ev.kind.schema_name().as_bytes()),
+            ),
             (
                 headers::SCHEMA_VERSION,
-                ev.schema_version.to_string().into_bytes(),
+                Bytes::from(ev.schema_version.to_string()),
             ),
-            (headers::STORE_ID, store_id.as_bytes().to_vec()),
+            (headers::STORE_ID, store_id.clone()),
         ],
     }
 }

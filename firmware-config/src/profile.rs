@@ -104,7 +104,11 @@ pub struct Cloud {
     /// Bytes per MQTT message (the broker's `message_size_limit` must allow it).
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
-    /// Batches sent but not yet receipted.
+    /// Batches sent but not yet receipted. 1 (the default) keeps every
+    /// store's events in order in Kafka even when several bridge replicas
+    /// share the load (each batch is in Kafka before the next is sent); a
+    /// larger window drains faster over a slow link but lets two replicas
+    /// publish consecutive batches out of order.
     #[serde(default = "default_max_batches_in_flight")]
     pub max_batches_in_flight: usize,
     /// Seconds to wait for a delivery receipt before sending again.
@@ -123,7 +127,7 @@ fn default_batch_max_bytes() -> usize {
     256 * 1024
 }
 fn default_max_batches_in_flight() -> usize {
-    32
+    1
 }
 fn default_receipt_timeout_secs() -> u64 {
     30

@@ -161,6 +161,7 @@ fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
     format!(
         "{user}listener {port} 127.0.0.1\n\
          allow_anonymous true\n\
+         set_tcp_nodelay true\n\
          persistence true\n\
          persistence_location {dir}/\n\
          autosave_interval {autosave}\n\

@@ -327,13 +327,17 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 fn write_profile(dir: &Path, http_port: u16, cloud_port: u16) -> Result<std::path::PathBuf> {
+    let window: usize = std::env::var("BENCH_WINDOW")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let terminals: String = (1..=TERMINALS)
         .map(|t| format!("[[terminals]]\nid = \"pos-{t:03}\"\n\n"))
         .collect();
     let profile = format!(
         "[store]\nid = \"store-bench\"\nregion = \"eu-west\"\ntimezone = \"Europe/Dublin\"\ncurrency = \"EUR\"\n\n\
          [agent]\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\n\n\
-         [cloud]\nhost = \"127.0.0.1\"\nport = {cloud_port}\nclient_id = \"store-bench-agent\"\nmax_batches_in_flight = 64\nreceipt_timeout_secs = 60\n\n\
+         [cloud]\nhost = \"127.0.0.1\"\nport = {cloud_port}\nclient_id = \"store-bench-agent\"\nmax_batches_in_flight = {window}\nreceipt_timeout_secs = 60\n\n\
          [outbox]\nmax_bytes = 8589934592\nmax_rows = 20000000\n\n{terminals}",
         dir.join("data").display()
     );
@@ -409,6 +413,9 @@ async fn receipt_responder(
     opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_inflight(500);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     client
         .subscribe(protocol::topics::ALL_STORE_EVENTS, QoS::AtLeastOnce)
         .await?;
