@@ -426,3 +426,49 @@ fn is_permanent(e: &KafkaError) -> bool {
         )
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(batch: &Arc<MessageDeliveries>, idx: u32) -> BatchTicket {
+        batch.remaining.fetch_add(1, Ordering::AcqRel);
+        BatchTicket {
+            batch: Arc::clone(batch),
+            idx,
+            reported: false,
+            unsent: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_settles_when_its_last_report_is_in_and_lost_reports_are_failures() {
+        let cancel = CancellationToken::new();
+        let batch = MessageDeliveries::new();
+        let mut delivered = ticket(&batch, 0);
+        let lost = ticket(&batch, 1);
+        let mut refused = ticket(&batch, 2);
+        refused.unsent = true; // librdkafka refused it: no report expected
+        drop(refused);
+        batch.seal();
+        delivered.reported = true;
+        drop(delivered);
+        assert_eq!(batch.remaining.load(Ordering::Acquire), 1);
+        drop(lost);
+        let failed = tokio::time::timeout(Duration::from_secs(1), batch.wait(&cancel))
+            .await
+            .expect("settled")
+            .expect("not cancelled");
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 1);
+        assert!(failed[0].1.is_none(), "a lost report is a failure");
+    }
+
+    #[tokio::test]
+    async fn a_message_without_records_settles_on_seal() {
+        let batch = MessageDeliveries::new();
+        batch.seal();
+        let failed = batch.wait(&CancellationToken::new()).await.expect("ok");
+        assert!(failed.is_empty());
+    }
+}

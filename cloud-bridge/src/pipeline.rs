@@ -236,8 +236,8 @@ impl Pipeline {
         };
         for (d, seen) in routed.decisions.into_iter().zip(seen) {
             match d {
-                Decision::Publish(ev) => {
-                    let rec = domain_record(&ev, &payload, &store_header);
+                Decision::Publish(mut ev) => {
+                    let rec = domain_record(&mut ev, &payload, &store_header);
                     match seen {
                         Seen::New => {
                             let idx = produced;
@@ -661,12 +661,13 @@ impl Drop for InFlightGauge {
 }
 
 /// The domain-topic record of an event: original bytes, partition key, headers.
-fn domain_record(ev: &PublishEvent, payload: &Bytes, store_id: &Bytes) -> OutRecord {
+/// The key moves into the record (the event keeps its other fields).
+fn domain_record(ev: &mut PublishEvent, payload: &Bytes, store_id: &Bytes) -> OutRecord {
     let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = ev.id.0.hyphenated().encode_lower(&mut id);
     OutRecord {
         topic: ev.topic.name(),
-        key: Some(ev.key.clone()),
+        key: Some(std::mem::take(&mut ev.key)),
         value: payload.slice(ev.value.clone()),
         headers: vec![
             (headers::EVENT_ID, Bytes::copy_from_slice(id.as_bytes())),
@@ -676,9 +677,30 @@ fn domain_record(ev: &PublishEvent, payload: &Bytes, store_id: &Bytes) -> OutRec
             ),
             (
                 headers::SCHEMA_VERSION,
-                Bytes::from(ev.schema_version.to_string()),
+                schema_version_header(ev.schema_version),
             ),
             (headers::STORE_ID, store_id.clone()),
         ],
+    }
+}
+
+/// The schema-version header value; small versions need no allocation.
+fn schema_version_header(v: u16) -> Bytes {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(usize::from(v)) {
+        Some(s) => Bytes::from_static(s.as_bytes()),
+        None => Bytes::from(v.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_headers_are_decimal() {
+        for v in [0u16, 1, 9, 10, 42, u16::MAX] {
+            assert_eq!(&schema_version_header(v)[..], v.to_string().as_bytes());
+        }
     }
 }
