@@ -49,7 +49,13 @@ pub fn client(cfg: &MqttConfig) -> (AsyncClient, EventLoop) {
     if let Some((u, p)) = &cfg.credentials {
         o.set_credentials(u, p);
     }
-    AsyncClient::new(o, cfg.request_channel_capacity)
+    let (client, mut eventloop) = AsyncClient::new(o, cfg.request_channel_capacity);
+    // Receipts and acks are small writes an agent waits on (one batch in
+    // flight per store by default): Nagle plus delayed ACKs would add ~40 ms.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 /// Drives the event loop until `stop` is cancelled and the loop has sent
