@@ -54,7 +54,9 @@ pub fn cloud_mqtt_options(profile: &StoreProfile) -> Result<MqttOptions> {
     opts.set_keep_alive(Duration::from_secs(cloud.keep_alive_secs.clamp(5, 600)));
     let max_packet = cloud.batch_max_bytes + 64 * 1024;
     opts.set_max_packet_size(max_packet, max_packet);
-    opts.set_inflight(u16::try_from(cloud.max_batches_in_flight.clamp(1, 1000)).unwrap_or(100));
+    // The forwarder bounds batches in flight itself; rumqttc's own PUBACK window
+    // only needs to be at least that large, never smaller.
+    opts.set_inflight(u16::try_from(cloud.max_batches_in_flight.clamp(16, 1000)).unwrap_or(100));
     opts.set_request_channel_capacity(cloud.max_batches_in_flight * 2 + 16);
     if let Some(tls) = &cloud.tls {
         let read = |p: &Path| {

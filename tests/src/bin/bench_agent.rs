@@ -348,11 +348,14 @@ fn write_profile(dir: &Path, http_port: u16, cloud_port: u16) -> Result<std::pat
 
 fn start_agent(dir: &Path, profile: &Path, http_port: u16) -> Result<ChildProcess> {
     let mut cmd = Command::new(bin_path("store-agent")?);
-    cmd.arg("run")
-        .arg("--profile")
-        .arg(profile)
-        .env("RUST_LOG", "warn");
-    let agent = ChildProcess::spawn_logging_to("store-agent", cmd, &dir.join("agent.log"))?;
+    cmd.arg("run").arg("--profile").arg(profile).env(
+        "RUST_LOG",
+        std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    let log = std::env::var("BENCH_AGENT_LOG_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| dir.to_path_buf());
+    let agent = ChildProcess::spawn_logging_to("store-agent", cmd, &log.join("agent.log"))?;
     wait_http_ok(
         &format!("http://127.0.0.1:{http_port}/readyz"),
         Duration::from_secs(300),
