@@ -35,6 +35,8 @@ pub struct StackOptions {
     pub data_dir: Option<PathBuf>,
     /// `outbox.disk_reserve_bytes`; `None` keeps the profile default.
     pub disk_reserve_bytes: Option<u64>,
+    /// `cloud.max_batches_in_flight`; `None` keeps the profile default.
+    pub max_batches_in_flight: Option<usize>,
 }
 
 impl Default for StackOptions {
@@ -47,6 +49,7 @@ impl Default for StackOptions {
             with_bridge: true,
             data_dir: None,
             disk_reserve_bytes: None,
+            max_batches_in_flight: None,
         }
     }
 }
@@ -173,6 +176,7 @@ host = "127.0.0.1"
 port = {cloud_port}
 client_id = "{store_id}-agent"
 receipt_timeout_secs = {receipt_timeout}
+{window}
 
 [outbox]
 max_bytes = {max_bytes}
@@ -193,6 +197,10 @@ port = {store_port}
             max_bytes = opts.outbox_max_bytes,
             max_rows = opts.outbox_max_rows,
             extra = opts.extra_profile,
+            window = opts
+                .max_batches_in_flight
+                .map(|w| format!("max_batches_in_flight = {w}"))
+                .unwrap_or_default(),
             reserve = opts
                 .disk_reserve_bytes
                 .map(|b| format!("disk_reserve_bytes = {b}"))

@@ -31,7 +31,14 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let stack = StoreStack::start("").context("store stack")?;
+    let window = std::env::var("BENCH_WINDOW")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let stack = StoreStack::start_with(harness::agent::StackOptions {
+        max_batches_in_flight: window,
+        ..Default::default()
+    })
+    .context("store stack")?;
     // event id → when its POST was sent
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let arrived: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
