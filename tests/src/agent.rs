@@ -274,6 +274,34 @@ port = {store_port}
         all.into_iter().filter(|r| mine(r)).collect()
     }
 
+    /// Publishes one raw load-cell reading to the store broker (QoS 1), the
+    /// way a shelf sensor does, with the real `mosquitto_pub` client.
+    pub fn publish_shelf_reading(&self, sensor: &str, raw: i64) -> Result<()> {
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.store_mqtt_port.to_string(),
+                "-q",
+                "1",
+            ])
+            .args([
+                "-t",
+                &protocol::topics::shelf_sensor_topic(sensor),
+                "-m",
+                &raw.to_string(),
+            ])
+            .status()
+            .context(
+                "running mosquitto_pub (install mosquitto-clients: scripts/install-deps.sh)",
+            )?;
+        if !status.success() {
+            bail!("mosquitto_pub exited with {status}");
+        }
+        Ok(())
+    }
+
     /// The agent's `/metrics` text.
     pub fn agent_metrics(&self) -> String {
         reqwest::blocking::get(format!("{}/metrics", self.http_base))
@@ -312,4 +340,20 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// POSTs the sample sale of `terminal` numbered `seq` to the agent at `http_base`.
+pub fn post_sale(
+    client: &reqwest::blocking::Client,
+    http_base: &str,
+    terminal: &str,
+    seq: u64,
+) -> reqwest::Result<reqwest::blocking::Response> {
+    let body =
+        serde_json::to_vec(&protocol::samples::sale_numbered(terminal, seq)).unwrap_or_default();
+    client
+        .post(format!("{http_base}/v1/sales"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
 }

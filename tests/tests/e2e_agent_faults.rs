@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::agent::{metric_value, StackOptions, StoreStack, TERMINALS};
+use harness::agent::{metric_value, post_sale, StackOptions, StoreStack, TERMINALS};
 use protocol::topics::KafkaTopic;
 use rand::Rng;
 
@@ -260,35 +260,17 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
     // Telemetry first: readings fill their share, then are compacted and shed.
     for i in 0..600i64 {
         let raw = 8_388_608 + (i % 40) * 500 * 420;
-        let status = std::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &stack.store_mqtt_port.to_string(),
-                "-q",
-                "1",
-            ])
-            .args(["-t", "sensors/shelf-a1/raw", "-m", &raw.to_string()])
-            .status()
-            .expect("mosquitto_pub runs");
-        assert!(status.success());
+        stack
+            .publish_shelf_reading("shelf-a1", raw)
+            .expect("sensor reading published");
         if i % 100 == 99 {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
     std::thread::sleep(Duration::from_secs(2));
     let client = reqwest::blocking::Client::new();
-    let post = |seq: u64| {
-        client
-            .post(format!("{}/v1/sales", stack.http_base))
-            .header("content-type", "application/json")
-            .body(
-                serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json"),
-            )
-            .send()
-            .expect("agent answers")
-    };
+    let base = stack.http_base.clone();
+    let post = |seq: u64| post_sale(&client, &base, "pos-01", seq).expect("agent answers");
     let mut accepted = 0;
     let mut refused_at = None;
     for seq in 1..=1000u64 {
@@ -459,15 +441,9 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
     .expect("store stack");
     stack.cloud_mqtt.stop().expect("stop cloud broker");
     let client = reqwest::blocking::Client::new();
+    let base = stack.http_base.clone();
     let post = |seq: u64| {
-        client
-            .post(format!("{}/v1/sales", stack.http_base))
-            .header("content-type", "application/json")
-            .body(
-                serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json"),
-            )
-            .send()
-            .expect("the agent keeps answering on a full disk")
+        post_sale(&client, &base, "pos-01", seq).expect("the agent keeps answering on a full disk")
     };
     let mut acked = HashMap::new();
     let mut refused_at = None;

@@ -207,17 +207,9 @@ fn play_sensors(stack: &StoreStack, stop: &std::sync::atomic::AtomicBool) {
     let mut down = true;
     while !stop.load(Ordering::Relaxed) {
         let raw = 8_388_608 + items * 500 * 420;
-        let _ = std::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &stack.store_mqtt_port.to_string(),
-                "-q",
-                "1",
-            ])
-            .args(["-t", "sensors/shelf-a1/raw", "-m", &raw.to_string()])
-            .status();
+        if let Err(e) = stack.publish_shelf_reading("shelf-a1", raw) {
+            eprintln!("demo: shelf sensor could not publish: {e:#}");
+        }
         if down {
             items -= 1;
             down = items > 1;
