@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::dead_letter::{dead_letter_record, Why};
 use crate::dedupe::{DedupeWindow, Seen};
 use crate::kafka_sink::{
-    DeliveryReceiver, Failure, KafkaSink, MessageDeliveries, OutRecord, SinkError,
+    Delivered, DeliveryReceiver, Failure, KafkaSink, MessageDeliveries, OutRecord, SinkError,
 };
 use crate::metrics::Metrics;
 use crate::receipts::{self, Settled};
@@ -414,23 +414,37 @@ impl Pipeline {
         source_topic: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Settled>> + Send + 'a>> {
         Box::pin(async move {
-            match self.sink.redeliver(&rec, failure, &self.abort).await {
-                Ok(d) => {
-                    self.delivered(&ev, d.partition, d.offset);
-                    Some(Settled::Delivered(ev.id))
-                }
-                Err(SinkError::Rejected(e)) => {
-                    self.release(&ev.id);
-                    self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
-                        .await
-                }
-                Err(e) => {
-                    self.on_sink_error(&e);
-                    self.release(&ev.id);
-                    None
-                }
-            }
+            let result = self.sink.redeliver(&rec, failure, &self.abort).await;
+            self.settle_delivery(ev, &rec, source_topic, result).await
         })
+    }
+
+    /// What one record's delivery attempt means for its event: delivered,
+    /// dead-lettered because Kafka refused it for good, or unsettled (the
+    /// reservation is released and the MQTT message stays unacked).
+    async fn settle_delivery(
+        &self,
+        ev: PublishEvent,
+        rec: &OutRecord,
+        source_topic: &str,
+        result: Result<Delivered, SinkError>,
+    ) -> Option<Settled> {
+        match result {
+            Ok(d) => {
+                self.delivered(&ev, d.partition, d.offset);
+                Some(Settled::Delivered(ev.id))
+            }
+            Err(SinkError::Rejected(e)) => {
+                self.release(&ev.id);
+                self.dead_letter_rejected(&ev, rec, source_topic, &e.to_string())
+                    .await
+            }
+            Err(e) => {
+                self.on_sink_error(&e);
+                self.release(&ev.id);
+                None
+            }
+        }
     }
 
     async fn settle(&self, job: Job, source_topic: &str) -> Option<Settled> {
@@ -460,22 +474,8 @@ impl Pipeline {
                         if reserved != Seen::New {
                             continue;
                         }
-                        return match self.sink.send(&rec, &self.abort).await {
-                            Ok(d) => {
-                                self.delivered(&ev, d.partition, d.offset);
-                                Some(Settled::Delivered(ev.id))
-                            }
-                            Err(SinkError::Rejected(e)) => {
-                                self.release(&ev.id);
-                                self.dead_letter_rejected(&ev, &rec, source_topic, &e.to_string())
-                                    .await
-                            }
-                            Err(e) => {
-                                self.on_sink_error(&e);
-                                self.release(&ev.id);
-                                None
-                            }
-                        };
+                        let result = self.sink.send(&rec, &self.abort).await;
+                        return self.settle_delivery(ev, &rec, source_topic, result).await;
                     }
                 }
             },

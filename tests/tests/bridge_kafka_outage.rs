@@ -86,30 +86,14 @@ fn kafka_down_mid_stream_loses_nothing_and_the_bridge_resumes_on_its_own() -> Re
     );
     assert_eq!(readyz_during, Some(503), "/readyz must report Kafka down");
 
-    // Every event gets a receipt once Kafka is back ...
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let have: HashSet<EventId> = stores
-            .iter()
-            .flat_map(|s| s.outcomes().into_keys())
-            .collect();
-        let missing = ids.difference(&have).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events have no receipt 120 s after Kafka came back; bridge log:\n{}",
-            ids.len(),
-            bridge.process.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    // ... and is in Kafka.
-    let recs = consume_ids(kafka.bootstrap(), &ids, Duration::from_secs(60))?;
-    let got: HashSet<EventId> = recs.iter().filter_map(record_id).collect();
-    let lost = ids.difference(&got).count();
-    assert_eq!(lost, 0, "{lost} of {} events lost", ids.len());
+    // Every event gets a receipt once Kafka is back, and is in Kafka.
+    let recs = assert_all_receipted_then_in_kafka(
+        &stores,
+        &ids,
+        kafka.bootstrap(),
+        Duration::from_secs(120),
+        || bridge.process.log_tail(30),
+    )?;
     let retries = bridge.metric("storelink_bridge_produce_retries_total")?;
     assert!(
         retries > 0.0,

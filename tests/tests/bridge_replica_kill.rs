@@ -12,7 +12,7 @@
 mod bridge_support;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use bridge_support::*;
@@ -62,28 +62,13 @@ fn one_of_two_replicas_killed_mid_stream_loses_nothing() -> Result<()> {
         "replica a stopped working while b was dead: receipts {a_progress:?}"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let have: HashSet<EventId> = stores
-            .iter()
-            .flat_map(|s| s.outcomes().into_keys())
-            .collect();
-        let missing = ids.difference(&have).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} events have no receipt; replica b log:\n{}",
-            ids.len(),
-            b.process.log_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let recs = consume_ids(kafka.bootstrap(), &ids, Duration::from_secs(60))?;
-    let got: HashSet<EventId> = recs.iter().filter_map(record_id).collect();
-    let lost = ids.difference(&got).count();
-    assert_eq!(lost, 0, "{lost} of {} events lost", ids.len());
+    let recs = assert_all_receipted_then_in_kafka(
+        &stores,
+        &ids,
+        kafka.bootstrap(),
+        Duration::from_secs(90),
+        || b.process.log_tail(30),
+    )?;
     eprintln!(
         "all {} events in Kafka; {} duplicate records from b's unacked messages",
         ids.len(),

@@ -452,3 +452,38 @@ pub fn duplicate_count(records: &[Record]) -> usize {
         .filter(|id| !seen.insert(*id))
         .count()
 }
+
+/// Waits until every event in `ids` has a receipt at one of `stores`, then
+/// reads them back from Kafka and asserts that none is lost. `log` supplies
+/// the bridge log tail shown when the wait times out.
+pub fn assert_all_receipted_then_in_kafka(
+    stores: &[FakeStore],
+    ids: &HashSet<EventId>,
+    bootstrap: &str,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) -> Result<Vec<Record>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have: HashSet<EventId> = stores
+            .iter()
+            .flat_map(|s| s.outcomes().into_keys())
+            .collect();
+        let missing = ids.difference(&have).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} events have no receipt after {timeout:?}; bridge log:\n{}",
+            ids.len(),
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let recs = consume_ids(bootstrap, ids, Duration::from_secs(60))?;
+    let got: HashSet<EventId> = recs.iter().filter_map(record_id).collect();
+    let lost = ids.difference(&got).count();
+    assert_eq!(lost, 0, "{lost} of {} events lost", ids.len());
+    Ok(recs)
+}
