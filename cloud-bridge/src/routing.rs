@@ -23,6 +23,7 @@ use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use protocol::batch::RawBatch;
+use protocol::checked_envelope::CheckedEnvelope;
 use protocol::topics::{self, KafkaTopic};
 use protocol::{EventBody, EventId, EventKind, RawEnvelope};
 use serde::Deserialize;
@@ -100,7 +101,24 @@ pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> Routed
             })],
         };
     };
-    let batch = match RawBatch::parse(payload) {
+    // One UTF-8 check for the whole payload; the events are then read as
+    // text, so neither the batch nor any event is validated again.
+    let text = match std::str::from_utf8(payload) {
+        Ok(t) => t,
+        Err(e) => {
+            return RoutedMessage {
+                topic_store: Some(topic_store.to_owned()),
+                batch_id: None,
+                decisions: vec![Decision::DeadLetter(DeadLetterEvent {
+                    id: None,
+                    reason: reason::UNDECODABLE_BATCH,
+                    detail: format!("not a batch: not UTF-8 ({e})"),
+                    value: whole,
+                })],
+            }
+        }
+    };
+    let batch = match RawBatch::parse_str(text) {
         Ok(b) => b,
         Err(e) => {
             return RoutedMessage {
@@ -133,7 +151,7 @@ pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> Routed
                     range,
                 );
             }
-            route_event(topic_store, bytes, range, max_event_bytes)
+            route_event(topic_store, raw.get(), range, max_event_bytes)
         })
         .collect();
     RoutedMessage {
@@ -145,10 +163,11 @@ pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> Routed
 
 fn route_event(
     topic_store: &str,
-    bytes: &[u8],
+    text: &str,
     range: Range<usize>,
     max_event_bytes: usize,
 ) -> Decision {
+    let bytes = text.as_bytes();
     if bytes.len() > max_event_bytes {
         return dead(
             peek_id(bytes),
@@ -157,7 +176,22 @@ fn route_event(
             range,
         );
     }
-    let env = match RawEnvelope::parse(bytes) {
+    // Fast path: header and body in one pass. Whatever it cannot decide
+    // goes through the steps below, which also say what is wrong.
+    if let Some(env) = CheckedEnvelope::parse_fast(text) {
+        if env.store_id == topic_store {
+            return Decision::Publish(PublishEvent {
+                id: env.id,
+                kind: env.kind,
+                topic: KafkaTopic::for_kind(env.kind),
+                key: topics::partition_key(env.kind, env.store_id, &env.source.device_id),
+                value: range,
+                schema_version: env.schema_version,
+                recorded_at: env.recorded_at,
+            });
+        }
+    }
+    let env = match RawEnvelope::parse_str(text) {
         Ok(env) => env,
         Err(e) => return dead(peek_id(bytes), e.reason_code(), e.to_string(), range),
     };

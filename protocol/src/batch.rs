@@ -25,6 +25,12 @@ impl<'a> RawBatch<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<RawBatch<'a>, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+
+    /// As [`RawBatch::parse`], for text already checked to be UTF-8: the
+    /// events' raw JSON is then not validated again, event by event.
+    pub fn parse_str(text: &'a str) -> Result<RawBatch<'a>, serde_json::Error> {
+        serde_json::from_str(text)
+    }
 }
 
 /// Builds a batch payload from events already serialized as JSON objects.

@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, Utc};
+use serde::de::{DeserializeSeed, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -175,15 +176,29 @@ impl EventBody {
 
     /// Decodes a body of the given kind. Unknown fields are ignored (additive evolution).
     pub fn from_json(kind: EventKind, json: &str) -> Result<EventBody, serde_json::Error> {
-        Ok(match kind {
-            EventKind::Sale => EventBody::Sale(Box::new(serde_json::from_str(json)?)),
-            EventKind::Return => EventBody::Return(Box::new(serde_json::from_str(json)?)),
-            EventKind::Void => EventBody::Void(serde_json::from_str(json)?),
-            EventKind::Scan => EventBody::Scan(serde_json::from_str(json)?),
-            EventKind::ShelfReading => EventBody::ShelfReading(serde_json::from_str(json)?),
-            EventKind::StockAlert => EventBody::StockAlert(serde_json::from_str(json)?),
-            EventKind::DeviceStatus => EventBody::DeviceStatus(serde_json::from_str(json)?),
-            EventKind::AgentNotice => EventBody::AgentNotice(serde_json::from_str(json)?),
+        let mut de = serde_json::Deserializer::from_str(json);
+        let body = BodySeed(kind).deserialize(&mut de)?;
+        de.end()?;
+        Ok(body)
+    }
+}
+
+/// Reads a body whose kind is already known (from the envelope's `schema`).
+pub(crate) struct BodySeed(pub EventKind);
+
+impl<'de> DeserializeSeed<'de> for BodySeed {
+    type Value = EventBody;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventBody, D::Error> {
+        Ok(match self.0 {
+            EventKind::Sale => EventBody::Sale(Box::new(Sale::deserialize(d)?)),
+            EventKind::Return => EventBody::Return(Box::new(Return::deserialize(d)?)),
+            EventKind::Void => EventBody::Void(Void::deserialize(d)?),
+            EventKind::Scan => EventBody::Scan(Scan::deserialize(d)?),
+            EventKind::ShelfReading => EventBody::ShelfReading(ShelfReading::deserialize(d)?),
+            EventKind::StockAlert => EventBody::StockAlert(StockAlert::deserialize(d)?),
+            EventKind::DeviceStatus => EventBody::DeviceStatus(DeviceStatus::deserialize(d)?),
+            EventKind::AgentNotice => EventBody::AgentNotice(AgentNotice::deserialize(d)?),
         })
     }
 }
@@ -311,6 +326,37 @@ impl Envelope {
     }
 }
 
+/// The header rules routing depends on (see [`RawEnvelope::check_header`]).
+pub(crate) fn check_header(
+    schema: &str,
+    schema_version: u16,
+    store_id: &str,
+    device_id: &str,
+) -> Result<EventKind, EnvelopeError> {
+    let kind = EventKind::from_schema_name(schema)
+        .ok_or_else(|| EnvelopeError::UnknownSchema(schema.to_owned()))?;
+    if schema_version == 0 || schema_version > kind.current_version() {
+        return Err(EnvelopeError::UnsupportedVersion {
+            schema: schema.to_owned(),
+            version: schema_version,
+            supported: kind.current_version(),
+        });
+    }
+    let mut problems = Problems::default();
+    if let Err(e) = crate::validate_store_id(store_id) {
+        problems.push(e);
+    }
+    if device_id.is_empty() {
+        problems.push(FieldError::new(
+            "source.device_id",
+            "required",
+            "must not be empty",
+        ));
+    }
+    problems.into_result().map_err(EnvelopeError::Invalid)?;
+    Ok(kind)
+}
+
 /// An envelope whose body is kept as the raw JSON it arrived as.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct RawEnvelope<'a> {
@@ -323,7 +369,9 @@ pub struct RawEnvelope<'a> {
     #[serde(borrow)]
     pub region: Cow<'a, str>,
     pub source: Source,
+    #[serde(deserialize_with = "crate::rfc3339::fixed")]
     pub occurred_at: DateTime<FixedOffset>,
+    #[serde(deserialize_with = "crate::rfc3339::utc")]
     pub recorded_at: DateTime<Utc>,
     #[serde(borrow)]
     pub body: &'a RawValue,
@@ -334,31 +382,20 @@ impl<'a> RawEnvelope<'a> {
         Ok(serde_json::from_slice(bytes)?)
     }
 
+    /// As [`RawEnvelope::parse`], for text already known to be UTF-8.
+    pub fn parse_str(text: &'a str) -> Result<RawEnvelope<'a>, EnvelopeError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
     /// Checks what routing depends on: a known schema at a readable version
     /// and a well-formed store id. Returns the kind.
     pub fn check_header(&self) -> Result<EventKind, EnvelopeError> {
-        let kind = EventKind::from_schema_name(&self.schema)
-            .ok_or_else(|| EnvelopeError::UnknownSchema(self.schema.to_string()))?;
-        if self.schema_version == 0 || self.schema_version > kind.current_version() {
-            return Err(EnvelopeError::UnsupportedVersion {
-                schema: self.schema.to_string(),
-                version: self.schema_version,
-                supported: kind.current_version(),
-            });
-        }
-        let mut problems = Problems::default();
-        if let Err(e) = crate::validate_store_id(&self.store_id) {
-            problems.push(e);
-        }
-        if self.source.device_id.is_empty() {
-            problems.push(FieldError::new(
-                "source.device_id",
-                "required",
-                "must not be empty",
-            ));
-        }
-        problems.into_result().map_err(EnvelopeError::Invalid)?;
-        Ok(kind)
+        check_header(
+            &self.schema,
+            self.schema_version,
+            &self.store_id,
+            &self.source.device_id,
+        )
     }
 
     pub fn into_typed(self) -> Result<Envelope, EnvelopeError> {

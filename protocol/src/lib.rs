@@ -13,11 +13,13 @@
 //! This crate depends on nothing of ours. Evolution rules: `VERSIONING.md`.
 
 pub mod batch;
+pub mod checked_envelope;
 pub mod device;
 pub mod envelope;
 pub mod gtin;
 pub mod money;
 pub mod receipt;
+mod rfc3339;
 pub mod samples;
 pub mod topics;
 pub mod transaction;

@@ -29,6 +29,7 @@ use crate::validation::{FieldError, Problems};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TransactionRef {
     pub terminal_id: String,
+    #[serde(deserialize_with = "crate::rfc3339::date")]
     pub business_day: NaiveDate,
     pub sequence_number: u64,
 }
@@ -133,13 +134,16 @@ pub struct Totals {
 pub struct Transaction {
     pub terminal_id: String,
     pub operator_id: String,
+    #[serde(deserialize_with = "crate::rfc3339::date")]
     pub business_day: NaiveDate,
     pub sequence_number: u64,
     pub currency: Currency,
     pub tax_mode: TaxMode,
     /// Terminal clock with its UTC offset: POSLog times often lack a zone,
     /// ours never do.
+    #[serde(deserialize_with = "crate::rfc3339::fixed")]
     pub started_at: DateTime<FixedOffset>,
+    #[serde(deserialize_with = "crate::rfc3339::fixed")]
     pub ended_at: DateTime<FixedOffset>,
     pub lines: Vec<LineItem>,
     #[serde(default)]
@@ -168,9 +172,11 @@ pub struct Return {
 pub struct Void {
     pub terminal_id: String,
     pub operator_id: String,
+    #[serde(deserialize_with = "crate::rfc3339::date")]
     pub business_day: NaiveDate,
     /// The void's own sequence number on its terminal.
     pub sequence_number: u64,
+    #[serde(deserialize_with = "crate::rfc3339::fixed")]
     pub voided_at: DateTime<FixedOffset>,
     pub voided: TransactionRef,
     pub reason_code: String,
