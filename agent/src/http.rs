@@ -218,13 +218,13 @@ async fn submit(
                 .inc();
             Ok((
                 StatusCode::CREATED,
-                Json(json!({ "event_id": id, "status": "accepted" })),
+                Json(Accepted::new(id, false)),
             )
                 .into_response())
         }
         Ok(Submitted::Duplicate(id)) => Ok((
             StatusCode::OK,
-            Json(json!({ "event_id": id, "status": "accepted", "duplicate": true })),
+            Json(Accepted::new(id, true)),
         )
             .into_response()),
         Ok(Submitted::Shed) => Err(Problem::new(
@@ -272,6 +272,26 @@ async fn submit(
             );
             p.retry_after = Some(5);
             Err(p)
+        }
+    }
+}
+
+/// The answer to an accepted POS record (typed: a `json!` map per sale was
+/// a measurable share of the request's allocations).
+#[derive(serde::Serialize)]
+struct Accepted {
+    event_id: protocol::EventId,
+    status: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+impl Accepted {
+    fn new(event_id: protocol::EventId, duplicate: bool) -> Accepted {
+        Accepted {
+            event_id,
+            status: "accepted",
+            duplicate,
         }
     }
 }

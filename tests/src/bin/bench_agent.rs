@@ -66,38 +66,60 @@ fn main() -> Result<()> {
     )?;
     println!("ceiling  sqlite inserts, WAL+FULL, 64 rows/commit : {sqlite_rate:>10.0} rows/s");
 
-    // 2. Trivial HTTP ceiling.
-    let port = free_port()?;
-    let mut trivial = Command::new(std::env::current_exe()?);
-    trivial.arg("trivial-server").arg(port.to_string());
-    let trivial = ChildProcess::spawn("trivial-http", trivial)?;
-    wait_http_ok(
-        &format!("http://127.0.0.1:{port}/healthz"),
-        Duration::from_secs(10),
-    )?;
-    let trivial_rate = rt.block_on(closed_loop(port, Duration::from_secs(secs)))?.0;
-    drop(trivial);
-    println!("ceiling  trivial HTTP server, 64 connections       : {trivial_rate:>10.0} req/s");
+    // 2 + 3. Rounds of (trivial HTTP server, agent ingest with the cloud
+    // link down): either rate swings by a fifth between single runs on a
+    // shared 2-core machine, so the ratio is the median of the rounds'.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let port = free_port()?;
+        let mut trivial = Command::new(std::env::current_exe()?);
+        trivial.arg("trivial-server").arg(port.to_string());
+        let trivial = ChildProcess::spawn("trivial-http", trivial)?;
+        wait_http_ok(
+            &format!("http://127.0.0.1:{port}/healthz"),
+            Duration::from_secs(10),
+        )?;
+        let trivial_rate = rt.block_on(closed_loop(port, Duration::from_secs(secs)))?.0;
+        drop(trivial);
+        println!("ceiling  trivial HTTP server, 64 connections       : {trivial_rate:>10.0} req/s  (round {round} of {rounds})");
 
-    // 3 + 4. The agent, cloud link down (ingest alone).
-    let dir = tempfile::tempdir()?;
-    let http_port = free_port()?;
-    let dead_port = free_port()?;
-    let profile = write_profile(dir.path(), http_port, dead_port)?;
-    let mut agent = start_agent(dir.path(), &profile, http_port)?;
-    let (ingest_rate, ingest_errors) =
-        rt.block_on(closed_loop(http_port, Duration::from_secs(secs)))?;
+        let dir = tempfile::tempdir()?;
+        let http_port = free_port()?;
+        let dead_port = free_port()?;
+        let profile = write_profile(dir.path(), http_port, dead_port)?;
+        let mut agent = start_agent(dir.path(), &profile, http_port)?;
+        let (ingest_rate, ingest_errors) =
+            rt.block_on(closed_loop(http_port, Duration::from_secs(secs)))?;
+        println!(
+            "agent    durable sale ingest, 64 terminals          : {ingest_rate:>10.0} sales/s  ({:.2}x trivial HTTP, {:.2}x SQLite ceiling) errors={ingest_errors}",
+            ingest_rate / trivial_rate,
+            ingest_rate / sqlite_rate
+        );
+        agent.sigterm()?;
+        agent.wait_exit(Duration::from_secs(30))?;
+        results.push((trivial_rate, ingest_rate, ingest_rate / trivial_rate));
+    }
+    let median = |f: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = results.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (trivial_rate, ingest_rate, ratio) = (median(|r| r.0), median(|r| r.1), median(|r| r.2));
     println!(
-        "agent    durable sale ingest, 64 terminals          : {ingest_rate:>10.0} sales/s  ({:.2}x trivial HTTP, {:.2}x SQLite ceiling; target >= 20000 and >= 0.50x) errors={ingest_errors}",
-        ingest_rate / trivial_rate,
-        ingest_rate / sqlite_rate
+        "agent    median of {rounds} rounds                       : {ingest_rate:>10.0} sales/s, trivial HTTP {trivial_rate:.0} req/s, ratio {ratio:.2}x (target >= 20000 sales/s: {}; >= 0.50x: {})",
+        if ingest_rate >= 20_000.0 { "met" } else { "NOT met" },
+        if ratio >= 0.5 { "met" } else { "NOT met" }
     );
-    agent.sigterm()?;
-    agent.wait_exit(Duration::from_secs(30))?;
     // A fresh agent for the steady-rate phase: memory at 1,000 sales/s, not
     // what the flood above left in its outbox and key index.
     let dir = tempfile::tempdir()?;
     let http_port = free_port()?;
+    let dead_port = free_port()?;
     let profile = write_profile(dir.path(), http_port, dead_port)?;
     let mut agent = start_agent(dir.path(), &profile, http_port)?;
     let idle_rss = rss_kb(agent.pid());
