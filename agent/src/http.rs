@@ -216,17 +216,11 @@ async fn submit(
                     kind: kind.schema_name(),
                 })
                 .inc();
-            Ok((
-                StatusCode::CREATED,
-                Json(Accepted::new(id, false)),
-            )
-                .into_response())
+            Ok((StatusCode::CREATED, Json(Accepted::new(id, false))).into_response())
         }
-        Ok(Submitted::Duplicate(id)) => Ok((
-            StatusCode::OK,
-            Json(Accepted::new(id, true)),
-        )
-            .into_response()),
+        Ok(Submitted::Duplicate(id)) => {
+            Ok((StatusCode::OK, Json(Accepted::new(id, true))).into_response())
+        }
         Ok(Submitted::Shed) => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -92,7 +92,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
     }
 
     let (client, eventloop) = mqtt_source::client(&cfg.mqtt);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::channel(mqtt_source::RECEIVED_QUEUE);
     let loop_stop = CancellationToken::new();
     let subscription = protocol::topics::bridge_shared_subscription(&cfg.mqtt.share_group);
     tracing::info!(bridge_id = %cfg.bridge_id, client_id = %cfg.mqtt.client_id, %subscription,

@@ -24,6 +24,7 @@ pub struct ReasonLabel {
 pub struct Metrics {
     pub registry: Registry,
     pub mqtt_messages: Counter,
+    pub mqtt_messages_deferred: Counter,
     pub events_published: Family<TopicLabel, Counter>,
     pub dead_letters: Family<ReasonLabel, Counter>,
     pub duplicates_dropped: Counter,
@@ -41,6 +42,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("storelink_bridge");
         let mqtt_messages = Counter::default();
+        let mqtt_messages_deferred = Counter::default();
         let events_published = Family::<TopicLabel, Counter>::default();
         let dead_letters = Family::<ReasonLabel, Counter>::default();
         let duplicates_dropped = Counter::default();
@@ -55,6 +57,11 @@ impl Metrics {
             "mqtt_messages",
             "MQTT messages (batches) received from stores",
             mqtt_messages.clone(),
+        );
+        registry.register(
+            "mqtt_messages_deferred",
+            "MQTT messages left unacked because the received queue was full; the broker redelivers them after a reconnect",
+            mqtt_messages_deferred.clone(),
         );
         registry.register(
             "events_published",
@@ -111,6 +118,7 @@ impl Metrics {
             published_by_topic,
             registry,
             mqtt_messages,
+            mqtt_messages_deferred,
             events_published,
             dead_letters,
             duplicates_dropped,

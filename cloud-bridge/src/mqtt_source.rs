@@ -11,11 +11,20 @@
 //! * Manual acks: a message is acknowledged by the pipeline only after Kafka
 //!   has every event and the receipt is on its way; the event loop never
 //!   acks, never blocks and never waits on Kafka.
-//! * The event loop hands publishes over an unbounded channel. It is bounded
-//!   in practice by the broker: Mosquitto sends a client at most
-//!   `max_inflight_messages` unacknowledged QoS 1 messages, and the pipeline
-//!   stops acking when its own in-flight budget is used up. (MQTT 3.1.1 has
-//!   no client-side receive maximum; the broker setting is required.)
+//! * Bounded memory: the event loop hands publishes over a channel of
+//!   [`RECEIVED_QUEUE`] messages and never waits on it. The broker's
+//!   `max_inflight_messages` is not a bound: Mosquitto 2.0 sends a session
+//!   that reconnects its whole backlog at once (6,000 messages, 600 MB of
+//!   bridge memory in `bench_bridge`), and MQTT 3.1.1 has no receive
+//!   maximum. Nor can the loop simply stop reading: the broker's PUBACKs for
+//!   our receipts queue behind that backlog, so receipts, then acks, then
+//!   the whole pipeline would wait on reads that wait on the pipeline. So
+//!   when the queue is full the loop *defers*: it leaves that message and
+//!   every later one unacked and undelivered (later ones too, so each
+//!   store's order holds), keeps reading, and once the queue has drained it
+//!   reconnects. The persistent session then redelivers every unacked
+//!   message in order; copies of those still in the pipeline are settled by
+//!   the de-duplication window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,6 +35,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
+
+/// Messages received and not yet taken by the pipeline. With the pipeline's
+/// `limits.max_messages_in_flight`, this bounds the MQTT payloads the bridge
+/// holds.
+pub const RECEIVED_QUEUE: usize = 512;
+
+/// How often a deferring loop checks whether the queue has drained.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
 use crate::metrics::Metrics;
 
 /// Connection state read by `/readyz`.
@@ -65,13 +82,25 @@ pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     subscription: String,
-    tx: mpsc::UnboundedSender<Publish>,
+    tx: mpsc::Sender<Publish>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut failures: u32 = 0;
+    let mut intake = Intake::Open;
     loop {
+        if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() {
+            intake = Intake::Reconnecting;
+            tracing::info!("received queue drained; reconnecting so the broker redelivers the deferred messages");
+            // Queued behind the receipts and acks already requested.
+            let c = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = c.disconnect().await {
+                    tracing::warn!(error = %e, "could not queue the MQTT reconnect");
+                }
+            });
+        }
         let polled = tokio::select! {
             _ = stop.cancelled() => {
                 // Give the DISCONNECT queued by the shutdown path a moment to go out.
@@ -79,10 +108,13 @@ pub async fn run_event_loop(
                 break;
             }
             p = eventloop.poll() => p,
+            _ = tokio::time::sleep(DRAIN_CHECK), if intake == Intake::Deferring => continue,
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 failures = 0;
+                // A new connection: the broker resends what is unacked, in order.
+                intake = Intake::Open;
                 health.mqtt_connected.store(true, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "connected to MQTT");
                 // Subscribing from here would await the request channel the
@@ -105,12 +137,31 @@ pub async fn run_event_loop(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
-                if tx.send(p).is_err() {
+                if intake != Intake::Open {
+                    metrics.mqtt_messages_deferred.inc();
+                    continue;
+                }
+                match tx.try_send(p) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        intake = Intake::Deferring;
+                        metrics.mqtt_messages_deferred.inc();
+                        tracing::warn!(
+                            queue = RECEIVED_QUEUE,
+                            "received queue full; deferring messages to the broker until it drains"
+                        );
+                    }
                     // Pipeline gone: we are shutting down; unacked messages stay with the broker.
-                    break;
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
                 }
             }
             Ok(_) => {}
+            Err(e) if intake == Intake::Reconnecting => {
+                // Our own DISCONNECT: reconnect at once.
+                health.mqtt_connected.store(false, Ordering::Relaxed);
+                health.subscribed.store(false, Ordering::Relaxed);
+                tracing::info!(error = %e, "reconnecting for the deferred messages");
+            }
             Err(e) => {
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
@@ -126,6 +177,19 @@ pub async fn run_event_loop(
         }
     }
     health.mqtt_connected.store(false, Ordering::Relaxed);
+}
+
+/// What the event loop does with a received publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intake {
+    /// Hand it to the pipeline.
+    Open,
+    /// The queue was full: leave this and every later publish unacked until
+    /// the queue has drained.
+    Deferring,
+    /// Drained; a DISCONNECT is on its way. Leave everything to the next
+    /// connection, on which the broker resends it all in order.
+    Reconnecting,
 }
 
 async fn drain_until_disconnect(eventloop: &mut EventLoop) {

@@ -130,7 +130,7 @@ impl Pipeline {
     /// Returns the number of messages abandoned unacked (the broker keeps them).
     pub async fn run(
         self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<Publish>,
+        mut rx: mpsc::Receiver<Publish>,
         intake: CancellationToken,
     ) -> usize {
         // Routing (JSON parsing, the CPU-heavy part: ~0.2 ms for a message
