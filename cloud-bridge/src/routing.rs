@@ -88,49 +88,45 @@ impl RoutedMessage {
 
 /// Routes one MQTT message. `max_event_bytes` bounds a single event.
 pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> RoutedMessage {
-    let whole = 0..payload.len();
+    // The whole payload to the dead-letter topic, with no receipt possible
+    // beyond the store (the batch id is unknown).
+    let whole = |topic_store: Option<&str>, reason: &'static str, detail: String| RoutedMessage {
+        topic_store: topic_store.map(str::to_owned),
+        batch_id: None,
+        decisions: vec![Decision::DeadLetter(DeadLetterEvent {
+            id: None,
+            reason,
+            detail,
+            value: 0..payload.len(),
+        })],
+    };
     let Some(topic_store) = topics::store_id_from_events_topic(mqtt_topic) else {
-        return RoutedMessage {
-            topic_store: None,
-            batch_id: None,
-            decisions: vec![Decision::DeadLetter(DeadLetterEvent {
-                id: None,
-                reason: reason::UNEXPECTED_TOPIC,
-                detail: format!("{mqtt_topic:?} is not a store events topic"),
-                value: whole,
-            })],
-        };
+        return whole(
+            None,
+            reason::UNEXPECTED_TOPIC,
+            format!("{mqtt_topic:?} is not a store events topic"),
+        );
     };
     // One UTF-8 check for the whole payload; the events are then read as
     // text, so neither the batch nor any event is validated again.
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
         Err(e) => {
-            return RoutedMessage {
-                topic_store: Some(topic_store.to_owned()),
-                batch_id: None,
-                decisions: vec![Decision::DeadLetter(DeadLetterEvent {
-                    id: None,
-                    reason: reason::UNDECODABLE_BATCH,
-                    detail: format!("not a batch: not UTF-8 ({e})"),
-                    value: whole,
-                })],
-            }
+            return whole(
+                Some(topic_store),
+                reason::UNDECODABLE_BATCH,
+                format!("not a batch: not UTF-8 ({e})"),
+            )
         }
     };
     let batch = match RawBatch::parse_str(text) {
         Ok(b) => b,
         Err(e) => {
-            return RoutedMessage {
-                topic_store: Some(topic_store.to_owned()),
-                batch_id: None,
-                decisions: vec![Decision::DeadLetter(DeadLetterEvent {
-                    id: None,
-                    reason: reason::UNDECODABLE_BATCH,
-                    detail: format!("not a batch: {e}"),
-                    value: whole,
-                })],
-            }
+            return whole(
+                Some(topic_store),
+                reason::UNDECODABLE_BATCH,
+                format!("not a batch: {e}"),
+            )
         }
     };
     let batch_store_ok = batch.store_id == topic_store;
@@ -317,6 +313,22 @@ mod tests {
         let r = route(&topics::store_events_topic("s1"), b"{not json", MAX);
         assert_eq!(reasons(&r), ["undecodable_batch"]);
         assert_eq!(r.batch_id, None);
+    }
+
+    #[test]
+    fn a_batch_that_is_not_utf8_is_dead_lettered_whole_with_its_bytes() {
+        let mut payload = batch_of("s1", &sample_json("s1"));
+        // A byte that cannot appear in UTF-8, inside one event's string.
+        let at = payload.len() / 2;
+        payload[at] = 0xff;
+        let r = route(&topics::store_events_topic("s1"), &payload, MAX);
+        assert_eq!(reasons(&r), ["undecodable_batch"]);
+        assert_eq!(r.topic_store.as_deref(), Some("s1"));
+        let Decision::DeadLetter(dl) = &r.decisions[0] else {
+            panic!("expected a dead letter")
+        };
+        assert_eq!(dl.value, 0..payload.len());
+        assert!(dl.detail.contains("UTF-8"), "{}", dl.detail);
     }
 
     #[test]
