@@ -69,11 +69,7 @@ fn main() -> Result<()> {
     // 2 + 3. Rounds of (trivial HTTP server, agent ingest with the cloud
     // link down): either rate swings by a fifth between single runs on a
     // shared 2-core machine, so the ratio is the median of the rounds'.
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = harness::bench::rounds();
     let mut results = Vec::new();
     for round in 1..=rounds {
         let port = free_port()?;
@@ -104,12 +100,7 @@ fn main() -> Result<()> {
         agent.wait_exit(Duration::from_secs(30))?;
         results.push((trivial_rate, ingest_rate, ingest_rate / trivial_rate));
     }
-    let median = |f: fn(&(f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (trivial_rate, ingest_rate, ratio) = (median(|r| r.0), median(|r| r.1), median(|r| r.2));
+    let (trivial_rate, ingest_rate, ratio) = harness::bench::medians(&results);
     println!(
         "agent    median of {rounds} rounds                       : {ingest_rate:>10.0} sales/s, trivial HTTP {trivial_rate:.0} req/s, ratio {ratio:.2}x (target >= 20000 sales/s: {}; >= 0.50x: {})",
         if ingest_rate >= 20_000.0 { "met" } else { "NOT met" },

@@ -61,11 +61,7 @@ fn main() -> Result<()> {
     // Rounds of (ceiling, bridge) on the same broker: single runs of either
     // swing by a third on a shared 2-core machine, so the figures are the
     // medians, and every round is printed.
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = harness::bench::rounds();
     let kafka = Kafka::start()?;
     let mut results = Vec::new();
     for round in 1..=rounds {
@@ -79,12 +75,7 @@ fn main() -> Result<()> {
         println!("ratio bridge / ceiling: {:.0} %", 100.0 * bridge / ceiling);
         results.push((ceiling, bridge, bridge / ceiling));
     }
-    let median = |f: fn(&(f64, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = results.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (ceiling, bridge, ratio) = (median(|r| r.0), median(|r| r.1), median(|r| r.2));
+    let (ceiling, bridge, ratio) = harness::bench::medians(&results);
     println!(
         "== median of {rounds} rounds: ceiling {ceiling:.0} events/s, bridge {bridge:.0} events/s, ratio {:.0} %",
         100.0 * ratio
