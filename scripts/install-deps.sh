@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what StoreLink's tests, demo and benchmarks need on a fresh Debian
-# machine, and nothing twice: Mosquitto (MQTT brokers), socat (pseudo-terminal
-# pairs for scanner tests), Java 17 and Maven (Apache Kafka from Maven Central),
-# then the Kafka jars themselves (scripts/kafka.sh install).
+# machine, and nothing twice: Mosquitto's clients (mosquitto_pub), socat
+# (pseudo-terminal pairs for scanner tests), Java 17 and Maven (Apache Kafka
+# from Maven Central), build tools, then the Kafka jars (scripts/kafka.sh
+# install) and the Mosquitto 2.0.21 broker (scripts/mosquitto.sh install, which
+# says why not Debian 12's 2.0.11).
 #
 # Idempotent: a second run checks and returns in about a second.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 missing=()
-command -v mosquitto >/dev/null 2>&1 || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
@@ -18,6 +19,9 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Building the Mosquitto broker (scripts/mosquitto.sh).
+command -v make >/dev/null 2>&1 || missing+=(make)
+[[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
 
 if ((${#missing[@]})); then
     echo "install-deps: installing ${missing[*]}" >&2
@@ -28,4 +32,5 @@ if ((${#missing[@]})); then
 fi
 
 bash scripts/kafka.sh install
-echo "install-deps: mosquitto, socat, java, mvn and the Kafka jars are ready" >&2
+bash scripts/mosquitto.sh install
+echo "install-deps: mosquitto $(bash scripts/mosquitto.sh path), socat, java, mvn and the Kafka jars are ready" >&2

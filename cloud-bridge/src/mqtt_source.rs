@@ -13,10 +13,11 @@
 //!   acks, never blocks and never waits on Kafka.
 //! * Bounded memory: the event loop hands publishes over a channel of
 //!   [`RECEIVED_QUEUE`] messages and never waits on it. The broker's
-//!   `max_inflight_messages` is not a bound: Mosquitto 2.0 sends a session
-//!   that reconnects its whole backlog at once (6,000 messages, 600 MB of
-//!   bridge memory in `bench_bridge`), and MQTT 3.1.1 has no receive
-//!   maximum. Nor can the loop simply stop reading: the broker's PUBACKs for
+//!   `max_inflight_messages` is the first bound, but not one to rely on: 0
+//!   means unlimited, and Mosquitto 2.0.11 (Debian 12) breaks it, sending a
+//!   client that acks in order its whole backlog (6,000 messages, 600 MB of
+//!   bridge memory in `bench_bridge`; see `scripts/mosquitto.sh`), and
+//!   MQTT 3.1.1 has no receive maximum. Nor can the loop simply stop reading: the broker's PUBACKs for
 //!   our receipts queue behind that backlog, so receipts, then acks, then
 //!   the whole pipeline would wait on reads that wait on the pipeline. So
 //!   when the queue is full the loop *defers*: it leaves that message and

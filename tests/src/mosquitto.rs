@@ -1,5 +1,7 @@
 //! A real Mosquitto broker per test, on a free loopback port, with its own
-//! config and persistence directory.
+//! config and persistence directory. The broker is Mosquitto 2.0.21, built by
+//! `scripts/mosquitto.sh` (Debian 12's 2.0.11 does not keep its in-flight
+//! limit; the fleet runs 2.0.20).
 //!
 //! Settings and why:
 //! * `persistence true`: `stop()` + `start_again()` keeps persistent sessions
@@ -193,19 +195,36 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The `mosquitto` executable, or an error saying how to install it.
+/// The Mosquitto version the harness runs; `scripts/mosquitto.sh` builds it
+/// and says why not Debian 12's 2.0.11 (its in-flight limit does not hold).
+pub const MOSQUITTO_VERSION: &str = "2.0.21";
+
+/// The `mosquitto` executable: `$STORELINK_MOSQUITTO` if set, else the
+/// broker `scripts/mosquitto.sh install` built in the cache. Never whatever
+/// `mosquitto` is on the PATH: an older broker changes what the bridge tests
+/// and benchmarks measure.
 pub fn mosquitto_binary() -> Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    // Debian installs the broker in /usr/sbin, which is not on every user's PATH.
-    dirs.extend(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join("mosquitto"))
-        .find(|p| p.is_file())
-        .context(
-            "mosquitto is not installed: run `scripts/install-deps.sh` \
-             (Debian/Ubuntu: `apt-get install -y mosquitto mosquitto-clients`)",
-        )
+    if let Some(p) = std::env::var_os("STORELINK_MOSQUITTO") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("STORELINK_MOSQUITTO={} is not a file", p.display());
+        }
+        return Ok(p);
+    }
+    let cache = match std::env::var_os("STORELINK_CACHE") {
+        Some(c) => PathBuf::from(c),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+            .join(".cache/storelink"),
+    };
+    let bin = cache.join(format!("mosquitto-{MOSQUITTO_VERSION}/mosquitto"));
+    if !bin.is_file() {
+        bail!(
+            "Mosquitto {MOSQUITTO_VERSION} is not built at {}: run `scripts/install-deps.sh` \
+             (or `scripts/mosquitto.sh install`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
 }
 
 /// A loopback port that was free a moment ago (the OS picked it).

@@ -1,12 +1,13 @@
 //! A bridge that comes back to a backlog holds a bounded number of messages.
 //!
-//! Mosquitto 2.0 sends a persistent session that reconnects its whole
-//! backlog at once, whatever `max_inflight_messages` says. The bridge takes
-//! what fits in its received queue and its in-flight budget, leaves the rest
+//! A broker without an in-flight limit (`max_inflight_messages 0`, or Debian
+//! 12's Mosquitto 2.0.11 whatever it is configured to) sends a persistent
+//! session that reconnects its whole backlog at once. The bridge takes what
+//! fits in its received queue and its in-flight budget, leaves the rest
 //! unacked, and reconnects once it has caught up so the broker redelivers it
 //! (`mqtt_source.rs`). This test builds such a backlog while the bridge is
-//! down and checks that the bound engaged and that every event still arrives
-//! exactly once.
+//! down, on a broker with no in-flight limit, and checks that the bound
+//! engaged and that every event still arrives exactly once.
 
 mod bridge_support;
 
@@ -15,13 +16,16 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bridge_support::*;
-use harness::mosquitto::Mosquitto;
+use harness::mosquitto::{Mosquitto, MosquittoOptions};
 use protocol::EventId;
 
 #[test]
 fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()> {
     let kafka = harness::kafka::shared();
-    let mosquitto = Mosquitto::start()?;
+    let mosquitto = Mosquitto::start_with(MosquittoOptions {
+        max_inflight_messages: 0,
+        ..MosquittoOptions::default()
+    })?;
     let mut bridge = Bridge::start(
         mosquitto.port(),
         kafka.bootstrap(),
