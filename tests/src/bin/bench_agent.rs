@@ -80,19 +80,23 @@ fn main() -> Result<()> {
             &format!("http://127.0.0.1:{port}/healthz"),
             Duration::from_secs(10),
         )?;
-        let trivial_rate = rt.block_on(closed_loop(port, Duration::from_secs(secs)))?.0;
+        let cpu = CpuMeter::start(trivial.pid());
+        let trivial_run = rt.block_on(closed_loop(port, Duration::from_secs(secs)))?;
+        let (trivial_rate, trivial_cpu) = (trivial_run.rate, cpu.per_request(trivial_run.ok));
         drop(trivial);
-        println!("ceiling  trivial HTTP server, 64 connections       : {trivial_rate:>10.0} req/s  (round {round} of {rounds})");
+        println!("ceiling  trivial HTTP server, 64 connections       : {trivial_rate:>10.0} req/s  (round {round} of {rounds}; CPU per request: {trivial_cpu})");
 
         let dir = tempfile::tempdir()?;
         let http_port = free_port()?;
         let dead_port = free_port()?;
         let profile = write_profile(dir.path(), http_port, dead_port)?;
         let mut agent = start_agent(dir.path(), &profile, http_port)?;
-        let (ingest_rate, ingest_errors) =
-            rt.block_on(closed_loop(http_port, Duration::from_secs(secs)))?;
+        let cpu = CpuMeter::start(agent.pid());
+        let ingest = rt.block_on(closed_loop(http_port, Duration::from_secs(secs)))?;
+        let (ingest_rate, ingest_errors) = (ingest.rate, ingest.errors);
+        let ingest_cpu = cpu.per_request(ingest.ok);
         println!(
-            "agent    durable sale ingest, 64 terminals          : {ingest_rate:>10.0} sales/s  ({:.2}x trivial HTTP, {:.2}x SQLite ceiling) errors={ingest_errors}",
+            "agent    durable sale ingest, 64 terminals          : {ingest_rate:>10.0} sales/s  ({:.2}x trivial HTTP, {:.2}x SQLite ceiling) errors={ingest_errors}; CPU per sale: {ingest_cpu}",
             ingest_rate / trivial_rate,
             ingest_rate / sqlite_rate
         );
@@ -237,8 +241,49 @@ fn trivial_server(port: u16) -> Result<()> {
     })
 }
 
+/// What a closed-loop run did.
+struct LoopRun {
+    /// Successful requests per second.
+    rate: f64,
+    ok: u64,
+    errors: u64,
+}
+
+/// CPU used by the server under test and by this process (the load
+/// generator) over a phase, per successful request: steadier than the rates,
+/// which swing with what else the 2 cores are doing.
+struct CpuMeter {
+    pid: u32,
+    server: Option<f64>,
+    load: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> CpuMeter {
+        CpuMeter {
+            pid,
+            server: harness::bench::cpu_seconds(pid),
+            load: harness::bench::cpu_seconds(std::process::id()),
+        }
+    }
+
+    fn per_request(&self, ok: u64) -> String {
+        let per = |before: Option<f64>, pid: u32| -> String {
+            match (before, harness::bench::cpu_seconds(pid)) {
+                (Some(b), Some(a)) if ok > 0 => format!("{:.1} µs", (a - b) * 1e6 / ok as f64),
+                _ => "n/a".into(),
+            }
+        };
+        format!(
+            "server {}, load generator {}",
+            per(self.server, self.pid),
+            per(self.load, std::process::id())
+        )
+    }
+}
+
 /// 64 terminals, each posting its next sale as soon as the last was answered.
-async fn closed_loop(port: u16, run: Duration) -> Result<(f64, u64)> {
+async fn closed_loop(port: u16, run: Duration) -> Result<LoopRun> {
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + run;
@@ -275,10 +320,12 @@ async fn closed_loop(port: u16, run: Duration) -> Result<(f64, u64)> {
     for t in tasks {
         t.await?;
     }
-    Ok((
-        ok.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64(),
-        errors.load(Ordering::Relaxed),
-    ))
+    let ok = ok.load(Ordering::Relaxed);
+    Ok(LoopRun {
+        rate: ok as f64 / started.elapsed().as_secs_f64(),
+        ok,
+        errors: errors.load(Ordering::Relaxed),
+    })
 }
 
 /// A steady `rate` of sales per second regardless of answers (open loop);

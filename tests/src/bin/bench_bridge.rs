@@ -299,8 +299,9 @@ max_messages_in_flight = 1000
     );
     let m = metrics(http)?;
     println!(
-        "bridge drained {events} events in {secs:.2} s; produce retries {}",
-        metric_value(&m, "storelink_bridge_produce_retries_total")
+        "bridge drained {events} events in {secs:.2} s; produce retries {}; MQTT messages deferred {}",
+        metric_value(&m, "storelink_bridge_produce_retries_total"),
+        metric_value(&m, "storelink_bridge_mqtt_messages_deferred_total")
     );
     drop(b);
     mosquitto.stop()?;
