@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 // almost every byte received: up to a quarter of the bridge's CPU under load
 // (perf: `clear_page_erms` under `recv`). mimalloc reuses freed pages; its
 // transparent-huge-page use is off (`no_thp`) because zeroing 2 MiB pages on
-// first touch cost as much again.
+// first touch cost as much again. The `override` feature also makes it the
+// process's `malloc`/`free` (exported, so libc's own calls resolve to it too):
+// librdkafka allocates and frees per record, and glibc's malloc was a tenth
+// of the bridge's samples during a drain; with it `bench_bridge` used 5.6
+// instead of 6.2 µs of CPU per event.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
