@@ -20,6 +20,14 @@ use store_agent::outbox::{Outbox, OutboxConfig};
 use store_agent::{config, devices, metrics, shutdown};
 use tokio_util::sync::CancellationToken;
 
+// mimalloc as Rust's allocator and, with the `override` feature, as the
+// process's malloc (SQLite's page cache and statements too). The outbox
+// writer and the HTTP workers allocate per sale; against glibc malloc
+// `bench_agent` measured about a tenth less CPU per sale and a tenth more
+// ingest (binaries alternated round by round on the same machine).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "store-agent", version, about = "StoreLink edge agent")]
 struct Cli {
