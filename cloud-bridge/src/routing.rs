@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use protocol::batch::RawBatch;
-use protocol::checked_envelope::CheckedEnvelope;
+use protocol::checked_envelope::{CheckedBatch, CheckedEnvelope};
 use protocol::topics::{self, KafkaTopic};
 use protocol::{EventBody, EventId, EventKind, RawEnvelope};
 use serde::Deserialize;
@@ -119,6 +119,27 @@ pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> Routed
             )
         }
     };
+    // Fast path: a batch as agents encode it, every event publishable, read
+    // in one pass. Anything else takes the split-then-decode path below,
+    // which accepts the same batches and gives each reject its reason.
+    if let Some(batch) = CheckedBatch::parse_fast(text) {
+        let publishable = batch.store_id == topic_store
+            && batch
+                .events
+                .iter()
+                .all(|(env, range)| env.store_id == topic_store && range.len() <= max_event_bytes);
+        if publishable {
+            return RoutedMessage {
+                topic_store: Some(topic_store.to_owned()),
+                batch_id: Some(batch.batch_id),
+                decisions: batch
+                    .events
+                    .into_iter()
+                    .map(|(env, range)| publish(&env, range))
+                    .collect(),
+            };
+        }
+    }
     let batch = match RawBatch::parse_str(text) {
         Ok(b) => b,
         Err(e) => {
@@ -176,15 +197,7 @@ fn route_event(
     // goes through the steps below, which also say what is wrong.
     if let Some(env) = CheckedEnvelope::parse_fast(text) {
         if env.store_id == topic_store {
-            return Decision::Publish(PublishEvent {
-                id: env.id,
-                kind: env.kind,
-                topic: KafkaTopic::for_kind(env.kind),
-                key: topics::partition_key(env.kind, env.store_id, &env.source.device_id),
-                value: range,
-                schema_version: env.schema_version,
-                recorded_at: env.recorded_at,
-            });
+            return publish(&env, range);
         }
     }
     let env = match RawEnvelope::parse_str(text) {
@@ -221,6 +234,18 @@ fn route_event(
         topic: KafkaTopic::for_kind(kind),
         key: topics::partition_key_of(kind, &env),
         value: range,
+        schema_version: env.schema_version,
+        recorded_at: env.recorded_at,
+    })
+}
+
+fn publish(env: &CheckedEnvelope<'_>, value: Range<usize>) -> Decision {
+    Decision::Publish(PublishEvent {
+        id: env.id,
+        kind: env.kind,
+        topic: KafkaTopic::for_kind(env.kind),
+        key: topics::partition_key(env.kind, env.store_id, &env.source.device_id),
+        value,
         schema_version: env.schema_version,
         recorded_at: env.recorded_at,
     })
@@ -289,6 +314,46 @@ mod tests {
                 Decision::DeadLetter(dl) => dl.reason,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_one_pass_and_the_split_path_publish_alike() {
+        let events = sample_json("store-1");
+        let encoded = batch_of("store-1", &events);
+        // The same batch with a space between events takes the split path.
+        let spaced = format!(
+            r#"{{"batch_id":"{}","store_id":"store-1","events":[{}]}}"#,
+            uuid::Uuid::now_v7(),
+            events
+                .iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let topic = topics::store_events_topic("store-1");
+        let published = |payload: &[u8]| -> Vec<String> {
+            route(&topic, payload, MAX)
+                .decisions
+                .iter()
+                .map(|d| match d {
+                    Decision::Publish(p) => format!(
+                        "{} {:?} {:?} {} {} {} {}",
+                        p.id,
+                        p.kind,
+                        p.topic,
+                        p.key,
+                        p.schema_version,
+                        p.recorded_at,
+                        String::from_utf8_lossy(&payload[p.value.clone()])
+                    ),
+                    Decision::DeadLetter(dl) => format!("dead {}", dl.reason),
+                })
+                .collect()
+        };
+        assert!(CheckedBatch::parse_fast(std::str::from_utf8(&encoded).expect("utf-8")).is_some());
+        assert!(CheckedBatch::parse_fast(&spaced).is_none());
+        assert_eq!(published(&encoded), published(spaced.as_bytes()));
+        assert_eq!(published(&encoded).len(), events.len());
     }
 
     #[test]

@@ -48,6 +48,79 @@ impl<'a> CheckedEnvelope<'a> {
     }
 }
 
+/// A batch read in one pass: each event decoded by [`CheckedEnvelope`]'s
+/// reader straight from the batch text, with the byte range of its JSON.
+///
+/// Splitting a batch into raw events first ([`crate::batch::RawBatch`])
+/// scans every byte once to find where each event ends and again to decode
+/// it; on the bridge the split alone was a quarter of routing (0.58 of
+/// 2.32 µs per event). This reads batches laid out exactly as
+/// [`crate::batch::encode_batch`] writes them — `batch_id`, `store_id`,
+/// `events` in that order, no whitespace, the store id without escapes —
+/// and returns `None` for anything else, including any event
+/// [`CheckedEnvelope::parse_fast`] would not accept: the caller then takes
+/// the split-then-decode path, which accepts the same batches and says
+/// what is wrong with the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedBatch<'a> {
+    pub batch_id: uuid::Uuid,
+    pub store_id: &'a str,
+    /// Every event with the range of its bytes in the batch text.
+    pub events: Vec<(CheckedEnvelope<'a>, std::ops::Range<usize>)>,
+}
+
+impl<'a> CheckedBatch<'a> {
+    pub fn parse_fast(text: &'a str) -> Option<CheckedBatch<'a>> {
+        let rest = text.strip_prefix(r#"{"batch_id":""#)?;
+        let batch_id = uuid::Uuid::try_parse(rest.get(..36)?).ok()?;
+        let rest = rest.get(36..)?.strip_prefix(r#"","store_id":"#)?;
+        let mut pos = text.len() - rest.len();
+        let mut strings = serde_json::Deserializer::from_str(rest).into_iter::<&'a str>();
+        let store_id = strings.next()?.ok()?;
+        pos += strings.byte_offset();
+        let rest = text.get(pos..)?.strip_prefix(r#","events":["#)?;
+        pos = text.len() - rest.len();
+        let bytes = text.as_bytes();
+        let mut events = Vec::new();
+        if bytes.get(pos) == Some(&b']') {
+            pos += 1;
+        } else {
+            loop {
+                // An event starts right here: whitespace would make its
+                // range differ from the raw event's.
+                if bytes.get(pos) != Some(&b'{') {
+                    return None;
+                }
+                let mut stream =
+                    serde_json::Deserializer::from_str(text.get(pos..)?).into_iter::<Fast<'a>>();
+                let env = stream.next()?.ok()?.0;
+                let end = pos + stream.byte_offset();
+                events.push((env, pos..end));
+                pos = end + 1;
+                match bytes.get(end) {
+                    Some(b',') => {}
+                    Some(b']') => break,
+                    _ => return None,
+                }
+            }
+        }
+        (text.get(pos..)? == "}").then_some(CheckedBatch {
+            batch_id,
+            store_id,
+            events,
+        })
+    }
+}
+
+/// [`CheckedEnvelope`]'s reader as a `Deserialize`, for a stream of events.
+struct Fast<'a>(CheckedEnvelope<'a>);
+
+impl<'de> Deserialize<'de> for Fast<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Fast<'de>, D::Error> {
+        d.deserialize_map(EnvelopeVisitor).map(Fast)
+    }
+}
+
 enum Field {
     Id,
     Schema,
@@ -352,6 +425,113 @@ mod tests {
             let dup = text.replacen('{', "{\"schema_version\":1,", 1);
             assert_eq!(one_pass(&dup), None);
             assert_eq!(two_step(&dup), None);
+        }
+    }
+
+    /// Batch id, store id, and each event's header with its byte range.
+    type BatchView = (uuid::Uuid, String, Vec<(Header, std::ops::Range<usize>)>);
+
+    /// What the split-then-decode path makes of a batch when every event in
+    /// it passes: batch id, store id, each event's header and byte range.
+    fn split_then_decode(text: &str) -> Option<BatchView> {
+        let batch = crate::batch::RawBatch::parse_str(text).ok()?;
+        let mut events = Vec::new();
+        for raw in &batch.events {
+            let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+            events.push((one_pass(raw.get())?, start..start + raw.get().len()));
+        }
+        Some((batch.batch_id, batch.store_id.into_owned(), events))
+    }
+
+    fn batch_in_one_pass(text: &str) -> Option<BatchView> {
+        let b = CheckedBatch::parse_fast(text)?;
+        let events = b
+            .events
+            .into_iter()
+            .map(|(e, r)| {
+                (
+                    (
+                        e.id,
+                        e.kind,
+                        e.schema_version,
+                        e.store_id.to_owned(),
+                        e.source,
+                        e.recorded_at,
+                    ),
+                    r,
+                )
+            })
+            .collect();
+        Some((b.batch_id, b.store_id.to_owned(), events))
+    }
+
+    fn sample_batch(events: &[Vec<u8>]) -> String {
+        let bytes = crate::batch::encode_batch(
+            uuid::Uuid::now_v7(),
+            "store-0042",
+            events.iter().map(Vec::as_slice),
+        );
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    #[test]
+    fn encoded_batches_read_in_one_pass_as_split_then_decoded() {
+        let events: Vec<Vec<u8>> = crate::samples::envelopes("store-0042")
+            .iter()
+            .map(|e| e.to_json())
+            .collect();
+        for n in [0, 1, events.len()] {
+            let text = sample_batch(&events[..n]);
+            let fast = batch_in_one_pass(&text).expect("an encoded batch reads in one pass");
+            assert_eq!(Some(fast.clone()), split_then_decode(&text), "{text}");
+            assert_eq!(fast.2.len(), n);
+            for ((_, range), original) in fast.2.iter().zip(&events) {
+                assert_eq!(text.as_bytes()[range.clone()], original[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn anything_but_the_encoded_layout_is_left_to_the_split() {
+        let events: Vec<Vec<u8>> = crate::samples::envelopes("store-0042")
+            .iter()
+            .map(|e| e.to_json())
+            .collect();
+        let text = sample_batch(&events);
+        let id = &text[13..49];
+        let variants = [
+            // Whitespace between events, after the array, around the object.
+            format!(
+                r#"{{"batch_id":"{id}","store_id":"store-0042","events":[{}]}}"#,
+                events
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(e).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            format!("{}] }}", &text[..text.len() - 2]),
+            format!("{text} "),
+            // Fields in another order, an extra field, an escaped store id.
+            text.replacen(
+                &format!(r#"{{"batch_id":"{id}","store_id":"store-0042","#),
+                &format!(r#"{{"store_id":"store-0042","batch_id":"{id}","#),
+                1,
+            ),
+            format!(r#"{}],"x":1}}"#, &text[..text.len() - 2]),
+            text.replacen(
+                r#""store_id":"store-0042""#,
+                r#""store_id":"store\u002d0042""#,
+                1,
+            ),
+            // A batch id in another form, an event that does not decode.
+            text.replacen(id, &id.replace('-', ""), 1),
+            text.replacen(r#""schema_version":1"#, r#""schema_version":99"#, 1),
+            // Not a batch at all.
+            text[..text.len() - 1].to_owned(),
+        ];
+        for v in &variants {
+            assert_ne!(v, &text, "the variant must differ");
+            assert_eq!(CheckedBatch::parse_fast(v), None, "{v}");
         }
     }
 }
