@@ -17,13 +17,13 @@
 //!   means unlimited, and Mosquitto 2.0.11 (Debian 12) breaks it, sending a
 //!   client that acks in order its whole backlog (6,000 messages, 600 MB of
 //!   bridge memory in `bench_bridge`; see `scripts/mosquitto.sh`), and
-//!   MQTT 3.1.1 has no receive maximum. Nor can the loop simply stop reading: the broker's PUBACKs for
-//!   our receipts queue behind that backlog, so receipts, then acks, then
-//!   the whole pipeline would wait on reads that wait on the pipeline. So
-//!   when the queue is full the loop *defers*: it leaves that message and
-//!   every later one unacked and undelivered (later ones too, so each
-//!   store's order holds), keeps reading, and once the queue has drained it
-//!   reconnects. The persistent session then redelivers every unacked
+//!   MQTT 3.1.1 has no receive maximum. Nor can the loop simply stop
+//!   reading: the broker's PUBACKs for our receipts queue behind that
+//!   backlog, so receipts, then acks, then the whole pipeline would wait on
+//!   reads that wait on the pipeline. So when the queue is full the loop
+//!   *defers*: it leaves that message and every later one unacked and
+//!   undelivered (later ones too, so each store's order holds), keeps
+//!   reading, and once the queue has drained it reconnects. The persistent session then redelivers every unacked
 //!   message in order; copies of those still in the pipeline are settled by
 //!   the de-duplication window.
 
@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
+use crate::metrics::Metrics;
 
 /// Messages received and not yet taken by the pipeline. With the pipeline's
 /// `limits.max_messages_in_flight`, this bounds the MQTT payloads the bridge
@@ -44,7 +45,6 @@ pub const RECEIVED_QUEUE: usize = 512;
 
 /// How often a deferring loop checks whether the queue has drained.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
-use crate::metrics::Metrics;
 
 /// Connection state read by `/readyz`.
 #[derive(Debug, Default)]

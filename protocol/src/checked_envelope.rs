@@ -41,10 +41,7 @@ impl<'a> CheckedEnvelope<'a> {
     /// `Some` only if [`crate::RawEnvelope::parse_str`], its `check_header`
     /// and [`crate::EventBody::from_json`] would all succeed on `text`.
     pub fn parse_fast(text: &'a str) -> Option<CheckedEnvelope<'a>> {
-        let mut de = serde_json::Deserializer::from_str(text);
-        let env = de.deserialize_map(EnvelopeVisitor).ok()?;
-        de.end().ok()?;
-        Some(env)
+        serde_json::from_str::<Fast<'a>>(text).ok().map(|f| f.0)
     }
 }
 
@@ -112,7 +109,7 @@ impl<'a> CheckedBatch<'a> {
     }
 }
 
-/// [`CheckedEnvelope`]'s reader as a `Deserialize`, for a stream of events.
+/// [`CheckedEnvelope`]'s reader as a `Deserialize`, for one event or a stream.
 struct Fast<'a>(CheckedEnvelope<'a>);
 
 impl<'de> Deserialize<'de> for Fast<'de> {
@@ -273,17 +270,19 @@ mod tests {
         ))
     }
 
+    fn header(e: CheckedEnvelope<'_>) -> Header {
+        (
+            e.id,
+            e.kind,
+            e.schema_version,
+            e.store_id.to_owned(),
+            e.source,
+            e.recorded_at,
+        )
+    }
+
     fn one_pass(text: &str) -> Option<Header> {
-        CheckedEnvelope::parse_fast(text).map(|e| {
-            (
-                e.id,
-                e.kind,
-                e.schema_version,
-                e.store_id.to_owned(),
-                e.source,
-                e.recorded_at,
-            )
-        })
+        CheckedEnvelope::parse_fast(text).map(header)
     }
 
     /// JSON text with `body` last, as encoders write it (`serde_json::Value`
@@ -445,23 +444,7 @@ mod tests {
 
     fn batch_in_one_pass(text: &str) -> Option<BatchView> {
         let b = CheckedBatch::parse_fast(text)?;
-        let events = b
-            .events
-            .into_iter()
-            .map(|(e, r)| {
-                (
-                    (
-                        e.id,
-                        e.kind,
-                        e.schema_version,
-                        e.store_id.to_owned(),
-                        e.source,
-                        e.recorded_at,
-                    ),
-                    r,
-                )
-            })
-            .collect();
+        let events = b.events.into_iter().map(|(e, r)| (header(e), r)).collect();
         Some((b.batch_id, b.store_id.to_owned(), events))
     }
 
