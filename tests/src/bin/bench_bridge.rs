@@ -13,7 +13,12 @@
 //!    bridge's persistent session (the bridge is stopped meanwhile); then the
 //!    bridge starts and drains them. Rate = events / (last − first publish),
 //!    read from the bridge's own `events_published_total`.
-//! 3. CPU cost of routing one event (envelope parse + header check + full
+//! 3. Rounds: one warm-up round of both (not counted: the broker is a cold
+//!    JVM at first), then `BENCH_ROUNDS` rounds; the figures are medians.
+//!    Each ProducerPerformance run is a fresh JVM, so a short run measures
+//!    it partly interpreted: the ceiling climbs with EVENTS (BENCHMARKS.md
+//!    gives both 300,000 and 900,000).
+//! 4. CPU cost of routing one event (envelope parse + header check + full
 //!    typed body decode) in this process, to show what the decode costs.
 
 use std::process::Command;
@@ -63,10 +68,22 @@ fn main() -> Result<()> {
     // medians, and every round is printed.
     let rounds = harness::bench::rounds();
     let kafka = Kafka::start()?;
+    // A fresh broker is a cold JVM: its first seconds of traffic run
+    // interpreted code, and it keeps getting cheaper per record over the
+    // first rounds (its CPU share fell from 0.65 to 0.35 of a core across
+    // three rounds). So one whole round, the producer tool and the bridge
+    // alike, runs first and is not counted.
+    println!("== warm-up round (not counted)");
+    let warm = producer_performance(&kafka, "bench.warmup", events, &sales)?;
+    println!("ProducerPerformance: {}", warm.summary);
+    bridge_rate(&kafka, events, per_batch)?;
     let mut results = Vec::new();
     for round in 1..=rounds {
         println!("== round {round} of {rounds}");
-        let ceiling = ceiling(&kafka, round, events, &sales)?;
+        let ceiling =
+            producer_performance(&kafka, &format!("bench.ceiling.{round}"), events, &sales)?;
+        println!("ProducerPerformance: {}", ceiling.summary);
+        let ceiling = ceiling.rate;
         println!("ceiling (ProducerPerformance, acks=all, idempotent, lz4): {ceiling:.0} events/s");
         let bridge = bridge_rate(&kafka, events, per_batch)?;
         println!(
@@ -127,9 +144,20 @@ fn routing_cost(sales: &[Vec<u8>]) -> (f64, f64) {
     (with, without)
 }
 
-fn ceiling(kafka: &Kafka, round: usize, events: usize, sales: &[Vec<u8>]) -> Result<f64> {
-    let topic = format!("bench.ceiling.{round}");
-    kafka.create_topics(&[(topic.as_str(), PARTITIONS)])?;
+/// What one ProducerPerformance run printed.
+struct ProducerRun {
+    rate: f64,
+    summary: String,
+}
+
+/// Kafka's own producer tool, with the bridge's producer settings.
+fn producer_performance(
+    kafka: &Kafka,
+    topic: &str,
+    events: usize,
+    sales: &[Vec<u8>],
+) -> Result<ProducerRun> {
+    kafka.create_topics(&[(topic, PARTITIONS)])?;
     let dir = tempfile::tempdir()?;
     let payloads = dir.path().join("sales.jsonl");
     let mut text = Vec::new();
@@ -141,7 +169,7 @@ fn ceiling(kafka: &Kafka, round: usize, events: usize, sales: &[Vec<u8>]) -> Res
     let out = Command::new("bash")
         .arg(harness::kafka::script_path())
         .args(["run", "org.apache.kafka.tools.ProducerPerformance"])
-        .args(["--topic", &topic, "--num-records", &events.to_string()])
+        .args(["--topic", topic, "--num-records", &events.to_string()])
         .args(["--throughput", "-1", "--payload-delimiter", "\n"])
         .arg("--payload-file")
         .arg(&payloads)
@@ -169,12 +197,16 @@ fn ceiling(kafka: &Kafka, round: usize, events: usize, sales: &[Vec<u8>]) -> Res
         .rev()
         .find(|l| l.contains("records sent"))
         .context("no summary line from ProducerPerformance")?;
-    println!("ProducerPerformance: {last}");
-    last.split(", ")
+    let rate = last
+        .split(", ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .context("cannot read records/sec")
+        .context("cannot read records/sec")?;
+    Ok(ProducerRun {
+        rate,
+        summary: last.to_owned(),
+    })
 }
 
 fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<f64> {
