@@ -110,7 +110,7 @@ impl DedupeWindow {
     /// while the first million events go through: exactly when a restarted
     /// bridge works through the backlog stores queued meanwhile (`perf` put
     /// those faults at 6 % of a draining bridge's CPU). Start-up pays it
-    /// instead, about 0.2 s for the default window, and the resident memory
+    /// instead, about 60 ms for the default window, and the resident memory
     /// is what it will be under load from the first minute, so a pod's
     /// memory limit that is too small fails at start, not mid-backlog.
     fn touch_reserved_memory(&mut self, slots: usize) {
