@@ -15,7 +15,9 @@
 //!
 //! Run: `cargo build --release --workspace --bins && cargo run --release -p storelink-tests --bin bench_agent`
 //! (`BENCH_SECONDS` sets each throughput phase's length, default 10;
-//! `BENCH_DRAIN_EVENTS` the backlog size, default 1,000,000.)
+//! `BENCH_DRAIN_EVENTS` the backlog size, default 1,000,000;
+//! `BENCH_AGENT_ALT=path` runs another `store-agent` binary in even rounds,
+//! for A/B comparisons under the same machine drift.)
 
 use std::path::Path;
 use std::process::Command;
@@ -90,7 +92,16 @@ fn main() -> Result<()> {
         let http_port = free_port()?;
         let dead_port = free_port()?;
         let profile = write_profile(dir.path(), http_port, dead_port)?;
-        let mut agent = start_agent(dir.path(), &profile, http_port)?;
+        // BENCH_AGENT_ALT=path: even rounds run that agent binary instead,
+        // an A/B comparison under the same machine drift.
+        let alt = std::env::var_os("BENCH_AGENT_ALT").filter(|_| round % 2 == 0);
+        let mut agent = match alt {
+            Some(bin) => {
+                println!("         (round {round} runs {})", bin.to_string_lossy());
+                start_agent_binary(bin.into(), dir.path(), &profile, http_port)?
+            }
+            None => start_agent(dir.path(), &profile, http_port)?,
+        };
         let cpu = CpuMeter::start(agent.pid());
         let ingest = rt.block_on(closed_loop(http_port, Duration::from_secs(secs)))?;
         let (ingest_rate, ingest_errors) = (ingest.rate, ingest.errors);
@@ -407,7 +418,16 @@ fn write_profile(dir: &Path, http_port: u16, cloud_port: u16) -> Result<std::pat
 }
 
 fn start_agent(dir: &Path, profile: &Path, http_port: u16) -> Result<ChildProcess> {
-    let mut cmd = Command::new(bin_path("store-agent")?);
+    start_agent_binary(bin_path("store-agent")?, dir, profile, http_port)
+}
+
+fn start_agent_binary(
+    bin: std::path::PathBuf,
+    dir: &Path,
+    profile: &Path,
+    http_port: u16,
+) -> Result<ChildProcess> {
+    let mut cmd = Command::new(bin);
     cmd.arg("run").arg("--profile").arg(profile).env(
         "RUST_LOG",
         std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
