@@ -19,9 +19,13 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-# Building the Mosquitto broker (scripts/mosquitto.sh).
+# Building the Mosquitto broker (scripts/mosquitto.sh), with TLS.
 command -v make >/dev/null 2>&1 || missing+=(make)
 [[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
+# librdkafka's TLS to Kafka links OpenSSL found through pkg-config; the TLS
+# tests make their certificates with the openssl command.
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if ((${#missing[@]})); then
     echo "install-deps: installing ${missing[*]}" >&2

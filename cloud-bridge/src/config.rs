@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -74,6 +74,18 @@ pub struct RawMqtt {
     pub max_packet_bytes: Option<i64>,
     pub request_channel_capacity: Option<i64>,
     pub outgoing_inflight: Option<i64>,
+    pub tls: Option<RawMqttTls>,
+}
+
+/// `[mqtt.tls]`: TLS to the broker. `ca_file` is the CA that signed the
+/// broker's certificate; `cert_file` and `key_file`, together, are the
+/// bridge's own certificate for brokers that require one (mutual TLS).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -146,6 +158,28 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub request_channel_capacity: usize,
     pub outgoing_inflight: u16,
+    pub tls: Option<MqttTls>,
+}
+
+/// TLS material, read and checked when the configuration is validated, so a
+/// missing or wrong file stops the bridge at start with the file's name
+/// instead of failing every connection attempt later.
+#[derive(Clone)]
+pub struct MqttTls {
+    /// PEM certificates the broker's certificate must chain to.
+    pub ca_pem: Vec<u8>,
+    /// PEM certificate chain and private key of the bridge (mutual TLS).
+    pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for MqttTls {
+    // Never the key's bytes in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttTls")
+            .field("ca_pem_bytes", &self.ca_pem.len())
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +188,10 @@ pub struct KafkaConfig {
     pub ensure_topics_at_startup: bool,
     /// Producer properties handed to librdkafka (defaults merged with `extra`).
     pub producer: BTreeMap<String, String>,
+    /// The `security.*`, `ssl.*` and `sasl.*` entries of `extra`: how to
+    /// reach the cluster at all, so the admin client (`topics ensure`) gets
+    /// them as well as the producer.
+    pub connection: BTreeMap<String, String>,
     pub message_max_bytes: usize,
     pub retry_max_backoff: Duration,
 }
@@ -246,7 +284,22 @@ impl RawConfig {
     }
 
     /// Checks everything and returns the typed config or every problem found.
-    pub fn validate(self, mut errors: Vec<String>) -> Result<Config, ConfigError> {
+    pub fn validate(self, errors: Vec<String>) -> Result<Config, ConfigError> {
+        self.validate_with(errors, Files::Read)
+    }
+
+    /// As [`Self::validate`]; with [`Files::Skip`] the TLS files are named
+    /// but not read (linting a deployment's config away from its Secrets).
+    pub fn validate_with(
+        self,
+        mut errors: Vec<String>,
+        files: Files,
+    ) -> Result<Config, ConfigError> {
+        let tls = self
+            .mqtt
+            .tls
+            .as_ref()
+            .and_then(|t| validate_tls(t, files, &mut errors));
         let mut range = |name: &str, v: Option<i64>, default: i64, min: i64, max: i64| -> i64 {
             let v = v.unwrap_or(default);
             if v < min || v > max {
@@ -256,7 +309,9 @@ impl RawConfig {
                 v
             }
         };
-        let port = range("mqtt.port", self.mqtt.port, 1883, 1, 65535);
+        // 8883 is MQTT over TLS's registered port.
+        let default_port = if self.mqtt.tls.is_some() { 8883 } else { 1883 };
+        let port = range("mqtt.port", self.mqtt.port, default_port, 1, 65535);
         let keep_alive_s = range("mqtt.keep_alive_s", self.mqtt.keep_alive_s, 30, 1, 65535);
         let max_packet = range(
             "mqtt.max_packet_bytes",
@@ -474,6 +529,13 @@ impl RawConfig {
         ] {
             producer.insert(k.to_owned(), v);
         }
+        let connection: BTreeMap<String, String> = self
+            .kafka
+            .extra
+            .iter()
+            .filter(|(k, _)| is_connection_property(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         producer.extend(self.kafka.extra);
         // Validated above: every conversion below is in range.
         Ok(Config {
@@ -489,11 +551,13 @@ impl RawConfig {
                 max_packet_bytes: max_packet as usize,
                 request_channel_capacity: req_cap as usize,
                 outgoing_inflight: out_inflight as u16,
+                tls,
             },
             kafka: KafkaConfig {
                 bootstrap,
                 ensure_topics_at_startup: self.kafka.ensure_topics_at_startup.unwrap_or(true),
                 producer,
+                connection,
                 message_max_bytes: msg_max as usize,
                 retry_max_backoff: Duration::from_millis(retry_backoff as u64),
             },
@@ -532,12 +596,93 @@ fn check_id(name: &str, v: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// Whether validation reads the files the config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    Read,
+    Skip,
+}
+
 /// Reads, overrides from the process environment, validates.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    check(path, Files::Read)
+}
+
+/// [`load`], optionally without reading the TLS files (`cloud-bridge check`).
+pub fn check(path: &Path, files: Files) -> Result<Config, ConfigError> {
     let mut raw = RawConfig::from_file(path)?;
     let mut errors = Vec::new();
     raw.apply_env(|k| std::env::var(k).ok(), &mut errors);
-    raw.validate(errors)
+    raw.validate_with(errors, files)
+}
+
+/// librdkafka properties every client needs to reach the cluster.
+fn is_connection_property(key: &str) -> bool {
+    ["security.", "ssl.", "sasl."]
+        .iter()
+        .any(|p| key.starts_with(p))
+}
+
+/// Reads `[mqtt.tls]`'s files, pushing one error per problem.
+fn validate_tls(t: &RawMqttTls, files: Files, errors: &mut Vec<String>) -> Option<MqttTls> {
+    let read_pem = |key: &str, path: &Path, label: &str, errors: &mut Vec<String>| match files {
+        Files::Read => read_pem(key, path, label, errors),
+        Files::Skip => Some(Vec::new()),
+    };
+    let ca = match &t.ca_file {
+        Some(p) => read_pem("mqtt.tls.ca_file", p, "CERTIFICATE", errors),
+        None => {
+            errors.push("mqtt.tls.ca_file is required with [mqtt.tls]".to_owned());
+            None
+        }
+    };
+    let client_auth = match (&t.cert_file, &t.key_file) {
+        (Some(c), Some(k)) => Some((
+            read_pem("mqtt.tls.cert_file", c, "CERTIFICATE", errors),
+            read_pem("mqtt.tls.key_file", k, "PRIVATE KEY", errors),
+        )),
+        (None, None) => None,
+        _ => {
+            errors.push("mqtt.tls.cert_file and mqtt.tls.key_file go together".to_owned());
+            None
+        }
+    };
+    match (ca, client_auth) {
+        (Some(ca_pem), None) => Some(MqttTls {
+            ca_pem,
+            client_auth: None,
+        }),
+        (Some(ca_pem), Some((Some(cert), Some(key)))) => Some(MqttTls {
+            ca_pem,
+            client_auth: Some((cert, key)),
+        }),
+        _ => None,
+    }
+}
+
+/// The file's bytes if it is readable PEM holding a `BEGIN … {label}` block.
+fn read_pem(key: &str, path: &Path, label: &str, errors: &mut Vec<String>) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let found = text.lines().any(|l| {
+                l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----"))
+            });
+            if found {
+                Some(bytes)
+            } else {
+                errors.push(format!(
+                    "{key} {}: no PEM {label} in the file",
+                    path.display()
+                ));
+                None
+            }
+        }
+        Err(e) => {
+            errors.push(format!("{key} {}: {e}", path.display()));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -614,6 +759,90 @@ mod tests {
         assert_eq!(c.topics, d.topics);
         assert_eq!(c.kafka.producer, d.kafka.producer);
         assert_eq!(c.limits.max_events_in_flight, d.limits.max_events_in_flight);
+    }
+
+    #[test]
+    fn the_fleet_config_is_valid() {
+        // What the StatefulSet mounts; the TLS files live in Secrets.
+        let mut raw = RawConfig::from_toml(include_str!("../../k3s/cloud/bridge.toml"), "fleet")
+            .expect("k3s/cloud/bridge.toml parses");
+        let mut errors = Vec::new();
+        raw.apply_env(|_| None, &mut errors);
+        let c = raw
+            .validate_with(errors, Files::Skip)
+            .expect("k3s/cloud/bridge.toml is valid");
+        assert_eq!((c.mqtt.port, c.mqtt.tls.is_some()), (8883, true));
+        assert_eq!(
+            c.kafka
+                .connection
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("ssl")
+        );
+        assert_eq!(
+            c.kafka
+                .producer
+                .get("security.protocol")
+                .map(String::as_str),
+            Some("ssl")
+        );
+        assert_eq!(
+            (c.topics.replication_factor, c.topics.min_insync_replicas),
+            (3, 2)
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_up_front() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let not_pem = dir.path().join("key.txt");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let c = validate(
+            &format!(
+                "[mqtt.tls]\nca_file = {:?}\n[kafka]\nbootstrap = \"x:1\"\n",
+                ca.display().to_string()
+            ),
+            &[],
+        )
+        .expect("CA only is valid");
+        assert_eq!(c.mqtt.port, 8883, "TLS defaults to MQTT's TLS port");
+        assert!(c.mqtt.tls.as_ref().is_some_and(|t| t.client_auth.is_none()));
+
+        let err = validate(
+            &format!(
+                "[mqtt.tls]\nca_file = \"/nonexistent/ca.crt\"\ncert_file = {:?}\nkey_file = {:?}\n",
+                ca.display().to_string(),
+                not_pem.display().to_string()
+            ),
+            &[],
+        )
+        .expect_err("missing CA and a key that is not PEM");
+        let text = err.to_string();
+        assert!(
+            text.contains("mqtt.tls.ca_file /nonexistent/ca.crt"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mqtt.tls.key_file") && text.contains("no PEM PRIVATE KEY"),
+            "{text}"
+        );
+
+        let err = validate(
+            &format!(
+                "[mqtt.tls]\nca_file = {:?}\ncert_file = {:?}\n",
+                ca.display().to_string(),
+                ca.display().to_string()
+            ),
+            &[],
+        )
+        .expect_err("cert without key");
+        assert!(err.to_string().contains("go together"), "{err}");
     }
 
     #[test]

@@ -139,7 +139,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
 async fn ensure_topics_until_done(cfg: &Config, shutdown: &CancellationToken) {
     let mut pause = Duration::from_millis(500);
     loop {
-        match topics_admin::ensure(&cfg.kafka.bootstrap, &cfg.topics, true).await {
+        match topics_admin::ensure(
+            &cfg.kafka.bootstrap,
+            &cfg.kafka.connection,
+            &cfg.topics,
+            true,
+        )
+        .await
+        {
             Ok(report) => {
                 for l in &report.lines {
                     tracing::info!("topic {l}");

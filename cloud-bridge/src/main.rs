@@ -38,6 +38,15 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Validate a config file and report every problem; connects to nothing.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Name the TLS files but do not read them (linting a deployment's
+        /// config away from the Secrets it mounts).
+        #[arg(long)]
+        skip_files: bool,
+    },
     /// Manage the Kafka topics.
     Topics {
         #[command(subcommand)]
@@ -76,6 +85,9 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // rumqttc is built without a default crypto provider (aws-lc would need
+    // cmake and clang on every build host): `[mqtt.tls]` uses ring's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,12 +107,40 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Check { config, skip_files } => {
+            let files = if skip_files {
+                cloud_bridge::config::Files::Skip
+            } else {
+                cloud_bridge::config::Files::Read
+            };
+            let cfg = cloud_bridge::config::check(&config, files)?;
+            println!(
+                "{}: valid (bridge {}, MQTT {}:{}{}, Kafka {}{})",
+                config.display(),
+                cfg.bridge_id,
+                cfg.mqtt.host,
+                cfg.mqtt.port,
+                if cfg.mqtt.tls.is_some() {
+                    " over TLS"
+                } else {
+                    ""
+                },
+                cfg.kafka.bootstrap,
+                cfg.kafka
+                    .connection
+                    .get("security.protocol")
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Topics {
             cmd: TopicsCmd::Ensure { config, check },
         } => {
             let cfg = cloud_bridge::config::load(&config)?;
             let report = rt.block_on(cloud_bridge::topics_admin::ensure(
                 &cfg.kafka.bootstrap,
+                &cfg.kafka.connection,
                 &cfg.topics,
                 !check,
             ))?;

@@ -67,6 +67,13 @@ pub fn client(cfg: &MqttConfig) -> (AsyncClient, EventLoop) {
     if let Some((u, p)) = &cfg.credentials {
         o.set_credentials(u, p);
     }
+    if let Some(tls) = &cfg.tls {
+        o.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: tls.ca_pem.clone(),
+            alpn: None,
+            client_auth: tls.client_auth.clone(),
+        }));
+    }
     let (client, mut eventloop) = AsyncClient::new(o, cfg.request_channel_capacity);
     // Receipts and acks are small writes an agent waits on (one batch in
     // flight per store by default): Nagle plus delayed ACKs would add ~40 ms.

@@ -11,7 +11,7 @@
 //!
 //! The comparison ([`plan`]) is pure; only [`ensure`] talks to Kafka.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -122,12 +122,22 @@ pub struct Report {
 }
 
 /// Creates or checks (and with `fix`, repairs) every domain topic.
-pub async fn ensure(bootstrap: &str, cfg: &TopicsConfig, fix: bool) -> Result<Report, AdminError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()?,
-    );
+///
+/// `connection`: the security settings of the producer's config
+/// ([`crate::config::KafkaConfig::connection`]), so a TLS or SASL cluster is
+/// reached the same way.
+pub async fn ensure(
+    bootstrap: &str,
+    connection: &BTreeMap<String, String>,
+    cfg: &TopicsConfig,
+    fix: bool,
+) -> Result<Report, AdminError> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", bootstrap);
+    for (k, v) in connection {
+        client.set(k, v);
+    }
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(client.create()?);
     let observed = observe(Arc::clone(&admin)).await?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();

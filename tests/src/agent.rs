@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::kafka::{self, Record};
-use crate::mosquitto::{free_port, Mosquitto};
+use crate::mosquitto::{free_port, BrokerTls, Mosquitto, MosquittoOptions};
 use crate::process::{bin_path, ChildProcess};
+use crate::tls::{CertPair, TestPki};
 
 /// Terminals every test profile declares.
 pub const TERMINALS: [&str; 8] = [
@@ -37,6 +38,9 @@ pub struct StackOptions {
     pub disk_reserve_bytes: Option<u64>,
     /// `cloud.max_batches_in_flight`; `None` keeps the profile default.
     pub max_batches_in_flight: Option<usize>,
+    /// The cloud broker serves mutual TLS only (a test CA in the stack's
+    /// temp dir); agent and bridge connect with client certificates.
+    pub cloud_tls: bool,
 }
 
 impl Default for StackOptions {
@@ -50,6 +54,7 @@ impl Default for StackOptions {
             data_dir: None,
             disk_reserve_bytes: None,
             max_batches_in_flight: None,
+            cloud_tls: false,
         }
     }
 }
@@ -76,21 +81,19 @@ pub fn start_bridge(
     mqtt_port: u16,
     bootstrap: &str,
 ) -> Result<(ChildProcess, u16)> {
-    let http_port = free_port()?;
-    let config = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "bridge_id = \"{name}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"{name}\"\n\n[kafka]\nbootstrap = \"{bootstrap}\"\n\n[topics]\npartitions = 3\nreplication_factor = 1\nmin_insync_replicas = 1\n"
-        ),
-    )
-    .context("writing bridge config")?;
-    let mut cmd = Command::new(bin_path("cloud-bridge")?);
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info");
-    let bridge = ChildProcess::spawn_logging_to(name, cmd, &dir.join(format!("{name}.log")))?;
+    start_bridge_with(dir, name, mqtt_port, bootstrap, None)
+}
+
+/// [`start_bridge`], connecting over TLS with `tls`: the CA it trusts and
+/// its own client certificate.
+pub fn start_bridge_with(
+    dir: &Path,
+    name: &str,
+    mqtt_port: u16,
+    bootstrap: &str,
+    tls: Option<(&Path, &CertPair)>,
+) -> Result<(ChildProcess, u16)> {
+    let (bridge, http_port) = spawn_bridge(dir, name, mqtt_port, bootstrap, tls)?;
     wait_http_ok(
         &format!("http://127.0.0.1:{http_port}/readyz"),
         Duration::from_secs(60),
@@ -101,6 +104,42 @@ pub fn start_bridge(
             bridge.log_tail(30)
         )
     })?;
+    Ok((bridge, http_port))
+}
+
+/// Starts a `cloud-bridge` without waiting for it to be ready.
+pub fn spawn_bridge(
+    dir: &Path,
+    name: &str,
+    mqtt_port: u16,
+    bootstrap: &str,
+    tls: Option<(&Path, &CertPair)>,
+) -> Result<(ChildProcess, u16)> {
+    let http_port = free_port()?;
+    let config = dir.join(format!("{name}.toml"));
+    let tls = tls
+        .map(|(ca, own)| {
+            format!(
+                "\n[mqtt.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+                ca.display().to_string(),
+                own.cert.display().to_string(),
+                own.key.display().to_string()
+            )
+        })
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!(
+            "bridge_id = \"{name}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"{name}\"\n\n[kafka]\nbootstrap = \"{bootstrap}\"\n\n[topics]\npartitions = 3\nreplication_factor = 1\nmin_insync_replicas = 1\n{tls}"
+        ),
+    )
+    .context("writing bridge config")?;
+    let mut cmd = Command::new(bin_path("cloud-bridge")?);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    let bridge = ChildProcess::spawn_logging_to(name, cmd, &dir.join(format!("{name}.log")))?;
     Ok((bridge, http_port))
 }
 
@@ -131,20 +170,39 @@ impl StoreStack {
     }
 
     pub fn start_with(opts: StackOptions) -> Result<StoreStack> {
-        let cloud_mqtt = Mosquitto::start().context("cloud Mosquitto")?;
-        let store_mqtt = Mosquitto::start().context("store Mosquitto")?;
-        let kafka_bootstrap = kafka::shared().bootstrap().to_owned();
         let dir = tempfile::Builder::new()
             .prefix("storelink-store-")
             .tempdir()
             .context("temp dir")?;
         let store_id = format!("store-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let pki = if opts.cloud_tls {
+            let pki = TestPki::create(dir.path(), "chain-ca").context("test CA")?;
+            let broker = pki.server("cloud-broker")?;
+            let bridge = pki.client(&format!("bridge-{store_id}"))?;
+            let agent = pki.client(&format!("{store_id}-agent"))?;
+            Some((pki, broker, bridge, agent))
+        } else {
+            None
+        };
+        let cloud_mqtt = Mosquitto::start_with(MosquittoOptions {
+            tls: pki.as_ref().map(|(pki, broker, _, _)| BrokerTls {
+                ca_file: pki.ca.cert.clone(),
+                cert_file: broker.cert.clone(),
+                key_file: broker.key.clone(),
+            }),
+            ..MosquittoOptions::default()
+        })
+        .context("cloud Mosquitto")?;
+        let store_mqtt = Mosquitto::start().context("store Mosquitto")?;
+        let kafka_bootstrap = kafka::shared().bootstrap().to_owned();
         let bridge = if opts.with_bridge {
-            let (b, _) = start_bridge(
+            let (b, _) = start_bridge_with(
                 dir.path(),
                 &format!("bridge-{store_id}"),
                 cloud_mqtt.port(),
                 &kafka_bootstrap,
+                pki.as_ref()
+                    .map(|(pki, _, bridge, _)| (pki.ca.cert.as_path(), bridge)),
             )?;
             Some(b)
         } else {
@@ -189,6 +247,7 @@ port = {store_port}
 
 {terminals}
 {extra}
+{cloud_tls}
 "#,
             data_dir = data_dir.display(),
             cloud_port = cloud_mqtt.port(),
@@ -197,6 +256,15 @@ port = {store_port}
             max_bytes = opts.outbox_max_bytes,
             max_rows = opts.outbox_max_rows,
             extra = opts.extra_profile,
+            cloud_tls = pki
+                .as_ref()
+                .map(|(pki, _, _, agent)| format!(
+                    "[cloud.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+                    pki.ca.cert.display().to_string(),
+                    agent.cert.display().to_string(),
+                    agent.key.display().to_string()
+                ))
+                .unwrap_or_default(),
             window = opts
                 .max_batches_in_flight
                 .map(|w| format!("max_batches_in_flight = {w}"))

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod kafka;
 pub mod mosquitto;
 pub mod process;
+pub mod tls;

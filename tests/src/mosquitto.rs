@@ -35,6 +35,17 @@ pub struct MosquittoOptions {
     pub max_queued_messages: u32,
     /// `autosave_interval` in seconds (database snapshot period).
     pub autosave_interval_s: u32,
+    /// Serve TLS only, as the cloud broker is deployed.
+    pub tls: Option<BrokerTls>,
+}
+
+/// The broker's TLS listener: its certificate, and the CA its clients'
+/// certificates must chain to (`require_certificate true`: mutual TLS).
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Default for MosquittoOptions {
@@ -43,6 +54,7 @@ impl Default for MosquittoOptions {
             max_inflight_messages: 100,
             max_queued_messages: 0,
             autosave_interval_s: 30,
+            tls: None,
         }
     }
 }
@@ -160,8 +172,21 @@ fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
     // As root Mosquitto drops privileges to the `mosquitto` user, which could
     // not write our temp dir; `user root` keeps it as the test's user.
     let user = if running_as_root() { "user root\n" } else { "" };
+    let tls = o
+        .tls
+        .as_ref()
+        .map(|t| {
+            format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                t.ca_file.display(),
+                t.cert_file.display(),
+                t.key_file.display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         "{user}listener {port} 127.0.0.1\n\
+         {tls}\
          allow_anonymous true\n\
          set_tcp_nodelay true\n\
          persistence true\n\
