@@ -4,7 +4,10 @@
 //!   connection states in the body: a Kafka outage must not make Kubernetes
 //!   restart replicas that hold unacked messages.
 //! * `/readyz` answers 503 unless MQTT is connected with the shared
-//!   subscription granted and Kafka answers metadata requests.
+//!   subscription granted, Kafka answers metadata requests and the
+//!   idempotent producer holds its producer id (a broker that has just
+//!   started answers "coordinator load in progress" for a while, and no
+//!   record is written until then).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,10 +49,11 @@ fn status_body(h: &Health) -> (bool, String) {
     let mqtt = h.mqtt_connected.load(Ordering::Relaxed);
     let subscribed = h.subscribed.load(Ordering::Relaxed);
     let kafka = h.kafka_connected.load(Ordering::Relaxed);
+    let producer = h.kafka_producer_ready.load(Ordering::Relaxed);
     (
-        mqtt && subscribed && kafka,
+        mqtt && subscribed && kafka && producer,
         format!(
-            "{{\"mqtt_connected\":{mqtt},\"subscribed\":{subscribed},\"kafka_connected\":{kafka}}}\n"
+            "{{\"mqtt_connected\":{mqtt},\"subscribed\":{subscribed},\"kafka_connected\":{kafka},\"kafka_producer_ready\":{producer}}}\n"
         ),
     )
 }

@@ -22,7 +22,7 @@
 //! that never comes (the producer is torn down) counts as a failure, never
 //! as a delivery.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -157,9 +157,37 @@ pub enum Ticket {
 /// The producer's context: routes delivery reports to their waiters.
 pub struct SinkContext {
     metrics: Arc<Metrics>,
+    /// Whether the producer can write: with idempotence, only once it holds
+    /// a producer id. A freshly started broker answers "coordinator load in
+    /// progress" for a while, and until then every record waits.
+    producer_ready: Arc<AtomicBool>,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    /// librdkafka's statistics (`statistics.interval.ms`), read for one
+    /// field only, so a statistics layout this crate does not know cannot
+    /// keep the bridge unready.
+    fn stats_raw(&self, statistics: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Stats {
+            eos: Option<Eos>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Eos {
+            idemp_state: String,
+        }
+        match serde_json::from_slice::<Stats>(statistics) {
+            Ok(Stats { eos: Some(eos) }) => {
+                let ready = eos.idemp_state == "Assigned";
+                if self.producer_ready.swap(ready, Ordering::Relaxed) != ready {
+                    tracing::info!(state = %eos.idemp_state, ready, "Kafka idempotent producer state");
+                }
+            }
+            Ok(Stats { eos: None }) => {}
+            Err(e) => tracing::debug!(error = %e, "unreadable librdkafka statistics"),
+        }
+    }
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = Box<Ticket>;
@@ -206,6 +234,7 @@ pub type DeliveryReceiver = oneshot::Receiver<Report>;
 
 pub struct KafkaSink {
     producer: SinkProducer,
+    producer_ready: Arc<AtomicBool>,
     retry_max_backoff: Duration,
     metrics: Arc<Metrics>,
 }
@@ -214,16 +243,27 @@ impl KafkaSink {
     pub fn new(cfg: &KafkaConfig, metrics: Arc<Metrics>) -> Result<KafkaSink, SinkError> {
         let mut cc = ClientConfig::new();
         cc.set("bootstrap.servers", &cfg.bootstrap);
+        let idempotent = cfg
+            .producer
+            .get("enable.idempotence")
+            .is_some_and(|v| v == "true");
+        if idempotent {
+            // How soon readiness sees the producer id (see SinkContext).
+            cc.set("statistics.interval.ms", "500");
+        }
         for (k, v) in &cfg.producer {
             cc.set(k, v);
         }
+        let producer_ready = Arc::new(AtomicBool::new(!idempotent));
         let producer: SinkProducer = cc
             .create_with_context(SinkContext {
                 metrics: Arc::clone(&metrics),
+                producer_ready: Arc::clone(&producer_ready),
             })
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {
             producer,
+            producer_ready,
             retry_max_backoff: cfg.retry_max_backoff,
             metrics,
         })
@@ -231,6 +271,12 @@ impl KafkaSink {
 
     pub fn producer(&self) -> &SinkProducer {
         &self.producer
+    }
+
+    /// Whether records can be written now: the idempotent producer holds its
+    /// producer id (always true without idempotence).
+    pub fn producer_ready(&self) -> bool {
+        self.producer_ready.load(Ordering::Relaxed)
     }
 
     /// Hands `rec` to librdkafka with the ticket `make` builds, waiting while

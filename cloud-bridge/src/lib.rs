@@ -82,7 +82,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
 
     let sink = Arc::new(KafkaSink::new(&cfg.kafka, Arc::clone(&metrics))?);
     let kafka_watch = tokio::spawn(watch_kafka(
-        sink.producer().clone(),
+        Arc::clone(&sink),
         Arc::clone(&health),
         shutdown.clone(),
     ));
@@ -168,14 +168,12 @@ async fn ensure_topics_until_done(cfg: &Config, shutdown: &CancellationToken) {
     }
 }
 
-/// Keeps `health.kafka_connected` current with a metadata request every few seconds.
-async fn watch_kafka(
-    producer: crate::kafka_sink::SinkProducer,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
+/// Keeps `health.kafka_connected` (a metadata request every few seconds)
+/// and `health.kafka_producer_ready` current; looks more often while either
+/// is false, so readiness follows a starting or returning broker closely.
+async fn watch_kafka(sink: Arc<KafkaSink>, health: Arc<Health>, stop: CancellationToken) {
     loop {
-        let p = producer.clone();
+        let p = sink.producer().clone();
         let ok = tokio::task::spawn_blocking(move || {
             p.client()
                 .fetch_metadata(None, Duration::from_secs(3))
@@ -184,10 +182,19 @@ async fn watch_kafka(
         })
         .await
         .unwrap_or(false);
+        let producer_ready = sink.producer_ready();
         health.kafka_connected.store(ok, Ordering::Relaxed);
+        health
+            .kafka_producer_ready
+            .store(producer_ready, Ordering::Relaxed);
+        let pause = if ok && producer_ready {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct Health {
     /// The broker confirmed the shared subscription on the current connection.
     pub subscribed: AtomicBool,
     pub kafka_connected: AtomicBool,
+    /// The producer can write (its producer id is assigned, with idempotence).
+    pub kafka_producer_ready: AtomicBool,
 }
 
 /// Builds the client from validated config (rumqttc's setters assert).

@@ -15,7 +15,7 @@ use harness::agent::{StackOptions, StoreStack};
 use protocol::topics::{headers, KafkaTopic};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const SHELF_SENSORS: &str = r#"
 [[shelf_sensors]]
@@ -82,10 +82,27 @@ fn main() -> Result<()> {
         .set("group.id", format!("demo-{}", stack.store_id))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
         .create()
         .context("Kafka consumer")?;
-    let topics: Vec<&str> = KafkaTopic::ALL.iter().map(|t| t.name()).collect();
-    consumer.subscribe(&topics).context("subscribing")?;
+    // Every partition assigned directly, not subscribed as a group: a new
+    // group waits for Kafka's initial rebalance delay (3 s), and the first
+    // records printed would have looked 3 s slow for it.
+    let mut partitions = TopicPartitionList::new();
+    for topic in KafkaTopic::ALL {
+        let md = consumer
+            .fetch_metadata(Some(topic.name()), Duration::from_secs(10))
+            .with_context(|| format!("metadata of {}", topic.name()))?;
+        let count = md.topics().first().map_or(0, |t| t.partitions().len());
+        for p in 0..i32::try_from(count).context("partition count")? {
+            partitions
+                .add_partition_offset(topic.name(), p, Offset::Beginning)
+                .context("building the assignment")?;
+        }
+    }
+    consumer
+        .assign(&partitions)
+        .context("assigning partitions")?;
     let mut arrived = 0u64;
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
