@@ -625,12 +625,12 @@ fn is_connection_property(key: &str) -> bool {
 
 /// Reads `[mqtt.tls]`'s files, pushing one error per problem.
 fn validate_tls(t: &RawMqttTls, files: Files, errors: &mut Vec<String>) -> Option<MqttTls> {
-    let read_pem = |key: &str, path: &Path, label: &str, errors: &mut Vec<String>| match files {
+    let pem = |key: &str, path: &Path, label: &str, errors: &mut Vec<String>| match files {
         Files::Read => read_pem(key, path, label, errors),
         Files::Skip => Some(Vec::new()),
     };
     let ca = match &t.ca_file {
-        Some(p) => read_pem("mqtt.tls.ca_file", p, "CERTIFICATE", errors),
+        Some(p) => pem("mqtt.tls.ca_file", p, "CERTIFICATE", errors),
         None => {
             errors.push("mqtt.tls.ca_file is required with [mqtt.tls]".to_owned());
             None
@@ -638,8 +638,8 @@ fn validate_tls(t: &RawMqttTls, files: Files, errors: &mut Vec<String>) -> Optio
     };
     let client_auth = match (&t.cert_file, &t.key_file) {
         (Some(c), Some(k)) => Some((
-            read_pem("mqtt.tls.cert_file", c, "CERTIFICATE", errors),
-            read_pem("mqtt.tls.key_file", k, "PRIVATE KEY", errors),
+            pem("mqtt.tls.cert_file", c, "CERTIFICATE", errors),
+            pem("mqtt.tls.key_file", k, "PRIVATE KEY", errors),
         )),
         (None, None) => None,
         _ => {

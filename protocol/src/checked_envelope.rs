@@ -448,6 +448,14 @@ mod tests {
         Some((b.batch_id, b.store_id.to_owned(), events))
     }
 
+    /// The sample envelopes as agents encode them.
+    fn sample_events() -> Vec<Vec<u8>> {
+        crate::samples::envelopes("store-0042")
+            .iter()
+            .map(|e| e.to_json())
+            .collect()
+    }
+
     fn sample_batch(events: &[Vec<u8>]) -> String {
         let bytes = crate::batch::encode_batch(
             uuid::Uuid::now_v7(),
@@ -459,10 +467,7 @@ mod tests {
 
     #[test]
     fn encoded_batches_read_in_one_pass_as_split_then_decoded() {
-        let events: Vec<Vec<u8>> = crate::samples::envelopes("store-0042")
-            .iter()
-            .map(|e| e.to_json())
-            .collect();
+        let events = sample_events();
         for n in [0, 1, events.len()] {
             let text = sample_batch(&events[..n]);
             let fast = batch_in_one_pass(&text).expect("an encoded batch reads in one pass");
@@ -476,10 +481,7 @@ mod tests {
 
     #[test]
     fn anything_but_the_encoded_layout_is_left_to_the_split() {
-        let events: Vec<Vec<u8>> = crate::samples::envelopes("store-0042")
-            .iter()
-            .map(|e| e.to_json())
-            .collect();
+        let events = sample_events();
         let text = sample_batch(&events);
         let id = &text[13..49];
         let variants = [
