@@ -5,6 +5,7 @@
 #
 #   scripts/kafka.sh install          resolve the jars once into the cache (idempotent)
 #   scripts/kafka.sh start DIR        format DIR (first time), start, wait, print BOOTSTRAP=127.0.0.1:PORT
+#                                     (and SSL_BOOTSTRAP=127.0.0.1:PORT with KAFKA_SSL_KEYSTORE)
 #   scripts/kafka.sh stop DIR         SIGTERM (controlled shutdown), SIGKILL after KAFKA_STOP_TIMEOUT s
 #   scripts/kafka.sh kill DIR         SIGKILL at once (crash / outage tests)
 #   scripts/kafka.sh libs             print the libs folder (for `java -cp "$(scripts/kafka.sh libs)/*" ...`)
@@ -15,6 +16,11 @@
 #   STORELINK_CACHE        cache root (default ~/.cache/storelink); jars in kafka-4.1.1/libs
 #   KAFKA_PORT             client listener port (default: a free port, kept in DIR/ports)
 #   KAFKA_CONTROLLER_PORT  controller listener port (default: a free port, kept in DIR/ports)
+#   KAFKA_SSL_KEYSTORE     a PEM file with the broker's private key (PKCS#8, unencrypted) and
+#                          its certificate chain: the broker also serves TLS on a second client
+#                          listener (port kept in DIR/ports), as the fleet's brokers do
+#   KAFKA_SSL_TRUSTSTORE   with KAFKA_SSL_KEYSTORE: a PEM CA; TLS clients must then present a
+#                          certificate it signed (ssl.client.auth=required)
 #   KAFKA_NUM_PARTITIONS   num.partitions for topics created without a count (default 3)
 #   KAFKA_AUTO_CREATE_TOPICS  auto.create.topics.enable (default false: the bridge
 #                          creates its topics with `cloud-bridge topics ensure`, so a
@@ -88,16 +94,30 @@ port_open() {
 }
 
 write_configs() {
-    local dir="$1" port="$2" cport="$3"
+    local dir="$1" port="$2" cport="$3" sport="$4"
+    local listeners="PLAINTEXT://127.0.0.1:$port" ssl_config=""
+    if [[ -n "$sport" ]]; then
+        listeners="$listeners,SSL://127.0.0.1:$sport"
+        # PEM stores (KIP-651): no keytool, the same files openssl made.
+        ssl_config="ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_SSL_KEYSTORE"
+        if [[ -n "${KAFKA_SSL_TRUSTSTORE:-}" ]]; then
+            ssl_config="$ssl_config
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_SSL_TRUSTSTORE
+ssl.client.auth=required"
+        fi
+    fi
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,CONTROLLER:PLAINTEXT
+$ssl_config
 log.dirs=$dir/data
 num.partitions=${KAFKA_NUM_PARTITIONS:-3}
 auto.create.topics.enable=${KAFKA_AUTO_CREATE_TOPICS:-false}
@@ -150,17 +170,30 @@ cmd_start() {
     if [[ -f "$dir/kafka.pid" ]] && kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null; then
         die "a broker already runs from $dir (pid $(cat "$dir/kafka.pid")); stop it first"
     fi
-    local port cport
+    local port cport sport=""
+    if [[ -n "${KAFKA_SSL_KEYSTORE:-}" ]]; then
+        [[ -r "$KAFKA_SSL_KEYSTORE" ]] || die "KAFKA_SSL_KEYSTORE $KAFKA_SSL_KEYSTORE is not readable"
+        if [[ -n "${KAFKA_SSL_TRUSTSTORE:-}" && ! -r "$KAFKA_SSL_TRUSTSTORE" ]]; then
+            die "KAFKA_SSL_TRUSTSTORE $KAFKA_SSL_TRUSTSTORE is not readable"
+        fi
+    fi
     if [[ -f "$dir/ports" ]]; then
-        read -r port cport <"$dir/ports"
+        read -r port cport sport <"$dir/ports" || true
     else
         port="${KAFKA_PORT:-$(free_port)}"
         cport="${KAFKA_CONTROLLER_PORT:-$(free_port)}"
         [[ "$port" != "$cport" ]] || cport="$(free_port)"
         echo "$port $cport" >"$dir/ports"
     fi
+    if [[ -n "${KAFKA_SSL_KEYSTORE:-}" && -z "$sport" ]]; then
+        sport="$(free_port)"
+        while [[ "$sport" == "$port" || "$sport" == "$cport" ]]; do sport="$(free_port)"; done
+        echo "$port $cport $sport" >"$dir/ports"
+    elif [[ -z "${KAFKA_SSL_KEYSTORE:-}" ]]; then
+        sport=""
+    fi
     port_open "$port" && die "port $port is already in use (set KAFKA_PORT or remove $dir/ports)"
-    write_configs "$dir" "$port" "$cport"
+    write_configs "$dir" "$port" "$cport" "$sport"
     # shellcheck disable=SC2046
     if [[ ! -f "$dir/data/meta.properties" ]]; then
         local cluster_id
@@ -221,6 +254,7 @@ $(tail -20 "$dir/stdout.log" 2>/dev/null)"
             if tail -n +"$((mark + 1))" "$dir/server.log" | grep -q "Kafka Server started" &&
                 port_open "$port"; then
                 echo "BOOTSTRAP=127.0.0.1:$port"
+                [[ -z "$sport" ]] || echo "SSL_BOOTSTRAP=127.0.0.1:$sport"
                 return 0
             fi
         fi

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use backoff::backoff::Backoff;
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
+use crate::kafka_log::KafkaLog;
 use crate::metrics::Metrics;
 
 /// A record ready to produce; cheap to clone (the value shares the MQTT payload).
@@ -161,9 +162,18 @@ pub struct SinkContext {
     /// a producer id. A freshly started broker answers "coordinator load in
     /// progress" for a while, and until then every record waits.
     producer_ready: Arc<AtomicBool>,
+    log: KafkaLog,
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+
     /// librdkafka's statistics (`statistics.interval.ms`), read for one
     /// field only, so a statistics layout this crate does not know cannot
     /// keep the bridge unready.
@@ -259,6 +269,7 @@ impl KafkaSink {
             .create_with_context(SinkContext {
                 metrics: Arc::clone(&metrics),
                 producer_ready: Arc::clone(&producer_ready),
+                log: KafkaLog::new("producer"),
             })
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {

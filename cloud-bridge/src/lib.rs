@@ -17,6 +17,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod dedupe;
 pub mod http;
+pub mod kafka_log;
 pub mod kafka_sink;
 pub mod metrics;
 pub mod mqtt_source;

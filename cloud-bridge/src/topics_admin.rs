@@ -20,11 +20,12 @@ use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 
 use crate::config::TopicsConfig;
+use crate::kafka_log::KafkaLog;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -123,6 +124,19 @@ pub struct Report {
 
 /// Creates or checks (and with `fix`, repairs) every domain topic.
 ///
+/// The admin client's context: its log lines go through [`KafkaLog`] too.
+pub struct AdminContext(KafkaLog);
+
+impl ClientContext for AdminContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(&error, reason);
+    }
+}
+
 /// `connection`: the security settings of the producer's config
 /// ([`crate::config::KafkaConfig::connection`]), so a TLS or SASL cluster is
 /// reached the same way.
@@ -137,7 +151,8 @@ pub async fn ensure(
     for (k, v) in connection {
         client.set(k, v);
     }
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(client.create()?);
+    let admin: Arc<AdminClient<AdminContext>> =
+        Arc::new(client.create_with_context(AdminContext(KafkaLog::new("admin")))?);
     let observed = observe(Arc::clone(&admin)).await?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();
@@ -165,7 +180,7 @@ pub async fn ensure(
 }
 
 async fn apply(
-    admin: &AdminClient<DefaultClientContext>,
+    admin: &AdminClient<AdminContext>,
     opts: &AdminOptions,
     spec: &TopicSpec,
     step: &Step,
@@ -238,7 +253,7 @@ async fn apply(
 
 /// Partitions, replication factor and our configs of the domain topics that exist.
 async fn observe(
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<AdminClient<AdminContext>>,
 ) -> Result<HashMap<String, Observed>, AdminError> {
     let a = Arc::clone(&admin);
     // Metadata requests block: keep them off the async workers.

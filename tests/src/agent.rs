@@ -81,17 +81,24 @@ pub fn start_bridge(
     mqtt_port: u16,
     bootstrap: &str,
 ) -> Result<(ChildProcess, u16)> {
-    start_bridge_with(dir, name, mqtt_port, bootstrap, None)
+    start_bridge_with(dir, name, mqtt_port, bootstrap, BridgeTls::default())
 }
 
-/// [`start_bridge`], connecting over TLS with `tls`: the CA it trusts and
-/// its own client certificate.
+/// How a test bridge reaches its brokers: for each, over TLS with the CA it
+/// trusts and its own client certificate, or (`None`) in plaintext.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BridgeTls<'a> {
+    pub mqtt: Option<(&'a Path, &'a CertPair)>,
+    pub kafka: Option<(&'a Path, &'a CertPair)>,
+}
+
+/// [`start_bridge`], connecting over TLS where `tls` says so.
 pub fn start_bridge_with(
     dir: &Path,
     name: &str,
     mqtt_port: u16,
     bootstrap: &str,
-    tls: Option<(&Path, &CertPair)>,
+    tls: BridgeTls<'_>,
 ) -> Result<(ChildProcess, u16)> {
     let (bridge, http_port) = spawn_bridge(dir, name, mqtt_port, bootstrap, tls)?;
     wait_http_ok(
@@ -113,24 +120,39 @@ pub fn spawn_bridge(
     name: &str,
     mqtt_port: u16,
     bootstrap: &str,
-    tls: Option<(&Path, &CertPair)>,
+    tls: BridgeTls<'_>,
 ) -> Result<(ChildProcess, u16)> {
     let http_port = free_port()?;
     let config = dir.join(format!("{name}.toml"));
-    let tls = tls
+    let path = |p: &Path| format!("{:?}", p.display().to_string());
+    let mqtt_tls = tls
+        .mqtt
         .map(|(ca, own)| {
             format!(
-                "\n[mqtt.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
-                ca.display().to_string(),
-                own.cert.display().to_string(),
-                own.key.display().to_string()
+                "\n[mqtt.tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+                path(ca),
+                path(&own.cert),
+                path(&own.key)
+            )
+        })
+        .unwrap_or_default();
+    // The fleet's bridge.toml reaches Kafka the same way: librdkafka's own
+    // TLS properties in [kafka.extra].
+    let kafka_tls = tls
+        .kafka
+        .map(|(ca, own)| {
+            format!(
+                "\n[kafka.extra]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = {}\n\"ssl.certificate.location\" = {}\n\"ssl.key.location\" = {}\n",
+                path(ca),
+                path(&own.cert),
+                path(&own.key)
             )
         })
         .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "bridge_id = \"{name}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"{name}\"\n\n[kafka]\nbootstrap = \"{bootstrap}\"\n\n[topics]\npartitions = 3\nreplication_factor = 1\nmin_insync_replicas = 1\n{tls}"
+            "bridge_id = \"{name}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\nclient_id = \"{name}\"\n\n[kafka]\nbootstrap = \"{bootstrap}\"\n{kafka_tls}\n[topics]\npartitions = 3\nreplication_factor = 1\nmin_insync_replicas = 1\n{mqtt_tls}"
         ),
     )
     .context("writing bridge config")?;
@@ -201,8 +223,12 @@ impl StoreStack {
                 &format!("bridge-{store_id}"),
                 cloud_mqtt.port(),
                 &kafka_bootstrap,
-                pki.as_ref()
-                    .map(|(pki, _, bridge, _)| (pki.ca.cert.as_path(), bridge)),
+                BridgeTls {
+                    mqtt: pki
+                        .as_ref()
+                        .map(|(pki, _, bridge, _)| (pki.ca.cert.as_path(), bridge)),
+                    kafka: None,
+                },
             )?;
             Some(b)
         } else {

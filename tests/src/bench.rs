@@ -13,13 +13,19 @@ pub fn rounds() -> usize {
         .max(1)
 }
 
-/// The median of each column of `(ceiling, system, ratio)` rows (the upper
-/// one for an even count). `rows` must not be empty.
+/// The median of each column of `(ceiling, system, ratio)` rows (for an
+/// even count, the mean of the middle two: taking either one would favour
+/// a side). `rows` must not be empty.
 pub fn medians(rows: &[(f64, f64, f64)]) -> (f64, f64, f64) {
     let column = |f: fn(&(f64, f64, f64)) -> f64| {
         let mut v: Vec<f64> = rows.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let mid = v.len() / 2;
+        if v.len() % 2 == 0 {
+            (v[mid - 1] + v[mid]) / 2.0
+        } else {
+            v[mid]
+        }
     };
     (column(|r| r.0), column(|r| r.1), column(|r| r.2))
 }
@@ -48,4 +54,17 @@ fn clock_ticks_per_second() -> f64 {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::medians;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        let rows = [(1.0, 10.0, 0.5), (3.0, 30.0, 0.3), (2.0, 20.0, 0.4)];
+        assert_eq!(medians(&rows), (2.0, 20.0, 0.4));
+        let rows = [(1.0, 10.0, 0.56), (3.0, 30.0, 0.44)];
+        assert_eq!(medians(&rows), (2.0, 20.0, 0.5));
+    }
 }

@@ -1,7 +1,8 @@
 //! A real single-node Kafka broker for tests, through `scripts/kafka.sh`.
 //!
 //! * [`Kafka::start`]: a broker of its own in a temp dir (outage tests stop
-//!   and restart it on the same ports with the same data).
+//!   and restart it on the same ports with the same data);
+//!   [`Kafka::start_with_tls`] also serves TLS on a second listener.
 //! * [`shared`]: one broker per test binary, started on first use. Statics
 //!   are never dropped, so the broker is started with `KAFKA_WATCH_PID` set to
 //!   this process: the script's supervisor kills the JVM (and removes its temp
@@ -32,9 +33,21 @@ pub fn script_path() -> PathBuf {
         .join("kafka.sh")
 }
 
+/// The broker side of a TLS listener: its key and certificate, and the CA
+/// whose client certificates it requires (mutual TLS).
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub server: crate::tls::CertPair,
+    pub client_ca: PathBuf,
+}
+
 /// A broker run by `scripts/kafka.sh` from a temp dir.
 pub struct Kafka {
     bootstrap: String,
+    /// `host:port` of the TLS listener, when started with one.
+    ssl_bootstrap: Option<String>,
+    /// The PEM key store and trust store handed to the script, again on restart.
+    ssl_env: Option<(PathBuf, PathBuf)>,
     dir: PathBuf,
     /// Removes the dir on drop; `None` for the shared broker, whose
     /// supervisor removes it when the test binary exits.
@@ -45,14 +58,42 @@ pub struct Kafka {
 impl Kafka {
     /// Starts a broker of its own (formatted fresh, free ports).
     pub fn start() -> Result<Kafka> {
+        Kafka::start_inner(None)
+    }
+
+    /// [`Kafka::start`], also serving mutual TLS on a second client listener
+    /// ([`Kafka::ssl_bootstrap`]); the plaintext listener stays for the
+    /// tests' own clients.
+    pub fn start_with_tls(tls: &BrokerTls) -> Result<Kafka> {
+        Kafka::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<&BrokerTls>) -> Result<Kafka> {
         let tmp = tempfile::Builder::new()
             .prefix("storelink-kafka-")
             .tempdir()
             .context("creating a temp dir for Kafka")?;
         let dir = tmp.path().to_owned();
-        let bootstrap = run_script_start(&dir, false)?;
+        let ssl_env = match tls {
+            Some(tls) => {
+                // Kafka's PEM key store is one file: the key, then the chain.
+                let keystore = dir.join("broker-keystore.pem");
+                let mut pem = std::fs::read(&tls.server.key)
+                    .with_context(|| format!("reading {}", tls.server.key.display()))?;
+                pem.extend(
+                    std::fs::read(&tls.server.cert)
+                        .with_context(|| format!("reading {}", tls.server.cert.display()))?,
+                );
+                std::fs::write(&keystore, pem).context("writing the broker's key store")?;
+                Some((keystore, tls.client_ca.clone()))
+            }
+            None => None,
+        };
+        let (bootstrap, ssl_bootstrap) = run_script_start(&dir, false, ssl_env.as_ref())?;
         let k = Kafka {
             bootstrap,
+            ssl_bootstrap,
+            ssl_env,
             dir,
             _tmp: Some(tmp),
             running: true,
@@ -64,6 +105,11 @@ impl Kafka {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// `host:port` of the TLS listener ([`Kafka::start_with_tls`]).
+    pub fn ssl_bootstrap(&self) -> Option<&str> {
+        self.ssl_bootstrap.as_deref()
     }
 
     pub fn dir(&self) -> &Path {
@@ -97,7 +143,7 @@ impl Kafka {
 
     /// Starts the broker again: same ports, same data.
     pub fn start_again(&mut self) -> Result<()> {
-        let bootstrap = run_script_start(&self.dir, false)?;
+        let (bootstrap, _) = run_script_start(&self.dir, false, self.ssl_env.as_ref())?;
         if bootstrap != self.bootstrap {
             bail!("Kafka came back on {bootstrap}, not on {}", self.bootstrap);
         }
@@ -140,8 +186,8 @@ fn start_shared() -> Result<Kafka> {
     // Ownership of the dir passes to the script's supervisor (removes it when
     // this process exits).
     let dir = tmp.keep();
-    let bootstrap = match run_script_start(&dir, true) {
-        Ok(b) => b,
+    let bootstrap = match run_script_start(&dir, true, None) {
+        Ok((b, _)) => b,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
@@ -149,6 +195,8 @@ fn start_shared() -> Result<Kafka> {
     };
     let k = Kafka {
         bootstrap,
+        ssl_bootstrap: None,
+        ssl_env: None,
         dir,
         _tmp: None,
         running: true,
@@ -158,7 +206,13 @@ fn start_shared() -> Result<Kafka> {
     Ok(k)
 }
 
-fn run_script_start(dir: &Path, remove_on_exit: bool) -> Result<String> {
+/// Runs `kafka.sh start`; returns the plaintext and (with `ssl`: key store,
+/// trust store) the TLS bootstrap address.
+fn run_script_start(
+    dir: &Path,
+    remove_on_exit: bool,
+    ssl: Option<&(PathBuf, PathBuf)>,
+) -> Result<(String, Option<String>)> {
     let mut cmd = Command::new("bash");
     cmd.arg(script_path())
         .arg("start")
@@ -166,6 +220,10 @@ fn run_script_start(dir: &Path, remove_on_exit: bool) -> Result<String> {
         .env("KAFKA_WATCH_PID", std::process::id().to_string());
     if remove_on_exit {
         cmd.env("KAFKA_REMOVE_DIR_ON_WATCH_EXIT", "1");
+    }
+    if let Some((keystore, truststore)) = ssl {
+        cmd.env("KAFKA_SSL_KEYSTORE", keystore)
+            .env("KAFKA_SSL_TRUSTSTORE", truststore);
     }
     let out = cmd
         .output()
@@ -179,11 +237,21 @@ fn run_script_start(dir: &Path, remove_on_exit: bool) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BOOTSTRAP="))
-        .map(str::to_owned)
-        .ok_or_else(|| anyhow!("scripts/kafka.sh start printed no BOOTSTRAP= line: {stdout}"))
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_owned)
+    };
+    let bootstrap = line("BOOTSTRAP=")
+        .ok_or_else(|| anyhow!("scripts/kafka.sh start printed no BOOTSTRAP= line: {stdout}"))?;
+    let ssl_bootstrap = match ssl {
+        Some(_) => Some(line("SSL_BOOTSTRAP=").ok_or_else(|| {
+            anyhow!("scripts/kafka.sh start printed no SSL_BOOTSTRAP= line: {stdout}")
+        })?),
+        None => None,
+    };
+    Ok((bootstrap, ssl_bootstrap))
 }
 
 fn run_script(args: &[&str], dir: &Path) -> Result<()> {

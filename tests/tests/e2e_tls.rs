@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use harness::agent::{post_sale, spawn_bridge, StackOptions, StoreStack, TERMINALS};
+use harness::agent::{post_sale, spawn_bridge, BridgeTls, StackOptions, StoreStack, TERMINALS};
 use harness::tls::TestPki;
 use protocol::topics::{headers, KafkaTopic};
 
@@ -80,7 +80,10 @@ fn sales_flow_over_mutual_tls_and_a_bridge_that_distrusts_the_broker_stays_unrea
         "bridge-distrustful",
         stack.cloud_mqtt.port(),
         &stack.kafka_bootstrap,
-        Some((other.ca.cert.as_path(), &own)),
+        BridgeTls {
+            mqtt: Some((other.ca.cert.as_path(), &own)),
+            kafka: None,
+        },
     )
     .expect("bridge process starts");
     let ready_url = format!("http://127.0.0.1:{http_port}/readyz");
