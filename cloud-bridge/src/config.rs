@@ -74,6 +74,7 @@ pub struct RawMqtt {
     pub max_packet_bytes: Option<i64>,
     pub request_channel_capacity: Option<i64>,
     pub outgoing_inflight: Option<i64>,
+    pub leave_share_group_on_shutdown: Option<bool>,
     pub tls: Option<RawMqttTls>,
 }
 
@@ -158,6 +159,13 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub request_channel_capacity: usize,
     pub outgoing_inflight: u16,
+    /// On SIGTERM, unsubscribe from the share group before draining, so the
+    /// broker routes new messages to the other replicas instead of queueing
+    /// a share in this session while it is away (for good, after a
+    /// scale-down). Only with more than one replica: the last subscriber to
+    /// leave takes the broker's backlog for the group with it (agents then
+    /// resend after their receipt timeout). Default false.
+    pub leave_share_group_on_shutdown: bool,
     pub tls: Option<MqttTls>,
 }
 
@@ -551,6 +559,10 @@ impl RawConfig {
                 max_packet_bytes: max_packet as usize,
                 request_channel_capacity: req_cap as usize,
                 outgoing_inflight: out_inflight as u16,
+                leave_share_group_on_shutdown: self
+                    .mqtt
+                    .leave_share_group_on_shutdown
+                    .unwrap_or(false),
                 tls,
             },
             kafka: KafkaConfig {
@@ -790,6 +802,9 @@ mod tests {
             (c.topics.replication_factor, c.topics.min_insync_replicas),
             (3, 2)
         );
+        // The HPA scales 2..8 replicas: a retired one must leave the share
+        // group, or its share of new messages waits in its offline session.
+        assert!(c.mqtt.leave_share_group_on_shutdown);
     }
 
     #[test]

@@ -53,8 +53,9 @@ pub enum RunError {
 }
 
 /// Runs the bridge until `shutdown` is cancelled (SIGTERM in `main`), then
-/// stops taking messages, lets in-flight ones settle within the grace period
-/// and disconnects. Returns the number of messages left unacked to the broker.
+/// (with `mqtt.leave_share_group_on_shutdown`) leaves the MQTT share group
+/// (`mqtt_source::leave_share_group`), stops taking messages, lets in-flight ones settle within the grace period and
+/// disconnects. Returns the number of messages left unacked to the broker.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunError> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
@@ -98,6 +99,22 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
     let subscription = protocol::topics::bridge_shared_subscription(&cfg.mqtt.share_group);
     tracing::info!(bridge_id = %cfg.bridge_id, client_id = %cfg.mqtt.client_id, %subscription,
         mqtt = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), kafka = %cfg.kafka.bootstrap, "bridge starting");
+    let (intake, leave_task) = if cfg.mqtt.leave_share_group_on_shutdown {
+        let intake = CancellationToken::new();
+        let task = tokio::spawn(mqtt_source::leave_share_group(
+            client.clone(),
+            subscription.clone(),
+            Arc::clone(&health),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+            intake.clone(),
+        ));
+        (intake, Some(task))
+    } else {
+        // The session stays subscribed: the broker queues this replica's
+        // share while it restarts (the only replica's: all of it).
+        (shutdown.clone(), None)
+    };
     let loop_task = tokio::spawn(mqtt_source::run_event_loop(
         eventloop,
         client.clone(),
@@ -116,7 +133,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
         Arc::clone(&metrics),
         abort,
     ));
-    let left = Arc::clone(&pipeline).run(rx, shutdown.clone()).await;
+    let left = Arc::clone(&pipeline).run(rx, intake).await;
+    // The pipeline may have stopped on its own (a fatal producer error).
+    if let Some(task) = leave_task {
+        task.abort();
+    }
     tracing::info!(
         unacked_left_to_broker = left,
         "pipeline stopped; disconnecting"

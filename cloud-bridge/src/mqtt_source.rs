@@ -7,7 +7,12 @@
 //!   rest of the share group (and keeps routing its round-robin share of new
 //!   messages to the offline session), so a replica that crashes must come
 //!   back with its id — a StatefulSet ordinal does that — or be drained by
-//!   starting a bridge with its client id before it is retired.
+//!   starting a bridge with its client id before it is retired. With
+//!   `mqtt.leave_share_group_on_shutdown` (for two or more replicas), a
+//!   replica that leaves on purpose (SIGTERM) first leaves the share group
+//!   ([`leave_share_group`]): it unsubscribes, takes what the broker had
+//!   already routed to it, and only then drains and exits, so a scale-down
+//!   strands no new messages in an offline session.
 //! * Manual acks: a message is acknowledged by the pipeline only after Kafka
 //!   has every event and the receipt is on its way; the event loop never
 //!   acks, never blocks and never waits on Kafka.
@@ -29,7 +34,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -46,12 +51,26 @@ pub const RECEIVED_QUEUE: usize = 512;
 /// How often a deferring loop checks whether the queue has drained.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
+/// How long a leaving bridge waits for the broker's UNSUBACK.
+const UNSUBACK_WAIT: Duration = Duration::from_secs(3);
+/// After the UNSUBACK, messages the broker had already routed to this
+/// session keep arriving until its queue is empty; this long without one
+/// counts as empty.
+const LEAVE_QUIET: Duration = Duration::from_millis(300);
+/// The longest a leaving bridge keeps taking messages before it drains.
+const LEAVE_MAX: Duration = Duration::from_secs(5);
+
 /// Connection state read by `/readyz`.
 #[derive(Debug, Default)]
 pub struct Health {
     pub mqtt_connected: AtomicBool,
     /// The broker confirmed the shared subscription on the current connection.
     pub subscribed: AtomicBool,
+    /// Shutting down: the bridge has left (or is leaving) the share group
+    /// and must not subscribe again when it reconnects.
+    pub leaving: AtomicBool,
+    /// Notified when the broker confirms the UNSUBSCRIBE.
+    pub unsubscribed: tokio::sync::Notify,
     pub kafka_connected: AtomicBool,
     /// The producer can write (its producer id is assigned, with idempotence).
     pub kafka_producer_ready: AtomicBool,
@@ -127,6 +146,11 @@ pub async fn run_event_loop(
                 intake = Intake::Open;
                 health.mqtt_connected.store(true, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "connected to MQTT");
+                if health.leaving.load(Ordering::Relaxed) {
+                    // Shutting down: the session still delivers what was
+                    // routed to it, but the share group is left for good.
+                    continue;
+                }
                 // Subscribing from here would await the request channel the
                 // event loop itself drains: hand it to a task.
                 let c = client.clone();
@@ -144,6 +168,11 @@ pub async fn run_event_loop(
                     .iter()
                     .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 health.subscribed.store(granted, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                health.subscribed.store(false, Ordering::Relaxed);
+                // A stored permit if the leaving task is not waiting yet.
+                health.unsubscribed.notify_one();
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
@@ -187,6 +216,66 @@ pub async fn run_event_loop(
         }
     }
     health.mqtt_connected.store(false, Ordering::Relaxed);
+}
+
+/// Waits for `shutdown`, then leaves the share group before `intake` stops.
+///
+/// Mosquitto keeps routing a share of new messages to a member's offline
+/// persistent session, where they wait until the same client id connects
+/// again; a replica retired by a scale-down never does. So the bridge first
+/// unsubscribes (the broker then routes every new message to the other
+/// members), keeps taking the messages already routed to its session until
+/// they stop coming ([`LEAVE_QUIET`], at most [`LEAVE_MAX`] in all), and
+/// only then cancels `intake`: the pipeline drains within its grace period
+/// and the bridge exits. A replica that crashes cannot do this; it must come
+/// back under its client id (the StatefulSet's ordinal), and until it does,
+/// the agents' receipt timeout sends its share again.
+pub async fn leave_share_group(
+    client: AsyncClient,
+    subscription: String,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    intake: CancellationToken,
+) {
+    shutdown.cancelled().await;
+    let started = Instant::now();
+    health.leaving.store(true, Ordering::Relaxed);
+    tracing::info!(%subscription, "leaving the share group: unsubscribing so the other replicas take new messages");
+    let unsubscribe = async {
+        match client.unsubscribe(&subscription).await {
+            Ok(()) => {
+                health.unsubscribed.notified().await;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not queue the MQTT unsubscribe");
+                false
+            }
+        }
+    };
+    match tokio::time::timeout(UNSUBACK_WAIT, unsubscribe).await {
+        Ok(true) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "unsubscribed; taking the messages already routed to this replica"
+        ),
+        Ok(false) => {}
+        Err(_) => tracing::warn!(
+            wait_s = UNSUBACK_WAIT.as_secs(),
+            "no UNSUBACK; the broker may route new messages to this session until it expires"
+        ),
+    }
+    let mut seen = metrics.mqtt_messages.get();
+    let mut last_change = Instant::now();
+    while started.elapsed() < LEAVE_MAX && last_change.elapsed() < LEAVE_QUIET {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = metrics.mqtt_messages.get();
+        if now != seen {
+            seen = now;
+            last_change = Instant::now();
+        }
+    }
+    intake.cancel();
 }
 
 /// What the event loop does with a received publish.

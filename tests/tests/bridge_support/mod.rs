@@ -28,6 +28,8 @@ pub struct BridgeOptions {
     pub message_timeout_ms: u64,
     pub dedupe_max_age_s: u64,
     pub shutdown_grace_s: u64,
+    /// `mqtt.leave_share_group_on_shutdown`.
+    pub leave_share_group_on_shutdown: bool,
 }
 
 impl BridgeOptions {
@@ -39,6 +41,7 @@ impl BridgeOptions {
             message_timeout_ms: 30_000,
             dedupe_max_age_s: 600,
             shutdown_grace_s: 10,
+            leave_share_group_on_shutdown: false,
         }
     }
 }
@@ -85,6 +88,7 @@ port = {mqtt}
 client_id = "storelink-test-{id}"
 share_group = "bridges"
 keep_alive_s = 5
+leave_share_group_on_shutdown = {leave}
 
 [kafka]
 bootstrap = "{bootstrap}"
@@ -114,6 +118,7 @@ max_age_s = {dedupe_age}
             max_event_bytes = o.max_event_bytes,
             grace = o.shutdown_grace_s,
             dedupe_age = o.dedupe_max_age_s,
+            leave = o.leave_share_group_on_shutdown,
         );
         let path = self.config_path();
         std::fs::write(&path, config).context("writing bridge.toml")?;
