@@ -54,8 +54,9 @@ pub enum RunError {
 
 /// Runs the bridge until `shutdown` is cancelled (SIGTERM in `main`), then
 /// (with `mqtt.leave_share_group_on_shutdown`) leaves the MQTT share group
-/// (`mqtt_source::leave_share_group`), stops taking messages, lets in-flight ones settle within the grace period and
-/// disconnects. Returns the number of messages left unacked to the broker.
+/// (`mqtt_source::leave_share_group`), stops taking messages, lets in-flight
+/// ones settle within the grace period and disconnects. Returns the number
+/// of messages left unacked to the broker.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunError> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
