@@ -54,8 +54,8 @@ const DRAIN_CHECK: Duration = Duration::from_millis(50);
 /// How long a leaving bridge waits for the broker's UNSUBACK.
 const UNSUBACK_WAIT: Duration = Duration::from_secs(3);
 /// After the UNSUBACK, messages the broker had already routed to this
-/// session keep arriving until its queue is empty; this long without one
-/// counts as empty.
+/// session keep arriving until its queue is empty; this long without one,
+/// and with nothing in flight, counts as empty.
 const LEAVE_QUIET: Duration = Duration::from_millis(300);
 /// The longest a leaving bridge keeps taking messages before it drains.
 const LEAVE_MAX: Duration = Duration::from_secs(5);
@@ -265,15 +265,23 @@ pub async fn leave_share_group(
             "no UNSUBACK; the broker may route new messages to this session until it expires"
         ),
     }
+    // The broker sends the next queued message only when an in-flight one
+    // is acked, so quiet counts only while nothing is in flight here.
     let mut seen = metrics.mqtt_messages.get();
     let mut last_change = Instant::now();
     while started.elapsed() < LEAVE_MAX && last_change.elapsed() < LEAVE_QUIET {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = metrics.mqtt_messages.get();
-        if now != seen {
+        if now != seen || metrics.events_in_flight.get() > 0 {
             seen = now;
             last_change = Instant::now();
         }
+    }
+    if last_change.elapsed() < LEAVE_QUIET {
+        tracing::warn!(
+            max_s = LEAVE_MAX.as_secs(),
+            "messages kept arriving while leaving; the rest stay in this session"
+        );
     }
     intake.cancel();
 }

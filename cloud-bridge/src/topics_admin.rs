@@ -124,8 +124,13 @@ pub struct Report {
 
 /// Creates or checks (and with `fix`, repairs) every domain topic.
 ///
-/// The admin client's context: its log lines go through [`KafkaLog`] too.
-pub struct AdminContext(KafkaLog);
+/// The admin client's context: its log lines go through [`KafkaLog`] too,
+/// one limiter for the process, since start-up creates a client per attempt
+/// while Kafka is unreachable.
+pub struct AdminContext(&'static KafkaLog);
+
+static ADMIN_LOG: std::sync::LazyLock<KafkaLog> =
+    std::sync::LazyLock::new(|| KafkaLog::new("admin"));
 
 impl ClientContext for AdminContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -152,7 +157,7 @@ pub async fn ensure(
         client.set(k, v);
     }
     let admin: Arc<AdminClient<AdminContext>> =
-        Arc::new(client.create_with_context(AdminContext(KafkaLog::new("admin")))?);
+        Arc::new(client.create_with_context(AdminContext(&ADMIN_LOG))?);
     let observed = observe(Arc::clone(&admin)).await?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();
