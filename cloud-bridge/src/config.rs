@@ -677,9 +677,10 @@ fn read_pem(key: &str, path: &Path, label: &str, errors: &mut Vec<String>) -> Op
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let found = text.lines().any(|l| {
-                l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----"))
-            });
+            let end = format!("{label}-----");
+            let found = text
+                .lines()
+                .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&end));
             if found {
                 Some(bytes)
             } else {

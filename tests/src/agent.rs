@@ -124,31 +124,36 @@ pub fn spawn_bridge(
 ) -> Result<(ChildProcess, u16)> {
     let http_port = free_port()?;
     let config = dir.join(format!("{name}.toml"));
-    let path = |p: &Path| format!("{:?}", p.display().to_string());
-    let mqtt_tls = tls
-        .mqtt
-        .map(|(ca, own)| {
-            format!(
-                "\n[mqtt.tls]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
-                path(ca),
-                path(&own.cert),
-                path(&own.key)
-            )
-        })
-        .unwrap_or_default();
+    // A TOML table naming a CA, a client certificate and its key.
+    let table = |header: &str, first: &str, keys: [&str; 3], files: Option<(&Path, &CertPair)>| {
+        files
+            .map(|(ca, own)| {
+                let mut t = format!("\n[{header}]\n{first}");
+                for (key, file) in keys.iter().zip([ca, &own.cert, &own.key]) {
+                    t += &format!("{key} = {:?}\n", file.display().to_string());
+                }
+                t
+            })
+            .unwrap_or_default()
+    };
+    let mqtt_tls = table(
+        "mqtt.tls",
+        "",
+        ["ca_file", "cert_file", "key_file"],
+        tls.mqtt,
+    );
     // The fleet's bridge.toml reaches Kafka the same way: librdkafka's own
     // TLS properties in [kafka.extra].
-    let kafka_tls = tls
-        .kafka
-        .map(|(ca, own)| {
-            format!(
-                "\n[kafka.extra]\n\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = {}\n\"ssl.certificate.location\" = {}\n\"ssl.key.location\" = {}\n",
-                path(ca),
-                path(&own.cert),
-                path(&own.key)
-            )
-        })
-        .unwrap_or_default();
+    let kafka_tls = table(
+        "kafka.extra",
+        "\"security.protocol\" = \"ssl\"\n",
+        [
+            "\"ssl.ca.location\"",
+            "\"ssl.certificate.location\"",
+            "\"ssl.key.location\"",
+        ],
+        tls.kafka,
+    );
     std::fs::write(
         &config,
         format!(
