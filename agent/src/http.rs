@@ -693,6 +693,158 @@ mod tests {
         assert_eq!(gate["pending_transactions"], 3);
     }
 
+    /// Every node of a JSON value, as JSON pointers.
+    fn pointers(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, child) in o {
+                    pointers(child, format!("{at}/{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    pointers(child, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+        out.push(at);
+    }
+
+    /// Replaces (or with `None`, removes) the node at `pointer`.
+    fn edit(v: &mut serde_json::Value, pointer: &str, new: Option<serde_json::Value>) {
+        match new {
+            Some(new) => {
+                if let Some(node) = v.pointer_mut(pointer) {
+                    *node = new;
+                }
+            }
+            None => {
+                let Some((parent, last)) = pointer.rsplit_once('/') else {
+                    return;
+                };
+                match v.pointer_mut(parent) {
+                    Some(serde_json::Value::Object(o)) => {
+                        o.remove(last);
+                    }
+                    Some(serde_json::Value::Array(a)) => {
+                        if let Ok(i) = last.parse::<usize>() {
+                            if i < a.len() {
+                                a.remove(i);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// What a buggy or hostile terminal might put in a field: floats where
+    /// money goes, negatives, huge numbers, wrong types, odd strings.
+    fn replacement() -> impl proptest::strategy::Strategy<Value = Option<serde_json::Value>> {
+        use proptest::prelude::*;
+        use serde_json::json;
+        prop_oneof![
+            Just(None),
+            Just(Some(json!(null))),
+            any::<bool>().prop_map(|b| Some(json!(b))),
+            any::<i64>().prop_map(|n| Some(json!(n))),
+            (-5i64..1000).prop_map(|n| Some(json!(n))),
+            (-1.0e6f64..1.0e6).prop_map(|x| Some(json!(x))),
+            "[ -~]{0,16}".prop_map(|s| Some(json!(s))),
+            "(EUR|USD|JPY|eur|XXX|EU|EURO)".prop_map(|s| Some(json!(s))),
+            Just(Some(json!([]))),
+            Just(Some(json!({}))),
+        ]
+    }
+
+    /// Sales with random fields replaced or removed: every answer is either
+    /// an acceptance that stored the sale once, or a 4xx problem with a
+    /// machine-readable code that stored nothing; never a 5xx. Whatever was
+    /// accepted decodes as a typed envelope, so the bridge will not
+    /// dead-letter what the store was told is safe.
+    #[test]
+    fn mutated_sales_are_stored_once_or_refused_with_a_problem_code() {
+        use proptest::test_runner::{Config, TestCaseError, TestRunner};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let f = rt.block_on(async { fixture(1_000_000, None) });
+        let base =
+            serde_json::to_value(protocol::samples::sale_numbered("pos-01", 1)).expect("json");
+        let mut paths = Vec::new();
+        pointers(&base, String::new(), &mut paths);
+        let (created, refused) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+        let mut runner = TestRunner::new(Config {
+            cases: 2000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let edits = proptest::collection::vec(
+            (proptest::sample::select(paths.clone()), replacement()),
+            1..3,
+        );
+        let result = runner.run(&(0u64..200, edits), |(seq, edits)| {
+            let mut body = base.clone();
+            body["sequence_number"] = seq.into();
+            for (pointer, new) in edits {
+                edit(&mut body, &pointer, new);
+            }
+            let before = f.state.outbox_stats.rows();
+            let (status, headers, p) = rt.block_on(call(
+                &f.app,
+                "POST",
+                "/v1/sales",
+                serde_json::to_vec(&body).expect("json"),
+                None,
+            ));
+            let stored = f.state.outbox_stats.rows() - before;
+            let context = || format!("{status} {p} for {body}");
+            proptest::prop_assert!(!status.is_server_error(), "{}", context());
+            if status == StatusCode::CREATED {
+                proptest::prop_assert_eq!(stored, 1, "{}", context());
+                created.set(created.get() + 1);
+            } else {
+                proptest::prop_assert_eq!(stored, 0, "{}", context());
+            }
+            if status.is_client_error() {
+                refused.set(refused.get() + 1);
+                let is_problem = headers.get("content-type").and_then(|v| v.to_str().ok())
+                    == Some("application/problem+json");
+                proptest::prop_assert!(is_problem, "{}", context());
+                let has_code = p["code"].as_str().is_some_and(|c| !c.is_empty());
+                proptest::prop_assert!(has_code, "{}", context());
+            }
+            Ok::<(), TestCaseError>(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        // Not vacuous: some mutants were still sound sales (a new
+        // description, an optional field removed), most were not.
+        assert!(
+            created.get() > 10 && refused.get() > 100,
+            "created {}, refused {}",
+            created.get(),
+            refused.get()
+        );
+        let stored = rt
+            .block_on(f._outbox.handle().read_after(0, usize::MAX, usize::MAX))
+            .expect("read");
+        assert_eq!(stored.len() as u64, created.get());
+        for ev in stored {
+            assert!(ev.checksum_ok());
+            if let Err(e) = protocol::Envelope::from_json(&ev.payload) {
+                panic!(
+                    "the agent stored an event that does not decode ({e}): {}",
+                    String::from_utf8_lossy(&ev.payload)
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn while_shutting_down_sales_are_refused_and_readiness_fails() {
         let f = fixture(1000, None);

@@ -15,7 +15,9 @@
 //! * `grand` = `gross − discounts + tax` when prices exclude tax (US style),
 //!   `gross − discounts` when they include it (EU style) — the rule is the
 //!   explicit [`TaxMode`] of the transaction, never guessed from the country;
-//! * `tendered − change = grand`.
+//! * `tendered − change = grand`;
+//! * no amount is negative (tenders are positive), and a total that does not
+//!   fit in 64 bits is an `overflow` error, never a check skipped.
 
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -61,6 +63,12 @@ pub enum Quantity {
     Units(u32),
     /// Net weight in grams; `unit_price` is per kilogram.
     Grams(u32),
+}
+
+impl Quantity {
+    pub fn is_positive(&self) -> bool {
+        matches!(*self, Quantity::Units(n) | Quantity::Grams(n) if n > 0)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,12 +224,18 @@ fn sum(
         match total.checked_add(v) {
             Some(t) => total = t,
             None => {
-                problems.push(FieldError::new(field(), "overflow", "amounts overflow"));
+                overflow(problems, field());
                 return 0;
             }
         }
     }
     total
+}
+
+/// An amount that cannot be computed in 64 bits is an error, never a
+/// check skipped: a skipped check would let any stated total through.
+fn overflow(problems: &mut Problems, field: String) {
+    problems.push(FieldError::new(field, "overflow", "amounts overflow"));
 }
 
 fn expect_eq(
@@ -333,14 +347,18 @@ impl Transaction {
                 Quantity::Units(n) => line.unit_price.checked_mul(i64::from(n)),
                 Quantity::Grams(g) => weighed_amount(line.unit_price, i64::from(g)),
             };
-            if let Some(computed) = computed {
-                expect_eq(
+            match computed {
+                Some(computed) => expect_eq(
                     p,
                     || lf("extended_amount"),
                     line.extended_amount,
                     computed,
                     "unit_price × quantity",
-                );
+                ),
+                // A zero quantity was reported above; anything else is a
+                // product no 64-bit amount can state.
+                None if line.quantity.is_positive() => overflow(p, lf("extended_amount")),
+                None => {}
             }
             for (j, d) in line.discounts.iter().enumerate() {
                 if d.amount < 0 || d.amount > line.extended_amount {
@@ -353,12 +371,14 @@ impl Transaction {
             }
         }
         for (i, t) in self.tax.iter().enumerate() {
-            if t.amount < 0 {
-                p.push(FieldError::new(
-                    format!("{prefix}tax[{i}].amount"),
-                    "negative",
-                    "must not be negative",
-                ));
+            for (name, value) in [("amount", t.amount), ("taxable_amount", t.taxable_amount)] {
+                if value < 0 {
+                    p.push(FieldError::new(
+                        format!("{prefix}tax[{i}].{name}"),
+                        "negative",
+                        "must not be negative",
+                    ));
+                }
             }
         }
         for (i, t) in self.tenders.iter().enumerate() {
@@ -416,8 +436,9 @@ impl Transaction {
             TaxMode::Exclusive => "gross − discounts + tax (tax_mode exclusive)",
             TaxMode::Inclusive => "gross − discounts (tax_mode inclusive)",
         };
-        if let Some(grand) = grand {
-            expect_eq(p, || f("totals.grand"), totals.grand, grand, rule);
+        match grand {
+            Some(grand) => expect_eq(p, || f("totals.grand"), totals.grand, grand, rule),
+            None => overflow(p, f("totals.grand")),
         }
         expect_eq(
             p,
@@ -433,14 +454,15 @@ impl Transaction {
                 "must not be negative",
             ));
         }
-        if let Some(paid) = totals.tendered.checked_sub(totals.change) {
-            expect_eq(
+        match totals.tendered.checked_sub(totals.change) {
+            Some(paid) => expect_eq(
                 p,
                 || f("totals.change"),
                 paid,
                 totals.grand,
                 "tendered − change must equal grand; tendered − change",
-            );
+            ),
+            None => overflow(p, f("totals.change")),
         }
     }
 }
@@ -636,5 +658,181 @@ mod tests {
         assert!(r.validate().is_ok());
         r.reason_code.clear();
         assert!(r.validate().is_err());
+    }
+
+    /// The back office's arithmetic in `i128`, where nothing overflows: the
+    /// oracle `validate` is held to.
+    fn adds_up_exactly(t: &Transaction) -> bool {
+        let wide = i128::from;
+        let lines_ok = t.lines.iter().all(|l| {
+            let price = wide(l.unit_price);
+            let (computed, positive) = match l.quantity {
+                Quantity::Units(n) => (price * i128::from(n), n > 0),
+                Quantity::Grams(g) => ((price * i128::from(g) + 500).div_euclid(1000), g > 0),
+            };
+            l.unit_price >= 0
+                && positive
+                && wide(l.extended_amount) == computed
+                && l.discounts
+                    .iter()
+                    .all(|d| d.amount >= 0 && d.amount <= l.extended_amount)
+        });
+        let live = || t.lines.iter().filter(|l| !l.voided);
+        let gross: i128 = live().map(|l| wide(l.extended_amount)).sum();
+        let discounts: i128 = live()
+            .flat_map(|l| &l.discounts)
+            .map(|d| wide(d.amount))
+            .sum();
+        let tax: i128 = t.tax.iter().map(|x| wide(x.amount)).sum();
+        let tendered: i128 = t.tenders.iter().map(|x| wide(x.amount)).sum();
+        let grand = match t.tax_mode {
+            TaxMode::Exclusive => gross - discounts + tax,
+            TaxMode::Inclusive => gross - discounts,
+        };
+        let totals = &t.totals;
+        lines_ok
+            && t.tax.iter().all(|x| x.amount >= 0 && x.taxable_amount >= 0)
+            && t.tenders.iter().all(|x| x.amount > 0)
+            && wide(totals.gross) == gross
+            && wide(totals.discounts) == discounts
+            && wide(totals.tax) == tax
+            && wide(totals.grand) == grand
+            && wide(totals.tendered) == tendered
+            && totals.change >= 0
+            && wide(totals.tendered) - wide(totals.change) == wide(totals.grand)
+    }
+
+    /// Amounts from a till's everyday range up to where `i64` overflows.
+    fn amount() -> impl proptest::strategy::Strategy<Value = i64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => 0i64..100_000,
+            1 => Just(-1i64),
+            2 => (i64::MAX / 8)..=i64::MAX,
+            1 => any::<i64>(),
+        ]
+    }
+
+    /// A sale whose every total is computed from its lines the way a till
+    /// with wrapping 64-bit arithmetic would: consistent unless some step
+    /// overflowed, which is exactly what validation must then catch.
+    fn till_sale() -> impl proptest::strategy::Strategy<Value = Sale> {
+        use proptest::prelude::*;
+        let quantity = prop_oneof![
+            (0u32..12).prop_map(Quantity::Units),
+            any::<u32>().prop_map(Quantity::Units),
+            (0u32..5_000).prop_map(Quantity::Grams),
+            any::<u32>().prop_map(Quantity::Grams),
+        ];
+        let line = (
+            amount(),
+            quantity,
+            proptest::option::of(amount()),
+            any::<bool>(),
+        );
+        let tax_line = (amount(), amount());
+        (
+            proptest::collection::vec(line, 1..4),
+            proptest::collection::vec(tax_line, 0..3),
+            any::<bool>(),
+            prop_oneof![0i64..1_000, amount()],
+        )
+            .prop_map(|(lines, tax, exclusive, change)| {
+                let mut s = sale();
+                s.tax_mode = if exclusive {
+                    TaxMode::Exclusive
+                } else {
+                    TaxMode::Inclusive
+                };
+                s.lines = lines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (unit_price, quantity, discount, voided))| {
+                        let extended_amount = match quantity {
+                            Quantity::Units(n) => unit_price.wrapping_mul(i64::from(n)),
+                            Quantity::Grams(g) => {
+                                ((i128::from(unit_price) * i128::from(g) + 500).div_euclid(1000))
+                                    as i64
+                            }
+                        };
+                        LineItem {
+                            line_number: i as u32 + 1,
+                            item: ItemId::Sku(format!("SKU-{i}")),
+                            description: None,
+                            quantity,
+                            unit_price,
+                            extended_amount,
+                            discounts: discount
+                                .map(|amount| Discount {
+                                    amount,
+                                    reason: "PROMO".into(),
+                                })
+                                .into_iter()
+                                .collect(),
+                            voided,
+                        }
+                    })
+                    .collect();
+                s.tax = tax
+                    .into_iter()
+                    .map(|(amount, taxable_amount)| TaxLine {
+                        code: "VAT".into(),
+                        rate_bp: 2300,
+                        taxable_amount,
+                        amount,
+                    })
+                    .collect();
+                let live = s.lines.iter().filter(|l| !l.voided);
+                let wrapping_sum =
+                    |v: &mut dyn Iterator<Item = i64>| v.fold(0i64, i64::wrapping_add);
+                let gross = wrapping_sum(&mut live.clone().map(|l| l.extended_amount));
+                let discounts =
+                    wrapping_sum(&mut live.flat_map(|l| l.discounts.iter().map(|d| d.amount)));
+                let tax = wrapping_sum(&mut s.tax.iter().map(|t| t.amount));
+                let grand = match s.tax_mode {
+                    TaxMode::Exclusive => gross.wrapping_sub(discounts).wrapping_add(tax),
+                    TaxMode::Inclusive => gross.wrapping_sub(discounts),
+                };
+                let tendered = grand.wrapping_add(change);
+                s.tenders[0].amount = tendered;
+                s.totals = Totals {
+                    gross,
+                    discounts,
+                    tax,
+                    grand,
+                    tendered,
+                    change,
+                };
+                s
+            })
+    }
+
+    /// `validate` accepts a sale exactly when its arithmetic holds in exact
+    /// integers: no overflow lets a sale through unchecked, and no sound
+    /// sale is refused.
+    #[test]
+    fn validation_accepts_exactly_the_sales_that_add_up_in_exact_arithmetic() {
+        use proptest::test_runner::{Config, TestRunner};
+        let (valid, invalid) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+        let mut runner = TestRunner::new(Config {
+            cases: 20_000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&till_sale(), |s| {
+            let exact = adds_up_exactly(&s);
+            proptest::prop_assert_eq!(s.validate().is_ok(), exact, "{:?}", codes(&s));
+            let counter = if exact { &valid } else { &invalid };
+            counter.set(counter.get() + 1);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        let (valid, invalid) = (valid.get(), invalid.get());
+        assert!(
+            valid > 1_000 && invalid > 1_000,
+            "{valid} valid, {invalid} invalid sales"
+        );
     }
 }
