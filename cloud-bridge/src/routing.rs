@@ -286,6 +286,8 @@ fn subrange(outer: &[u8], inner: &[u8]) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
     use protocol::batch::encode_batch;
     use protocol::samples;
 
@@ -463,6 +465,96 @@ mod tests {
                 assert_eq!(&payload[dl.value.clone()], original.as_slice());
             }
         }
+    }
+
+    /// What must hold for any payload on a store's topic: every event of a
+    /// readable batch gets exactly one decision, every range lies in the
+    /// payload, and whatever is published decodes in full as its schema and
+    /// belongs to the topic's store.
+    fn check_routing_of(store: &str, payload: &[u8]) -> Result<(), TestCaseError> {
+        let r = route(&topics::store_events_topic(store), payload, MAX);
+        prop_assert_eq!(r.topic_store.as_deref(), Some(store));
+        let events_in_batch = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|t| RawBatch::parse_str(t).ok())
+            .map(|b| b.events.len());
+        match events_in_batch {
+            Some(n) => prop_assert_eq!(r.decisions.len(), n),
+            None => prop_assert_eq!(reasons(&r), ["undecodable_batch"]),
+        }
+        for d in &r.decisions {
+            match d {
+                Decision::Publish(p) => {
+                    prop_assert!(p.value.end <= payload.len());
+                    let env = protocol::Envelope::from_json(&payload[p.value.clone()]);
+                    prop_assert!(
+                        env.is_ok(),
+                        "published an event that does not decode: {:?}",
+                        env
+                    );
+                    let env = env.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(env.store_id.as_str(), store);
+                    prop_assert_eq!(env.id, p.id);
+                    prop_assert_eq!(env.body.kind(), p.kind);
+                    prop_assert_eq!(p.topic, KafkaTopic::for_kind(p.kind));
+                }
+                Decision::DeadLetter(dl) => {
+                    prop_assert!(dl.value.end <= payload.len());
+                    prop_assert!(!dl.reason.is_empty());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_on_any_topic_are_routed_without_panicking(
+            topic in "[a-z/$+#]{0,12}(/events)?",
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let r = route(&topic, &payload, MAX);
+            let in_payload = r.decisions.iter().all(|d| match d {
+                Decision::Publish(p) => p.value.end <= payload.len(),
+                Decision::DeadLetter(dl) => dl.value.end <= payload.len(),
+            });
+            prop_assert!(in_payload);
+        }
+
+        /// Byte edits of a real batch from store-a, some of them turning
+        /// "store-a" into "store-b": the bridge never publishes an event that
+        /// claims another store or fails its schema, and drops none silently.
+        #[test]
+        fn a_corrupted_batch_publishes_only_whole_events_of_its_own_store(
+            edits in proptest::collection::vec(
+                // Mostly printable bytes, so many edits leave the batch readable.
+                (any::<prop::sample::Index>(), prop_oneof![9 => 0x20u8..0x7f, 1 => any::<u8>()], 0u8..4),
+                1..5,
+            ),
+        ) {
+            let mut events = sample_json("store-a");
+            events.extend(sample_json("store-b").into_iter().take(1));
+            let mut payload = batch_of("store-a", &events);
+            for (at, byte, op) in edits {
+                let i = at.index(payload.len());
+                match op {
+                    0 => payload[i] = byte,
+                    1 => payload.insert(i, byte),
+                    2 => { payload.remove(i); }
+                    // A store id rewritten, the edit a forger would make.
+                    _ => if let Some(pos) = find(&payload[i..], b"store-a") {
+                        payload[i + pos + 6] = b'b';
+                    },
+                }
+            }
+            check_routing_of("store-a", &payload)?;
+        }
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|w| w == needle)
     }
 
     #[test]

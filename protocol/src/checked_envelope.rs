@@ -479,6 +479,130 @@ mod tests {
         }
     }
 
+    /// A small edit to JSON text: written characters come from JSON's own
+    /// structure and the values the samples hold, so many mutants stay
+    /// well-formed and reach the deeper checks instead of failing at once.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Replace(usize, char),
+        Insert(usize, char),
+        Delete(usize),
+        /// Copies `len` characters from one place to another (duplicate
+        /// fields, doubled digits, repeated array items).
+        Copy {
+            from: usize,
+            len: usize,
+            to: usize,
+        },
+    }
+
+    fn edits() -> impl proptest::strategy::Strategy<Value = Vec<Edit>> {
+        use proptest::prelude::*;
+        const ALPHABET: &[char] = &[
+            '{', '}', '[', ']', ':', ',', '"', '\\', ' ', '0', '1', '5', '9', '-', '+', '.', 'e',
+            'E', 'a', 'n', 't', 'u', 'l', 'Z', 'T', 'é', '\u{1}',
+        ];
+        let edit =
+            prop_oneof![
+                (any::<usize>(), proptest::sample::select(ALPHABET))
+                    .prop_map(|(i, c)| Edit::Replace(i, c)),
+                (any::<usize>(), proptest::sample::select(ALPHABET))
+                    .prop_map(|(i, c)| Edit::Insert(i, c)),
+                any::<usize>().prop_map(Edit::Delete),
+                (any::<usize>(), 1usize..24, any::<usize>())
+                    .prop_map(|(from, len, to)| Edit::Copy { from, len, to }),
+            ];
+        proptest::collection::vec(edit, 1..4)
+    }
+
+    fn mutate(text: &str, edits: &[Edit]) -> String {
+        let mut chars: Vec<char> = text.chars().collect();
+        for edit in edits {
+            let n = chars.len().max(1);
+            match *edit {
+                Edit::Replace(i, c) if !chars.is_empty() => chars[i % n] = c,
+                Edit::Insert(i, c) => chars.insert(i % (chars.len() + 1), c),
+                Edit::Delete(i) if !chars.is_empty() => {
+                    chars.remove(i % n);
+                }
+                Edit::Copy { from, len, to } if !chars.is_empty() => {
+                    let from = from % n;
+                    let piece: Vec<char> = chars[from..(from + len).min(chars.len())].to_vec();
+                    let to = to % (chars.len() + 1);
+                    chars.splice(to..to, piece);
+                }
+                _ => {}
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    /// Runs `check` on `cases` random mutants of `texts`; returns how many
+    /// the one-pass reader accepted, so a test can show it was not vacuous.
+    fn run_mutants(
+        texts: &[String],
+        cases: u32,
+        check: impl Fn(&str) -> Result<bool, proptest::test_runner::TestCaseError>,
+    ) -> u32 {
+        use proptest::test_runner::{Config, TestRunner};
+        let accepted = std::cell::Cell::new(0u32);
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&(0..texts.len(), edits()), |(i, edits)| {
+            if check(&mutate(&texts[i], &edits))? {
+                accepted.set(accepted.get() + 1);
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+        accepted.get()
+    }
+
+    /// The one-pass reader is hand-written; the two-step path is serde's
+    /// derive. Random edits probe the corners neither list of hand-picked
+    /// variations above thought of: whatever the one pass accepts, the two
+    /// steps accept with the same header.
+    #[test]
+    fn a_mutated_envelope_read_in_one_pass_is_one_the_two_step_path_accepts_alike() {
+        let texts: Vec<String> = samples().iter().map(text_of).collect();
+        let cases = 20_000;
+        let accepted = run_mutants(&texts, cases, |text| {
+            let fast = one_pass(text);
+            if fast.is_some() {
+                proptest::prop_assert_eq!(&fast, &two_step(text), "{}", text);
+            }
+            Ok(fast.is_some())
+        });
+        // Edits inside string values and numbers keep an envelope valid;
+        // if none were accepted, the property above proved nothing.
+        assert!(
+            accepted > cases / 50,
+            "only {accepted} of {cases} mutants were accepted"
+        );
+    }
+
+    #[test]
+    fn a_mutated_batch_read_in_one_pass_is_read_alike_when_split_then_decoded() {
+        let texts = vec![sample_batch(&sample_events())];
+        let cases = 10_000;
+        let accepted = run_mutants(&texts, cases, |text| {
+            let fast = batch_in_one_pass(text);
+            if fast.is_some() {
+                proptest::prop_assert_eq!(&fast, &split_then_decode(text), "{}", text);
+            }
+            Ok(fast.is_some())
+        });
+        assert!(
+            accepted > cases / 50,
+            "only {accepted} of {cases} mutants were accepted"
+        );
+    }
+
     #[test]
     fn anything_but_the_encoded_layout_is_left_to_the_split() {
         let events = sample_events();
