@@ -9,8 +9,8 @@
 # client's in-flight list moves up to `max_inflight_messages` more queued
 # messages into flight, so a subscriber that acks in order receives its whole
 # backlog at once, whatever it or the broker configured (MQTT v5's receive
-# maximum included). The fleet runs eclipse-mosquitto 2.0.20 (k3s/base), where
-# the limit holds; the tests should see the broker the fleet runs.
+# maximum included). The fleet runs the same release, eclipse-mosquitto 2.0.21
+# (k3s/base): the tests see the broker the stores run.
 #
 #   scripts/mosquitto.sh install   download, verify and build into the cache (idempotent)
 #   scripts/mosquitto.sh path      print the broker executable's path

@@ -1,7 +1,7 @@
 //! A real Mosquitto broker per test, on a free loopback port, with its own
 //! config and persistence directory. The broker is Mosquitto 2.0.21, built by
 //! `scripts/mosquitto.sh` (Debian 12's 2.0.11 does not keep its in-flight
-//! limit; the fleet runs 2.0.20).
+//! limit); the fleet runs the same release, which a unit test below checks.
 //!
 //! Settings and why:
 //! * `persistence true`: `stop()` + `start_again()` keeps persistent sessions
@@ -256,4 +256,33 @@ pub fn mosquitto_binary() -> Result<PathBuf> {
 pub fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr().context("reading a bound address")?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MOSQUITTO_VERSION;
+
+    /// The broker the tests run, the one the install script builds and the
+    /// image the stores run are one release: behaviour the tests rely on
+    /// (the in-flight limit above all) changed between releases before.
+    #[test]
+    fn tests_install_script_and_fleet_run_the_same_mosquitto_release() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let script = std::fs::read_to_string(format!("{root}/scripts/mosquitto.sh"))
+            .expect("scripts/mosquitto.sh");
+        let built = script
+            .lines()
+            .find_map(|l| l.strip_prefix("VERSION="))
+            .expect("VERSION= in scripts/mosquitto.sh");
+        assert_eq!(built, MOSQUITTO_VERSION);
+        let kustomization = std::fs::read_to_string(format!("{root}/k3s/base/kustomization.yaml"))
+            .expect("k3s/base/kustomization.yaml");
+        let fleet = kustomization
+            .lines()
+            .skip_while(|l| l.trim() != "- name: mosquitto")
+            .find_map(|l| l.trim().strip_prefix("newTag:"))
+            .map(str::trim)
+            .expect("the mosquitto image's newTag in k3s/base/kustomization.yaml");
+        assert_eq!(fleet, MOSQUITTO_VERSION);
+    }
 }
