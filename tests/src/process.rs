@@ -5,13 +5,71 @@
 //! behind. Output goes to a log file, not to the test's pipes: a chatty child
 //! cannot block on a full pipe, and a failure message can quote its log tail.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+/// Process groups of the children not yet known to have exited, for
+/// [`stop_children_on_signal`]: a signal skips every `Drop`.
+static LIVE_GROUPS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+fn live_groups() -> MutexGuard<'static, BTreeSet<u32>> {
+    LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on the first SIGINT or SIGTERM, on a thread of its own (a tiny
+/// current-thread runtime waits for the signal).
+pub fn on_signal(f: impl FnOnce() + Send + 'static) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut term = rt.block_on(async { signal(SignalKind::terminate()) })?;
+    let mut int = rt.block_on(async { signal(SignalKind::interrupt()) })?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        });
+        f();
+    });
+    Ok(())
+}
+
+/// For programs that run to completion (the benchmarks): on SIGINT or
+/// SIGTERM, kill every child still running, group and all, and exit 130.
+/// Each child has its own process group, so the terminal's Ctrl-C never
+/// reaches it; without this an interrupted run leaves its Kafka broker,
+/// Mosquitto and agent behind to skew the next one.
+pub fn stop_children_on_signal() -> Result<()> {
+    on_signal(|| {
+        for pid in live_groups().iter() {
+            let _ = kill_group(*pid, "KILL");
+        }
+        eprintln!("interrupted: stopped every child process");
+        std::process::exit(130);
+    })
+}
+
+/// `kill -SIGNAL -- -PID`: the signal to a whole process group.
+fn kill_group(pid: u32, signal: &str) -> Result<ExitStatus> {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill(1)")
+}
 
 /// A running child process, killed with its process group on drop.
 pub struct ChildProcess {
@@ -55,6 +113,7 @@ impl ChildProcess {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        live_groups().insert(child.id());
         Ok(ChildProcess {
             name: name.to_owned(),
             child,
@@ -78,14 +137,7 @@ impl ChildProcess {
 
     /// Sends `signal` (e.g. "KILL", "TERM") to the child's whole process group.
     fn signal_group(&self, signal: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg("--")
-            .arg(format!("-{}", self.child.id()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running kill(1)")?;
+        let status = kill_group(self.child.id(), signal)?;
         // kill(1) fails when the group is gone already (the child exited on
         // its own and was reaped): that is not an error for a stop request.
         let still_there = Path::new(&format!("/proc/{}", self.child.id())).exists();
@@ -106,7 +158,7 @@ impl ChildProcess {
         }
         self.signal_group("KILL")?;
         let status = self.child.wait().context("waiting for a killed child")?;
-        self.exited = Some(status);
+        self.record_exit(Some(status));
         Ok(())
     }
 
@@ -118,10 +170,19 @@ impl ChildProcess {
         self.signal_group("TERM")
     }
 
+    /// Once reaped, the pid may be reused: forget it as a group to kill.
+    fn record_exit(&mut self, status: Option<ExitStatus>) {
+        if status.is_some() {
+            live_groups().remove(&self.child.id());
+        }
+        self.exited = status;
+    }
+
     /// The exit status if the child has exited, without waiting.
     pub fn try_exit_status(&mut self) -> Result<Option<ExitStatus>> {
         if self.exited.is_none() {
-            self.exited = self.child.try_wait().context("polling a child")?;
+            let status = self.child.try_wait().context("polling a child")?;
+            self.record_exit(status);
         }
         Ok(self.exited)
     }
@@ -158,6 +219,7 @@ impl Drop for ChildProcess {
             let _ = self.signal_group("KILL");
             let _ = self.child.wait();
         }
+        live_groups().remove(&self.child.id());
     }
 }
 

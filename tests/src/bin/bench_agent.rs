@@ -40,6 +40,7 @@ fn main() -> Result<()> {
         let port: u16 = std::env::args().nth(2).context("port")?.parse()?;
         return trivial_server(port);
     }
+    harness::process::stop_children_on_signal()?;
     let secs: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

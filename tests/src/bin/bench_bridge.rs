@@ -35,6 +35,7 @@ const PARTITIONS: i32 = 6;
 const STORES: usize = 50;
 
 fn main() -> Result<()> {
+    harness::process::stop_children_on_signal()?;
     let mut args = std::env::args().skip(1);
     let events: usize = args
         .next()

@@ -31,6 +31,7 @@ fn wall_ms() -> i64 {
 }
 
 fn main() -> Result<()> {
+    harness::process::stop_children_on_signal()?;
     let rate: u64 = std::env::var("BENCH_RATE")
         .ok()
         .and_then(|s| s.parse().ok())

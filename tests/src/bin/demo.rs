@@ -65,7 +65,7 @@ fn main() -> Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
-        let _ = ctrlc_like(move || stop.store(true, Ordering::Relaxed));
+        let _ = harness::process::on_signal(move || stop.store(true, Ordering::Relaxed));
     }
     let posted = Arc::new(AtomicU64::new(0));
     let pos = {
@@ -236,23 +236,4 @@ fn play_sensors(stack: &StoreStack, stop: &std::sync::atomic::AtomicBool) {
         }
         std::thread::sleep(Duration::from_millis(700));
     }
-}
-
-/// Sets `f` to run on SIGINT/SIGTERM without extra dependencies: a thread
-/// waits on a tokio signal in a tiny current-thread runtime.
-fn ctrlc_like(f: impl FnOnce() + Send + 'static) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-            }
-        });
-        f();
-    });
-    Ok(())
 }
