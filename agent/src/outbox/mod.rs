@@ -14,7 +14,11 @@
 //! * **Deleted only by receipt.** Rows leave the `events` table when a
 //!   delivery receipt names them ([`OutboxHandle::delete`]), or when
 //!   low-value telemetry is compacted/shed under the capacity policy — and
-//!   every shed row is counted and reported as an `agent_notice` event.
+//!   every shed row is counted and reported as an `agent_notice` event. The
+//!   count not yet reported is stored in the same transaction as the
+//!   deletions it counts, so neither a crash nor the report throttle can
+//!   turn a shed into a silent drop: it is reported at the next open, or at
+//!   close.
 //! * **Order.** `seq` is `AUTOINCREMENT`: it never goes backwards, even when
 //!   the table empties, so "everything after seq N" is always well defined
 //!   for the forwarder.
@@ -24,13 +28,14 @@
 //!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
 //!   so a re-post after delivery still answers with the original id.
 //!
-//! # On-disk format (schema version 2, `PRAGMA user_version`)
+//! # On-disk format (schema version 3, `PRAGMA user_version`)
 //!
 //! ```sql
 //! events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE, kind TEXT,
 //!        priority INTEGER, device_id TEXT, payload BLOB, crc32 INTEGER, created_ms INTEGER)
 //! idempotency_keys(key TEXT, event_id BLOB, body_crc INTEGER, created_ms INTEGER)  -- append-only, see keys.rs
 //! quarantine(seq, id, payload, reason, at_ms)   -- rows that failed their checksum
+//! shed_unreported(only = 1, count)               -- readings shed, not yet reported
 //! ```
 //! `payload` is the event's envelope JSON, byte for byte what goes to Kafka;
 //! `crc32` covers it and is verified before sending.

@@ -46,6 +46,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     INSERT INTO idempotency_keys (key, event_id, body_crc, created_ms)
         SELECT key, event_id, body_crc, created_ms FROM transaction_keys ORDER BY created_ms;
     DROP TABLE transaction_keys;",
+    // 3: the count of readings shed but not yet reported, kept with the
+    // deletions it counts, so a crash cannot turn a shed into a silent drop.
+    "CREATE TABLE shed_unreported (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        count INTEGER NOT NULL
+    );
+    INSERT INTO shed_unreported (only, count) VALUES (1, 0);",
 ];
 
 /// Opens the write connection with the durability settings the invariants need.

@@ -1,9 +1,14 @@
 //! Outbox behaviour against real SQLite files in temp directories.
 
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
 use chrono::Utc;
+use proptest::prelude::*;
 use protocol::device::ShelfReading;
 use protocol::{Envelope, EventBody, EventKind, Source, SourceKind};
 
+use super::writer::{SHED_REPORT_EVERY, TELEMETRY_SHARE};
 use super::*;
 
 fn store() -> StoreIdentity {
@@ -338,4 +343,385 @@ async fn idempotency_keys_survive_a_restart() {
         h.append(fresh, fresh_key).await.expect("fresh"),
         AppendOutcome::Stored
     );
+}
+
+// ---------------------------------------------------------------------------
+// Model tests: random operations against a real file, checked after each
+// step against what the outbox promises (the invariants in mod.rs, the
+// capacity policy in writer.rs).
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A sale under idempotency key `n`; `other` changes its body, as a
+    /// terminal reusing a sequence number for another transaction would.
+    Sale {
+        n: u64,
+        other: bool,
+    },
+    Reading {
+        sensor: u8,
+        grams: i64,
+    },
+    /// A receipt naming ids picked (modulo) from the stored events followed
+    /// by every id ever stored, so some are already gone or named twice.
+    Receipt(Vec<usize>),
+    Housekeep,
+    Restart,
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u64..20, prop::bool::weighted(0.15)).prop_map(|(n, other)| Op::Sale { n, other }),
+        3 => (0u8..3, -500i64..5000).prop_map(|(sensor, grams)| Op::Reading { sensor, grams }),
+        2 => prop::collection::vec(any::<usize>(), 1..5).prop_map(Op::Receipt),
+        1 => Just(Op::Housekeep),
+        1 => Just(Op::Restart),
+        1 => Just(Op::Crash),
+    ]
+}
+
+fn sale_variant(n: u64, other: bool) -> (Envelope, Option<String>) {
+    let (mut env, key) = sale(n);
+    if let (true, EventBody::Sale(s)) = (other, &mut env.body) {
+        s.operator_id = "op-other".into();
+    }
+    (env, key)
+}
+
+/// An append's answer, comparable.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    Stored,
+    Duplicate(EventId),
+    Shed,
+    Conflict(EventId),
+    Full { rows: u64, bytes: u64 },
+}
+
+fn answer(r: Result<AppendOutcome, OutboxError>) -> Answer {
+    match r {
+        Ok(AppendOutcome::Stored) => Answer::Stored,
+        Ok(AppendOutcome::Duplicate(id)) => Answer::Duplicate(id),
+        Ok(AppendOutcome::Shed) => Answer::Shed,
+        Err(OutboxError::IdempotencyConflict { original, .. }) => Answer::Conflict(original),
+        Err(OutboxError::Full { rows, bytes }) => Answer::Full { rows, bytes },
+        Err(e) => panic!("append failed: {e}"),
+    }
+}
+
+struct Acked {
+    id: EventId,
+    kind: &'static str,
+    device: String,
+    payload: Vec<u8>,
+}
+
+const READING: &str = "storelink.shelf_reading";
+
+struct Model {
+    max_rows: u64,
+    max_bytes: u64,
+    /// Acknowledged and not yet receipted (nor shed), in acknowledgement order.
+    live: Vec<Acked>,
+    /// Every id ever stored: what receipts pick from.
+    ever: Vec<EventId>,
+    /// Idempotency key → (original id, body variant). Never forgotten here:
+    /// keys outlive their events by design.
+    keys: HashMap<u64, (EventId, bool)>,
+    /// The seq each event had when first read: it must never change.
+    seqs: HashMap<EventId, i64>,
+    /// Highest seq ever observed, across receipts and restarts.
+    max_seq: i64,
+    /// Readings compacted or shed and not yet reported by a notice.
+    unreported: u64,
+    /// The request during which the last notice was written; None since open.
+    last_report: Option<(Instant, Instant)>,
+    /// The outbox's counters since open.
+    compacted: u64,
+    shed: u64,
+}
+
+impl Model {
+    fn new(max_rows: u64, max_bytes: u64) -> Model {
+        Model {
+            max_rows,
+            max_bytes,
+            live: vec![],
+            ever: vec![],
+            keys: HashMap::new(),
+            seqs: HashMap::new(),
+            max_seq: 0,
+            unreported: 0,
+            last_report: None,
+            compacted: 0,
+            shed: 0,
+        }
+    }
+
+    fn rows(&self) -> u64 {
+        self.live.len() as u64
+    }
+
+    fn bytes(&self) -> u64 {
+        self.live.iter().map(|e| e.payload.len() as u64).sum()
+    }
+
+    /// writer.rs `over`: one more event of `size` bytes exceeds `share` of the capacity.
+    fn over(&self, share: f64, size: u64) -> bool {
+        self.rows() + 1 > (self.max_rows as f64 * share) as u64
+            || self.bytes() + size > (self.max_bytes as f64 * share) as u64
+    }
+
+    /// Drops the readings `which` selects; returns how many.
+    fn drop_readings(&mut self, which: impl Fn(&Acked) -> bool) -> u64 {
+        let before = self.live.len();
+        self.live.retain(|e| !(e.kind == READING && which(e)));
+        (before - self.live.len()) as u64
+    }
+
+    fn acked(&mut self, env: &Envelope) {
+        self.ever.push(env.id);
+        self.live.push(Acked {
+            id: env.id,
+            kind: env.schema.schema_name(),
+            device: env.source.device_id.clone(),
+            payload: env.to_json(),
+        });
+    }
+
+    async fn apply(&mut self, h: &OutboxHandle, op: &Op) -> Result<(), TestCaseError> {
+        match *op {
+            Op::Sale { n, other } => {
+                let (env, key) = sale_variant(n, other);
+                let size = env.to_json().len() as u64;
+                let want = match self.keys.get(&n) {
+                    Some(&(id, same)) if same == other => Answer::Duplicate(id),
+                    Some(&(id, _)) => Answer::Conflict(id),
+                    // Transactions may use all of the capacity, and are
+                    // refused beyond it: never shed.
+                    None if self.over(1.0, size) => Answer::Full {
+                        rows: self.rows(),
+                        bytes: self.bytes(),
+                    },
+                    None => Answer::Stored,
+                };
+                prop_assert_eq!(&answer(h.append(env.clone(), key).await), &want);
+                if want == Answer::Stored {
+                    self.keys.insert(n, (env.id, other));
+                    self.acked(&env);
+                }
+            }
+            Op::Reading { sensor, grams } => {
+                let env = reading(&format!("shelf-{sensor}"), grams);
+                let size = env.to_json().len() as u64;
+                let mut want = Answer::Stored;
+                if self.over(TELEMETRY_SHARE, size) {
+                    // The new reading supersedes its sensor's older ones …
+                    let compacted = self.drop_readings(|e| e.device == env.source.device_id);
+                    self.compacted += compacted;
+                    self.unreported += compacted;
+                    // … then the oldest go, up to 256 at a time: here always all.
+                    if self.over(TELEMETRY_SHARE, size) {
+                        let shed = self.drop_readings(|_| true);
+                        self.shed += shed;
+                        self.unreported += shed;
+                    }
+                    if self.over(TELEMETRY_SHARE, size) {
+                        want = Answer::Shed;
+                        self.shed += 1;
+                        self.unreported += 1;
+                    }
+                }
+                prop_assert_eq!(&answer(h.append(env.clone(), None).await), &want);
+                if want == Answer::Stored {
+                    self.acked(&env);
+                }
+            }
+            Op::Receipt(ref picks) => {
+                let pool: Vec<EventId> = self
+                    .live
+                    .iter()
+                    .map(|e| e.id)
+                    .chain(self.ever.iter().copied())
+                    .collect();
+                let ids: Vec<EventId> = if pool.is_empty() {
+                    vec![EventId::new_v7()]
+                } else {
+                    picks.iter().map(|i| pool[i % pool.len()]).collect()
+                };
+                let named: HashSet<EventId> = ids.iter().copied().collect();
+                let before = self.live.len();
+                self.live.retain(|e| !named.contains(&e.id));
+                let removed = h.delete(ids).await.expect("delete");
+                prop_assert_eq!(removed, (before - self.live.len()) as u64);
+            }
+            Op::Housekeep => h.housekeep().await.expect("housekeep"),
+            // The caller owns the outbox and handles these.
+            Op::Restart | Op::Crash => {}
+        }
+        Ok(())
+    }
+
+    /// Compares the outbox with the model after a request sent at `sent`
+    /// and answered at `done`.
+    async fn check(
+        &mut self,
+        h: &OutboxHandle,
+        (sent, done): (Instant, Instant),
+    ) -> Result<(), TestCaseError> {
+        let stored = all_events(h).await;
+        // Shedding is reported at the end of the group commit that sees it,
+        // then at most every SHED_REPORT_EVERY; the writer's clock is only
+        // known to lie within each request, so some timings allow both.
+        let elapsed = |now: Instant, then: Instant| now >= then + SHED_REPORT_EVERY;
+        let (must, may) = match self.last_report {
+            _ if self.unreported == 0 => (false, false),
+            None => (true, true),
+            Some((lo, hi)) => (elapsed(sent, hi), elapsed(done, lo)),
+        };
+        if stored.len() > self.live.len() {
+            let e = stored.last().expect("one more");
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).expect("json");
+            prop_assert!(may, "unexpected event {v}");
+            prop_assert_eq!(&v["body"]["code"], "telemetry_shed");
+            prop_assert_eq!(v["body"]["count"].as_u64(), Some(self.unreported));
+            self.live.push(Acked {
+                id: e.id,
+                kind: EventKind::AgentNotice.schema_name(),
+                device: "store-agent".into(),
+                payload: e.payload.clone(),
+            });
+            self.unreported = 0;
+            self.last_report = Some((sent, done));
+        } else {
+            prop_assert!(!must, "{} shed readings not reported", self.unreported);
+        }
+        let got: Vec<EventId> = stored.iter().map(|e| e.id).collect();
+        let want: Vec<EventId> = self.live.iter().map(|e| e.id).collect();
+        prop_assert_eq!(got, want);
+        prop_assert!(stored.windows(2).all(|w| w[0].seq < w[1].seq));
+        for (e, m) in stored.iter().zip(&self.live) {
+            prop_assert!(e.payload == m.payload, "payload of {} changed", e.id);
+            prop_assert_eq!(e.kind.as_str(), m.kind);
+            prop_assert!(e.checksum_ok());
+            if let Some(&seq) = self.seqs.get(&e.id) {
+                prop_assert_eq!(e.seq, seq, "seq of {} changed", e.id);
+            } else {
+                // AUTOINCREMENT: above every seq ever handed out, even
+                // after receipts emptied the table and the outbox restarted.
+                prop_assert!(e.seq > self.max_seq, "{} reused seq {}", e.id, e.seq);
+                self.seqs.insert(e.id, e.seq);
+                self.max_seq = e.seq;
+            }
+        }
+        // The forwarder's way of reading: a cursor, at least one event per page.
+        let mut cursor = 0;
+        let mut paged = vec![];
+        while let Some(e) = h.read_after(cursor, 2, 1).await.expect("page").pop() {
+            cursor = e.seq;
+            paged.push(e.id);
+        }
+        prop_assert_eq!(paged, stored.iter().map(|e| e.id).collect::<Vec<_>>());
+        let s = h.stats();
+        prop_assert_eq!(s.rows(), self.rows());
+        prop_assert_eq!(s.bytes(), self.bytes());
+        let sales = self
+            .live
+            .iter()
+            .filter(|e| e.kind == "storelink.sale")
+            .count();
+        prop_assert_eq!(s.pending_transactions(), sales as u64);
+        prop_assert_eq!(s.compacted_total.load(Ordering::Relaxed), self.compacted);
+        prop_assert_eq!(s.shed_total.load(Ordering::Relaxed), self.shed);
+        Ok(())
+    }
+}
+
+/// Reopens the outbox from what a process crash would leave on disk: the
+/// database and WAL exactly as they are between two requests, without the
+/// checkpoint a clean close does.
+async fn crash_and_reopen(
+    dir: &std::path::Path,
+    outbox: Outbox,
+    max_bytes: u64,
+    max_rows: u64,
+) -> Outbox {
+    let h = outbox.handle();
+    // Housekeeping runs after its group's replies; two more round trips
+    // through the writer make sure it is not writing while we copy.
+    for _ in 0..2 {
+        assert_eq!(h.delete(vec![EventId::new_v7()]).await.expect("sync"), 0);
+    }
+    drop(h);
+    let db = dir.join("outbox.db");
+    let [wal, shm] = sidecars(&db);
+    let image = std::fs::read(&db).expect("db");
+    let wal_image = std::fs::read(&wal).ok();
+    outbox.close().await;
+    std::fs::write(&db, image).expect("restore db");
+    match wal_image {
+        Some(bytes) => std::fs::write(&wal, bytes).expect("restore wal"),
+        None => drop(std::fs::remove_file(&wal)),
+    }
+    // A stale index would describe the WAL the clean close left; without
+    // one SQLite rebuilds it from the WAL, as after a crash.
+    let _ = std::fs::remove_file(&shm);
+    open(dir, max_bytes, max_rows)
+}
+
+async fn run_model(max_rows: u64, max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut outbox = open(dir.path(), max_bytes, max_rows);
+    let mut model = Model::new(max_rows, max_bytes);
+    for op in &ops {
+        let sent = Instant::now();
+        match op {
+            Op::Restart => {
+                outbox.close().await;
+                outbox = open(dir.path(), max_bytes, max_rows);
+            }
+            Op::Crash => outbox = crash_and_reopen(dir.path(), outbox, max_bytes, max_rows).await,
+            _ => model.apply(&outbox.handle(), op).await?,
+        }
+        if matches!(op, Op::Restart | Op::Crash) {
+            // A new process: fresh counters, no report yet, so readings shed
+            // before the close or the crash and not yet reported must be
+            // reported now (the count is durable, like the deletions).
+            (model.compacted, model.shed, model.last_report) = (0, 0, None);
+        }
+        model
+            .check(&outbox.handle(), (sent, Instant::now()))
+            .await?;
+        if matches!(op, Op::Restart) {
+            // That report was the old process's last act at close (a crash
+            // leaves it to the new one at open): the new writer's throttle
+            // has not started.
+            model.last_report = None;
+        }
+    }
+    outbox.close().await;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_appends_receipts_and_restarts_keep_exactly_the_acknowledged_events_in_order(
+        ops in prop::collection::vec(op(), 1..60)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(run_model(1_000_000, 1 << 30, ops))?;
+    }
+
+    #[test]
+    fn a_small_outbox_refuses_sales_and_sheds_telemetry_exactly_as_its_policy_says(
+        max_rows in 3u64..30,
+        max_bytes in 1_500u64..15_000,
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(run_model(max_rows, max_bytes, ops))?;
+    }
 }

@@ -17,10 +17,10 @@ use super::{
 use crate::ingest::StoreIdentity;
 
 /// Shed counts are reported at most this often, aggregated.
-const SHED_REPORT_EVERY: Duration = Duration::from_secs(10);
+pub(super) const SHED_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Telemetry may use this share of the capacity; the rest is kept for events
 /// that must not be shed, so a flood of shelf readings never refuses a sale.
-const TELEMETRY_SHARE: f64 = 0.80;
+pub(super) const TELEMETRY_SHARE: f64 = 0.80;
 /// Scans, alerts and device status may use this share; transactions and
 /// notices all of it.
 const EVENT_SHARE: f64 = 0.95;
@@ -66,6 +66,8 @@ impl Writer {
             .store(pending as u64, Ordering::Relaxed);
         let keys = KeyIndex::load(&conn)?;
         tracing::info!(keys = keys.len(), "idempotency keys loaded");
+        let unreported_shed: i64 =
+            conn.query_row("SELECT count FROM shed_unreported", [], |r| r.get(0))?;
         let mut writer = Writer {
             keys,
             conn,
@@ -73,10 +75,12 @@ impl Writer {
             store,
             stats,
             appended,
-            unreported_shed: 0,
+            unreported_shed: unreported_shed.max(0) as u64,
             last_shed_report: None,
             disk_full: false,
         };
+        // Shedding counted before a crash is reported now, not lost.
+        writer.report_shed()?;
         if let Err(e) = writer.ensure_reserve() {
             // Starting on a full disk: run without the reserve; appends are
             // refused until delivered events free space.
@@ -135,6 +139,20 @@ impl Writer {
         Ok(())
     }
 
+    /// Reports the readings shed since the last report, if any, in a
+    /// transaction of its own (at open and at close, outside the throttle).
+    fn report_shed(&mut self) -> Result<(), OutboxError> {
+        if self.unreported_shed == 0 {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        write_shed_report(&tx, &self.store, &self.stats, self.unreported_shed)?;
+        tx.commit()?;
+        self.unreported_shed = 0;
+        self.last_shed_report = Some(Instant::now());
+        Ok(())
+    }
+
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.config.group_commit_max);
         while let Some(first) = rx.blocking_recv() {
@@ -153,6 +171,10 @@ impl Writer {
                     batch.push(cmd);
                 }
                 let _ = self.process(&mut batch);
+                // The throttle would hold this count until after the exit.
+                if let Err(e) = self.report_shed() {
+                    tracing::warn!(error = %e, "could not report shed readings at close; kept for the next start");
+                }
                 self.checkpoint("TRUNCATE");
                 let _ = reply.send(());
                 tracing::info!("outbox closed");
@@ -174,6 +196,8 @@ impl Writer {
             self.stats.bytes(),
             self.stats.pending_transactions(),
         );
+        let unreported_before = self.unreported_shed;
+        let mut reported = false;
         let started = Instant::now();
         let result = (|| -> Result<(), OutboxError> {
             let tx = self.conn.transaction()?;
@@ -190,6 +214,7 @@ impl Writer {
                                 self.stats.rows(),
                                 self.stats.bytes(),
                                 self.stats.pending_transactions(),
+                                self.unreported_shed,
                             );
                             run_cached(&tx, "SAVEPOINT append")?;
                             let outcome = append(
@@ -208,6 +233,8 @@ impl Writer {
                                 self.stats
                                     .pending_transactions
                                     .store(before.2, Ordering::Relaxed);
+                                // Its compactions were rolled back with it.
+                                self.unreported_shed = before.3;
                             }
                             run_cached(&tx, "RELEASE append")?;
                             outcome
@@ -234,25 +261,11 @@ impl Writer {
                     .last_shed_report
                     .is_none_or(|t| t.elapsed() >= SHED_REPORT_EVERY)
             {
-                let notice = AgentNotice {
-                    code: NoticeCode::TelemetryShed,
-                    message: format!(
-                        "outbox full: {} shelf readings compacted or shed",
-                        self.unreported_shed
-                    ),
-                    count: self.unreported_shed,
-                };
-                insert(
-                    &tx,
-                    &self.stats,
-                    &PreparedEvent::new(&notice_envelope(&self.store, notice)),
-                )?;
-                tracing::warn!(
-                    shed = self.unreported_shed,
-                    "telemetry shed while the outbox is full; reported"
-                );
-                self.unreported_shed = 0;
-                self.last_shed_report = Some(Instant::now());
+                write_shed_report(&tx, &self.store, &self.stats, self.unreported_shed)?;
+                reported = true;
+            } else if self.unreported_shed != unreported_before {
+                // Held back by the throttle: kept with the deletions it counts.
+                set_shed_unreported(&tx, self.unreported_shed)?;
             }
             tx.commit()?;
             Ok(())
@@ -267,9 +280,14 @@ impl Writer {
         if disk_full_seen || commit_err.as_ref().is_some_and(super::is_disk_full) {
             self.on_disk_full();
         }
+        if commit_err.is_none() && reported {
+            self.unreported_shed = 0;
+            self.last_shed_report = Some(Instant::now());
+        }
         if let Some(e) = &commit_err {
             // Nothing of this group is durable: restore the counters and
             // fail every request in it.
+            self.unreported_shed = unreported_before;
             self.stats.rows.store(snapshot.0, Ordering::Relaxed);
             self.stats.bytes.store(snapshot.1, Ordering::Relaxed);
             self.stats
@@ -389,6 +407,38 @@ fn notice_envelope(store: &StoreIdentity, notice: AgentNotice) -> Envelope {
         Utc::now().fixed_offset(),
         EventBody::AgentNotice(notice),
     )
+}
+
+/// The `telemetry_shed` notice for `count` readings, and the durable count
+/// back to zero, in the caller's transaction.
+fn write_shed_report(
+    tx: &Transaction<'_>,
+    store: &StoreIdentity,
+    stats: &OutboxStats,
+    count: u64,
+) -> Result<(), OutboxError> {
+    let notice = AgentNotice {
+        code: NoticeCode::TelemetryShed,
+        message: format!("outbox full: {count} shelf readings compacted or shed"),
+        count,
+    };
+    insert(
+        tx,
+        stats,
+        &PreparedEvent::new(&notice_envelope(store, notice)),
+    )?;
+    set_shed_unreported(tx, 0)?;
+    tracing::warn!(
+        shed = count,
+        "telemetry shed while the outbox is full; reported"
+    );
+    Ok(())
+}
+
+fn set_shed_unreported(tx: &Transaction<'_>, count: u64) -> Result<(), OutboxError> {
+    tx.prepare_cached("UPDATE shed_unreported SET count = ?1")?
+        .execute([count as i64])?;
+    Ok(())
 }
 
 fn insert(
