@@ -79,8 +79,11 @@ impl Writer {
             last_shed_report: None,
             disk_full: false,
         };
-        // Shedding counted before a crash is reported now, not lost.
-        writer.report_shed()?;
+        // Shedding counted before a crash is reported now. Failing that (a
+        // full disk), the count stays stored: never a reason not to start.
+        if let Err(e) = writer.report_shed() {
+            tracing::warn!(error = %e, "could not report shed readings at start; kept for later");
+        }
         if let Err(e) = writer.ensure_reserve() {
             // Starting on a full disk: run without the reserve; appends are
             // refused until delivered events free space.
@@ -145,12 +148,26 @@ impl Writer {
         if self.unreported_shed == 0 {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
-        write_shed_report(&tx, &self.store, &self.stats, self.unreported_shed)?;
-        tx.commit()?;
-        self.unreported_shed = 0;
-        self.last_shed_report = Some(Instant::now());
-        Ok(())
+        let before = (self.stats.rows(), self.stats.bytes());
+        let result = (|| -> Result<(), OutboxError> {
+            let tx = self.conn.transaction()?;
+            write_shed_report(&tx, &self.store, &self.stats, self.unreported_shed)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.unreported_shed = 0;
+                self.last_shed_report = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                // Rolled back: the count stays stored for a later report.
+                self.stats.rows.store(before.0, Ordering::Relaxed);
+                self.stats.bytes.store(before.1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
