@@ -314,6 +314,22 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
     assert_eq!(check, "ok");
     drop(conn);
 
+    // More readings, then a power cut: the first of them is reported at once,
+    // the rest wait for the report throttle (10 s) and, when the agent dies,
+    // exist only as a count on disk.
+    for i in 0..20i64 {
+        let raw = 8_388_608 + (i % 7) * 500 * 420;
+        stack
+            .publish_shelf_reading("shelf-a1", raw)
+            .expect("sensor reading published");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let stats = stack.outbox_stats().expect("stats");
+    let shed =
+        stats["shed_total"].as_u64().unwrap_or(0) + stats["compacted_total"].as_u64().unwrap_or(0);
+    stack.agent.kill9().expect("kill -9");
+    stack.restart_agent().expect("agent restarts on its full outbox");
+
     // The link returns; the backlog drains and sales are accepted again.
     stack.cloud_mqtt.start_again().expect("cloud broker back");
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -327,20 +343,28 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // The shed report itself reached Kafka.
+    // Every compacted or shed reading is in a telemetry_shed notice in
+    // Kafka, those counted before the kill included: no more, no fewer.
+    let reported = |rs: &[harness::kafka::Record]| -> u64 {
+        rs.iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).ok())
+            .filter(|v| v["body"]["code"] == "telemetry_shed")
+            .filter_map(|v| v["body"]["count"].as_u64())
+            .sum()
+    };
     let notices = stack.consume(
         KafkaTopic::Devices.name(),
-        |rs| {
-            rs.iter()
-                .any(|r| String::from_utf8_lossy(&r.value).contains("telemetry_shed"))
-        },
+        |rs| reported(rs) >= shed,
         Duration::from_secs(60),
     );
-    assert!(
-        notices
-            .iter()
-            .any(|r| String::from_utf8_lossy(&r.value).contains("telemetry_shed")),
-        "a telemetry_shed notice must reach the devices topic"
+    assert_eq!(
+        reported(&notices),
+        shed,
+        "telemetry_shed notices in Kafka must count every compacted or shed reading"
+    );
+    println!(
+        "{shed} readings compacted or shed, all reported in {} notices across a kill -9",
+        notices.len()
     );
 }
 
