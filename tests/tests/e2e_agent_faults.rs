@@ -328,7 +328,9 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
     let shed =
         stats["shed_total"].as_u64().unwrap_or(0) + stats["compacted_total"].as_u64().unwrap_or(0);
     stack.agent.kill9().expect("kill -9");
-    stack.restart_agent().expect("agent restarts on its full outbox");
+    stack
+        .restart_agent()
+        .expect("agent restarts on its full outbox");
 
     // The link returns; the backlog drains and sales are accepted again.
     stack.cloud_mqtt.start_again().expect("cloud broker back");
