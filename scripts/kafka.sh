@@ -244,8 +244,11 @@ cmd_start() {
             local pid
             pid="$(cat "$dir/kafka.pid")"
             if ! kill -0 "$pid" 2>/dev/null; then
-                die "broker exited during startup; server.log tail:
-$(tail -20 "$dir/server.log") 
+                touch "$dir/startup-died"
+                die "broker exited during startup; errors in server.log:
+$(tail -n +"$((mark + 1))" "$dir/server.log" | grep -E 'ERROR|FATAL|Exception' | tail -10)
+server.log tail:
+$(tail -20 "$dir/server.log")
 stdout tail:
 $(tail -20 "$dir/stdout.log" 2>/dev/null)"
             fi
@@ -286,7 +289,21 @@ cmd_stop() {
 
 case "${1:-}" in
 install) cmd_install ;;
-start) cmd_start "${2:-}" ;;
+start)
+    # A broker that dies while starting in a new DIR is tried once more on
+    # fresh ports: the ports were only known to be free when chosen, and
+    # another process may bind one before the JVM does. A DIR with data
+    # (a restart) is never wiped.
+    dir="${2:-}"
+    fresh=0
+    [[ -n "$dir" && ! -f "$dir/ports" && -z "${KAFKA_PORT:-}" ]] && fresh=1
+    if ! (cmd_start "$dir"); then
+        [[ "$fresh" == 1 && -f "$dir/startup-died" ]] || exit 1
+        echo "kafka.sh: the broker died while starting; trying once more on fresh ports" >&2
+        rm -rf "$dir/ports" "$dir/data" "$dir/startup-died" "$dir/kafka.pid"
+        cmd_start "$dir"
+    fi
+    ;;
 stop) cmd_stop "${2:-}" TERM ;;
 kill) cmd_stop "${2:-}" KILL ;;
 libs)
