@@ -759,26 +759,37 @@ mod tests {
         ]
     }
 
-    /// Sales with random fields replaced or removed: every answer is either
-    /// an acceptance that stored the sale once, or a 4xx problem with a
-    /// machine-readable code that stored nothing; never a 5xx. Whatever was
-    /// accepted decodes as a typed envelope, so the bridge will not
-    /// dead-letter what the store was told is safe.
+    /// Sales, returns and voids with random fields replaced or removed:
+    /// every answer is either an acceptance that stored the record once, or
+    /// a 4xx problem with a machine-readable code that stored nothing; never
+    /// a 5xx. Whatever was accepted decodes as a typed envelope, so the
+    /// bridge will not dead-letter what the store was told is safe.
     #[test]
-    fn mutated_sales_are_stored_once_or_refused_with_a_problem_code() {
+    fn mutated_sales_returns_and_voids_are_stored_once_or_refused_with_a_problem_code() {
+        let sale = serde_json::to_value(protocol::samples::sale_numbered("pos-01", 1));
+        let ret = serde_json::to_value(protocol::samples::return_());
+        let void = serde_json::to_value(protocol::samples::void());
+        for (uri, base, cases) in [
+            ("/v1/sales", sale, 2000),
+            ("/v1/returns", ret, 2000),
+            ("/v1/voids", void, 2000),
+        ] {
+            mutants_are_stored_once_or_refused(uri, base.expect("json"), cases);
+        }
+    }
+
+    fn mutants_are_stored_once_or_refused(uri: &str, base: serde_json::Value, cases: u32) {
         use proptest::test_runner::{Config, TestCaseError, TestRunner};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         let f = rt.block_on(async { fixture(1_000_000, None) });
-        let base =
-            serde_json::to_value(protocol::samples::sale_numbered("pos-01", 1)).expect("json");
         let mut paths = Vec::new();
         pointers(&base, String::new(), &mut paths);
         let (created, refused) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
         let mut runner = TestRunner::new(Config {
-            cases: 2000,
+            cases,
             failure_persistence: None,
             ..Config::default()
         });
@@ -796,12 +807,12 @@ mod tests {
             let (status, headers, p) = rt.block_on(call(
                 &f.app,
                 "POST",
-                "/v1/sales",
+                uri,
                 serde_json::to_vec(&body).expect("json"),
                 None,
             ));
             let stored = f.state.outbox_stats.rows() - before;
-            let context = || format!("{status} {p} for {body}");
+            let context = || format!("{uri}: {status} {p} for {body}");
             proptest::prop_assert!(!status.is_server_error(), "{}", context());
             if status == StatusCode::CREATED {
                 proptest::prop_assert_eq!(stored, 1, "{}", context());
@@ -826,7 +837,7 @@ mod tests {
         // description, an optional field removed), most were not.
         assert!(
             created.get() > 10 && refused.get() > 100,
-            "created {}, refused {}",
+            "{uri}: created {}, refused {}",
             created.get(),
             refused.get()
         );
