@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -127,6 +128,23 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
             Problem::new(StatusCode::BAD_REQUEST, "malformed_json", inner.to_string())
         }
     })
+}
+
+/// A body that could not be read at all: over the size limit (413), or
+/// cut off mid-request. axum's own answer would be plain text.
+fn body_problem(rejection: BytesRejection) -> Problem {
+    let status = rejection.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "unreadable_body"
+    };
+    let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("a request body may be at most {BODY_LIMIT} bytes")
+    } else {
+        rejection.body_text()
+    };
+    Problem::new(status, code, detail)
 }
 
 fn validation_problem(problems: Problems) -> Problem {
@@ -366,10 +384,11 @@ impl PosRecord for Void {
 async fn post_record<R: PosRecord>(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
     let result = async {
+        let body = body.map_err(body_problem)?;
         let record: R = decode(&body)?;
         record.validate().map_err(validation_problem)?;
         let (reference, at) = (record.reference(), record.occurred_at());
@@ -608,6 +627,29 @@ mod tests {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(p["code"], "unknown_terminal");
         assert_eq!(f.state.outbox_stats.rows(), 0, "nothing invalid was stored");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_gets_a_413_problem_and_stores_nothing() {
+        let f = fixture(1000, None);
+        let mut v =
+            serde_json::to_value(protocol::samples::sale_numbered("pos-01", 7)).expect("json");
+        v["lines"][0]["description"] = "x".repeat(BODY_LIMIT).into();
+        let (status, headers, p) = call(
+            &f.app,
+            "POST",
+            "/v1/sales",
+            serde_json::to_vec(&v).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/problem+json")
+        );
+        assert_eq!(p["code"], "body_too_large", "{p}");
+        assert_eq!(f.state.outbox_stats.rows(), 0);
     }
 
     #[tokio::test]
