@@ -55,6 +55,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/maintenance/safe-to-restart", get(safe_to_restart))
         .route("/v1/outbox", get(outbox))
+        // A terminal integrator gets a problem document for every mistake,
+        // a wrong path or method included, not an empty body.
+        .fallback(|| async {
+            Problem::new(StatusCode::NOT_FOUND, "unknown_route", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -650,6 +662,17 @@ mod tests {
         );
         assert_eq!(p["code"], "body_too_large", "{p}");
         assert_eq!(f.state.outbox_stats.rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_path_or_method_gets_a_problem_code() {
+        let f = fixture(1000, None);
+        let (status, _, p) = call(&f.app, "POST", "/v1/sale", sale(1), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(p["code"], "unknown_route", "{p}");
+        let (status, _, p) = call(&f.app, "GET", "/v1/sales", vec![], None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(p["code"], "method_not_allowed", "{p}");
     }
 
     #[tokio::test]
