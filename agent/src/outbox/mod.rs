@@ -24,6 +24,9 @@
 //!   for the forwarder.
 //! * **Transactions are never dropped.** When full, sales/returns/voids are
 //!   refused ([`OutboxError::Full`]) and the terminal keeps its own journal.
+//!   The agent's own notices (shed reports, recovery) are never refused: a
+//!   report of loss must not be lost to the cap. They are at most one per
+//!   10 s beyond it.
 //! * **Idempotency.** `(terminal, business day, sequence number)` keys live in
 //!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
 //!   so a re-post after delivery still answers with the original id.
