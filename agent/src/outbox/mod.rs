@@ -24,9 +24,10 @@
 //!   for the forwarder.
 //! * **Transactions are never dropped.** When full, sales/returns/voids are
 //!   refused ([`OutboxError::Full`]) and the terminal keeps its own journal.
-//!   The agent's own notices (shed reports, recovery) are never refused: a
-//!   report of loss must not be lost to the cap. They are at most one per
-//!   10 s beyond it.
+//!   The agent's own notices (shed reports, recovery, quarantine) are never
+//!   refused: a report of loss must not be lost to the cap, so they may
+//!   take the outbox a few rows past it (shed reports come at most every
+//!   10 s, and at open and close).
 //! * **Idempotency.** `(terminal, business day, sequence number)` keys live in
 //!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
 //!   so a re-post after delivery still answers with the original id.
