@@ -553,6 +553,15 @@ mod tests {
         serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", seq)).expect("json")
     }
 
+    /// POSTs `body` as JSON to the sales route, without a token.
+    async fn post_sale_json(
+        app: &Router,
+        body: &impl serde::Serialize,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let bytes = serde_json::to_vec(body).expect("json");
+        call(app, "POST", "/v1/sales", bytes, None).await
+    }
+
     #[tokio::test]
     async fn a_sale_is_created_once_and_a_repost_returns_the_original_id() {
         let f = fixture(1000, None);
@@ -595,27 +604,13 @@ mod tests {
         let mut v =
             serde_json::to_value(protocol::samples::sale_numbered("pos-01", 2)).expect("json");
         v["lines"][0]["quantity"] = serde_json::json!({"units": -3});
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/sales",
-            serde_json::to_vec(&v).expect("json"),
-            None,
-        )
-        .await;
+        let (status, _, p) = post_sale_json(&f.app, &v).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(p["errors"][0]["field"], "lines[0].quantity.units", "{p}");
 
         let mut s = protocol::samples::sale_numbered("pos-01", 3);
         s.lines[1].extended_amount = 1;
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/sales",
-            serde_json::to_vec(&s).expect("json"),
-            None,
-        )
-        .await;
+        let (status, _, p) = post_sale_json(&f.app, &s).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(p["code"], "validation_failed");
         assert!(
@@ -628,14 +623,7 @@ mod tests {
         );
 
         let s = protocol::samples::sale_numbered("pos-99", 4);
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/sales",
-            serde_json::to_vec(&s).expect("json"),
-            None,
-        )
-        .await;
+        let (status, _, p) = post_sale_json(&f.app, &s).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(p["code"], "unknown_terminal");
         assert_eq!(f.state.outbox_stats.rows(), 0, "nothing invalid was stored");
@@ -647,14 +635,7 @@ mod tests {
         let mut v =
             serde_json::to_value(protocol::samples::sale_numbered("pos-01", 7)).expect("json");
         v["lines"][0]["description"] = "x".repeat(BODY_LIMIT).into();
-        let (status, headers, p) = call(
-            &f.app,
-            "POST",
-            "/v1/sales",
-            serde_json::to_vec(&v).expect("json"),
-            None,
-        )
-        .await;
+        let (status, headers, p) = post_sale_json(&f.app, &v).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(
             headers.get("content-type").and_then(|v| v.to_str().ok()),
@@ -681,14 +662,7 @@ mod tests {
         call(&f.app, "POST", "/v1/sales", sale(5), None).await;
         let mut other = protocol::samples::sale_numbered("pos-01", 5);
         other.operator_id = "op-9".into();
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/sales",
-            serde_json::to_vec(&other).expect("json"),
-            None,
-        )
-        .await;
+        let (status, _, p) = post_sale_json(&f.app, &other).await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(p["code"], "idempotency_conflict");
     }
