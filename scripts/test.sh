@@ -7,7 +7,9 @@
 #   4. cargo test --workspace: unit, property, golden-sample and end-to-end
 #      tests against real Mosquitto, real Kafka, real SQLite files and real PTYs
 #   5. the fleet checks (kustomize, kubernetes-validate, checkov, profiles)
-#      and the aarch64 cross build with its qemu smoke test
+#      and the ARM cross builds with their qemu smoke tests: aarch64 (the
+#      store boxes) and armv7, where the single-threaded unit and property
+#      tests also run (32-bit usize)
 #
 # Set STORELINK_SKIP_CROSS=1 to leave out step 5's cross build on a laptop;
 # CI never sets it.
@@ -41,6 +43,10 @@ if [[ "${STORELINK_SKIP_CROSS:-0}" != "1" ]]; then
     step "aarch64 cross build and qemu smoke test"
     bash cross/build.sh aarch64
     bash cross/smoke-test.sh aarch64
+    step "armv7 cross build, qemu smoke test and 32-bit unit tests"
+    bash cross/build.sh armv7
+    bash cross/smoke-test.sh armv7
+    bash cross/unit-tests.sh armv7
 fi
 
 step "summary"
