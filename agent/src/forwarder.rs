@@ -50,10 +50,87 @@ pub enum Link {
     Receipt(DeliveryReceipt),
 }
 
+/// A batch sent and not yet receipted.
+#[derive(Debug)]
 struct InFlight {
     batch_id: uuid::Uuid,
     events: usize,
     sent_at: Instant,
+}
+
+/// The forwarder's protocol state, apart from any I/O (as rumqttc keeps
+/// `MqttState` apart from its event loop): where sending resumes, and which
+/// batches await a receipt. Time comes in as arguments, so the rules are
+/// tested without a broker or a clock.
+#[derive(Debug)]
+struct SendWindow {
+    /// The last `seq` handed out in this connection; 0 after a rewind, which
+    /// makes the next read start at the first event still in the outbox.
+    cursor: i64,
+    in_flight: VecDeque<InFlight>,
+    capacity: usize,
+    receipt_timeout: Duration,
+}
+
+impl SendWindow {
+    fn new(capacity: usize, receipt_timeout: Duration) -> SendWindow {
+        SendWindow {
+            cursor: 0,
+            in_flight: VecDeque::new(),
+            capacity,
+            receipt_timeout,
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < self.capacity
+    }
+
+    /// Events up to `last_seq` were read and need not be read again in this
+    /// connection (sent, or quarantined as corrupt).
+    fn advance(&mut self, last_seq: i64) {
+        self.cursor = self.cursor.max(last_seq);
+    }
+
+    fn sent(&mut self, batch_id: uuid::Uuid, events: usize, now: Instant) {
+        self.in_flight.push_back(InFlight {
+            batch_id,
+            events,
+            sent_at: now,
+        });
+    }
+
+    /// Frees the receipted batch's slot; `false` for a batch sent before a
+    /// rewind or a restart (its events are deleted all the same).
+    fn receipted(&mut self, batch_id: uuid::Uuid) -> bool {
+        let before = self.in_flight.len();
+        self.in_flight.retain(|b| b.batch_id != batch_id);
+        self.in_flight.len() != before
+    }
+
+    /// Whether the oldest batch has waited longer than the receipt timeout.
+    fn overdue(&self, now: Instant) -> bool {
+        self.in_flight
+            .front()
+            .is_some_and(|b| now.saturating_duration_since(b.sent_at) > self.receipt_timeout)
+    }
+
+    /// Go-back-N: forget the window and resend from the first unreceipted
+    /// event. Returns how many batches were dropped from the window.
+    fn rewind(&mut self) -> usize {
+        let dropped = self.in_flight.len();
+        self.in_flight.clear();
+        self.cursor = 0;
+        dropped
+    }
+
+    fn batches(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn events(&self) -> usize {
+        self.in_flight.iter().map(|b| b.events).sum()
+    }
 }
 
 /// Polls the MQTT event loop until `shutdown`; never blocks on the forwarder
@@ -131,37 +208,36 @@ pub struct Forwarder {
     client: AsyncClient,
     topic: String,
     connected: bool,
-    cursor: i64,
-    window: VecDeque<InFlight>,
+    window: SendWindow,
 }
 
 impl Forwarder {
     pub fn new(config: ForwarderConfig, outbox: OutboxHandle, client: AsyncClient) -> Self {
         let topic = topics::store_events_topic(&config.store_id);
+        let window = SendWindow::new(config.max_batches_in_flight, config.receipt_timeout);
         Forwarder {
             config,
             outbox,
             client,
             topic,
             connected: false,
-            cursor: 0,
-            window: VecDeque::new(),
+            window,
         }
     }
 
     fn rewind(&mut self, why: &str) {
-        if !self.window.is_empty() || self.cursor != 0 {
+        let had_sent = self.window.cursor != 0;
+        let dropped = self.window.rewind();
+        if dropped > 0 || had_sent {
             tracing::info!(
                 why,
-                in_flight = self.window.len(),
+                in_flight = dropped,
                 "rewinding to the first unreceipted event"
             );
-            if !self.window.is_empty() {
-                METRICS.resends.inc();
-            }
         }
-        self.window.clear();
-        self.cursor = 0;
+        if dropped > 0 {
+            METRICS.resends.inc();
+        }
         METRICS.batches_in_flight.set(0);
     }
 
@@ -189,13 +265,13 @@ impl Forwarder {
                 tracing::error!(error = %e, "could not delete receipted events; they will be resent")
             }
         }
-        self.window.retain(|b| b.batch_id != r.batch_id);
-        METRICS.batches_in_flight.set(self.window.len() as i64);
+        self.window.receipted(r.batch_id);
+        METRICS.batches_in_flight.set(self.window.batches() as i64);
     }
 
     /// Sends one batch if the window allows; returns whether it sent anything.
     async fn send_next(&mut self) -> bool {
-        if !self.connected || self.window.len() >= self.config.max_batches_in_flight {
+        if !self.connected || !self.window.has_room() {
             return false;
         }
         let budget = self
@@ -204,7 +280,7 @@ impl Forwarder {
             .saturating_sub(protocol::batch::BATCH_OVERHEAD_BYTES);
         let events = match self
             .outbox
-            .read_after(self.cursor, self.config.batch_max_events, budget)
+            .read_after(self.window.cursor, self.config.batch_max_events, budget)
             .await
         {
             Ok(ev) => ev,
@@ -229,7 +305,7 @@ impl Forwarder {
                 tracing::error!(error = %e, seq = ev.seq, "could not quarantine a corrupt event");
             }
         }
-        self.cursor = last_seq;
+        self.window.advance(last_seq);
         if good.is_empty() {
             return true;
         }
@@ -247,12 +323,8 @@ impl Forwarder {
             Ok(()) => {
                 METRICS.batches_sent.inc();
                 METRICS.events_sent.inc_by(good.len() as u64);
-                self.window.push_back(InFlight {
-                    batch_id,
-                    events: good.len(),
-                    sent_at: Instant::now(),
-                });
-                METRICS.batches_in_flight.set(self.window.len() as i64);
+                self.window.sent(batch_id, good.len(), Instant::now());
+                METRICS.batches_in_flight.set(self.window.batches() as i64);
                 tracing::debug!(batch = %batch_id, events = good.len(), last_seq, "batch sent");
                 true
             }
@@ -262,12 +334,6 @@ impl Forwarder {
                 false
             }
         }
-    }
-
-    fn oldest_overdue(&self) -> bool {
-        self.window
-            .front()
-            .is_some_and(|b| b.sent_at.elapsed() > self.config.receipt_timeout)
     }
 
     /// Runs until `shutdown`, then keeps taking receipts for up to `grace`
@@ -298,7 +364,7 @@ impl Forwarder {
                 },
                 _ = self.outbox.appended() => {},
                 _ = tick.tick() => {
-                    if self.oldest_overdue() {
+                    if self.window.overdue(Instant::now()) {
                         tracing::warn!(timeout_s = self.config.receipt_timeout.as_secs(), "no receipt in time");
                         self.rewind("receipt timeout");
                     }
@@ -306,13 +372,12 @@ impl Forwarder {
             }
         }
         let deadline = Instant::now() + grace;
-        let pending: usize = self.window.iter().map(|b| b.events).sum();
         tracing::info!(
-            in_flight_batches = self.window.len(),
-            pending,
+            in_flight_batches = self.window.batches(),
+            pending = self.window.events(),
             "forwarder draining receipts"
         );
-        while !self.window.is_empty() {
+        while self.window.batches() > 0 {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
                 msg = link.recv() => match msg {
@@ -323,8 +388,143 @@ impl Forwarder {
             }
         }
         tracing::info!(
-            unreceipted_batches = self.window.len(),
+            unreceipted_batches = self.window.batches(),
             "forwarder stopped; unreceipted events stay in the outbox"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn batch() -> uuid::Uuid {
+        uuid::Uuid::now_v7()
+    }
+
+    #[test]
+    fn the_window_holds_at_most_its_capacity_and_a_receipt_frees_a_slot() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(2, TIMEOUT);
+        let (a, b) = (batch(), batch());
+        assert!(w.has_room());
+        w.sent(a, 100, t0);
+        w.advance(100);
+        assert!(w.has_room());
+        w.sent(b, 50, t0);
+        w.advance(150);
+        assert!(!w.has_room(), "two batches fill a window of two");
+        assert_eq!((w.batches(), w.events()), (2, 150));
+
+        // Receipts may come back in any order.
+        assert!(w.receipted(b));
+        assert!(w.has_room());
+        assert_eq!((w.batches(), w.events()), (1, 100));
+        assert_eq!(w.cursor, 150, "a receipt never moves the send cursor back");
+    }
+
+    #[test]
+    fn a_receipt_for_a_batch_from_before_a_rewind_frees_nothing_in_the_new_window() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(1, TIMEOUT);
+        let old = batch();
+        w.sent(old, 10, t0);
+        w.advance(10);
+        assert_eq!(w.rewind(), 1);
+        let resent = batch();
+        w.sent(resent, 10, t0);
+        w.advance(10);
+
+        assert!(
+            !w.receipted(old),
+            "the old batch is no longer in the window"
+        );
+        assert!(!w.has_room(), "the resent batch still holds its slot");
+        assert!(w.receipted(resent));
+        assert!(
+            !w.receipted(resent),
+            "a second receipt of the same batch is a no-op"
+        );
+    }
+
+    #[test]
+    fn a_rewind_restarts_from_the_first_unreceipted_event() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(4, TIMEOUT);
+        for last_seq in [100, 200, 300] {
+            w.sent(batch(), 100, t0);
+            w.advance(last_seq);
+        }
+        assert_eq!(w.cursor, 300);
+        assert_eq!(w.rewind(), 3);
+        assert_eq!(
+            w.cursor, 0,
+            "the next read starts at the oldest event still stored"
+        );
+        assert_eq!((w.batches(), w.events()), (0, 0));
+        assert!(w.has_room());
+        assert_eq!(w.rewind(), 0, "rewinding an empty window drops nothing");
+    }
+
+    #[test]
+    fn only_the_oldest_batch_waiting_past_the_timeout_makes_the_window_overdue() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(4, TIMEOUT);
+        assert!(
+            !w.overdue(t0 + TIMEOUT * 10),
+            "an empty window is never overdue"
+        );
+
+        let (first, second) = (batch(), batch());
+        w.sent(first, 1, t0);
+        w.sent(second, 1, t0 + Duration::from_secs(20));
+        assert!(
+            !w.overdue(t0 + TIMEOUT),
+            "exactly the timeout is not past it"
+        );
+        assert!(w.overdue(t0 + TIMEOUT + Duration::from_millis(1)));
+
+        // Once the oldest is receipted, the next one's own age counts.
+        assert!(w.receipted(first));
+        assert!(!w.overdue(t0 + TIMEOUT + Duration::from_secs(1)));
+        assert!(w.overdue(t0 + Duration::from_secs(20) + TIMEOUT + Duration::from_millis(1)));
+        // A clock reading before the send (never expected) is not overdue.
+        assert!(!w.overdue(t0));
+    }
+
+    #[test]
+    fn a_read_of_only_corrupt_events_still_moves_the_cursor_past_them() {
+        let mut w = SendWindow::new(1, TIMEOUT);
+        w.advance(42);
+        assert_eq!(w.cursor, 42);
+        assert!(w.has_room(), "nothing was sent, so no slot is taken");
+        w.advance(7);
+        assert_eq!(
+            w.cursor, 42,
+            "the cursor never goes back within a connection"
+        );
+    }
+
+    #[test]
+    fn reconnect_backoff_grows_with_jitter_up_to_its_cap() {
+        use backoff::backoff::Backoff;
+        let mut b = reconnect_backoff();
+        let waits: Vec<Duration> = (0..20).filter_map(|_| b.next_backoff()).collect();
+        assert_eq!(waits.len(), 20, "the agent never gives up reconnecting");
+        // Randomization 0.5 around 200 ms, doubling, capped at 15 s.
+        assert!(waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(300));
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(22_500)));
+        assert!(
+            waits[15..]
+                .iter()
+                .all(|w| *w >= Duration::from_millis(7_500)),
+            "after a few attempts the waits sit around the cap: {waits:?}"
+        );
+        b.reset();
+        assert!(b
+            .next_backoff()
+            .is_some_and(|w| w <= Duration::from_millis(300)));
     }
 }
