@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use protocol::device::ShelfReading;
 use protocol::{Envelope, EventBody, EventKind, Source, SourceKind};
 
-use super::writer::{SHED_REPORT_EVERY, TELEMETRY_SHARE};
+use super::writer::{shed_chunk, SHED_REPORT_EVERY, TELEMETRY_SHARE};
 use super::*;
 
 fn store() -> StoreIdentity {
@@ -473,6 +473,21 @@ impl Model {
             || self.bytes() + size > (self.max_bytes as f64 * share) as u64
     }
 
+    /// Drops up to `n` readings, oldest first; returns how many.
+    fn drop_oldest_readings(&mut self, n: u64) -> u64 {
+        let mut left = n;
+        let before = self.live.len();
+        self.live.retain(|e| {
+            if left > 0 && e.kind == READING {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        (before - self.live.len()) as u64
+    }
+
     /// Drops the readings `which` selects; returns how many.
     fn drop_readings(&mut self, which: impl Fn(&Acked) -> bool) -> u64 {
         let before = self.live.len();
@@ -521,16 +536,18 @@ impl Model {
                     let compacted = self.drop_readings(|e| e.device == env.source.device_id);
                     self.compacted += compacted;
                     self.unreported += compacted;
-                    // … then the oldest go, up to 256 at a time: here always all.
-                    if self.over(TELEMETRY_SHARE, size) {
-                        let shed = self.drop_readings(|_| true);
+                    // … then the oldest go, a chunk at a time, until it fits
+                    // or no reading is left (then the new one is shed).
+                    while self.over(TELEMETRY_SHARE, size) {
+                        let shed = self.drop_oldest_readings(shed_chunk(self.rows()));
                         self.shed += shed;
                         self.unreported += shed;
-                    }
-                    if self.over(TELEMETRY_SHARE, size) {
-                        want = Answer::Shed;
-                        self.shed += 1;
-                        self.unreported += 1;
+                        if shed == 0 {
+                            want = Answer::Shed;
+                            self.shed += 1;
+                            self.unreported += 1;
+                            break;
+                        }
                     }
                 }
                 prop_assert_eq!(&answer(h.append(env.clone(), None).await), &want);
@@ -724,4 +741,64 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(run_model(max_rows, max_bytes, ops))?;
     }
+}
+
+#[test]
+fn shedding_takes_a_sixty_fourth_of_a_full_outbox_at_a_time_between_one_and_256() {
+    assert_eq!(shed_chunk(0), 1);
+    assert_eq!(
+        shed_chunk(30),
+        1,
+        "a tiny outbox sheds one reading at a time"
+    );
+    assert_eq!(shed_chunk(800), 12);
+    assert_eq!(shed_chunk(16_384), 256);
+    assert_eq!(
+        shed_chunk(4_000_000),
+        256,
+        "the default capacity: chunks of 256"
+    );
+}
+
+#[tokio::test]
+async fn a_full_outbox_sheds_only_a_chunk_of_its_oldest_readings_not_all_of_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Telemetry may use 800 rows; each reading below is from its own sensor,
+    // so compaction frees nothing and only shedding makes room.
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    for i in 0..800 {
+        let outcome = h
+            .append(reading(&format!("s-{i}"), i), None)
+            .await
+            .expect("reading");
+        assert_eq!(outcome, AppendOutcome::Stored, "reading {i} fits");
+    }
+    assert_eq!(h.stats().rows(), 800);
+
+    let outcome = h.append(reading("s-new", 1), None).await.expect("reading");
+    assert_eq!(outcome, AppendOutcome::Stored);
+    let chunk = shed_chunk(800);
+    assert_eq!(chunk, 12);
+    assert_eq!(h.stats().shed_total.load(Ordering::Relaxed), chunk);
+
+    let sensors: Vec<String> = all_events(&h)
+        .await
+        .iter()
+        .filter(|e| e.kind == EventKind::ShelfReading.schema_name())
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).expect("json");
+            v["source"]["device_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let mut want: Vec<String> = (chunk..800).map(|i| format!("s-{i}")).collect();
+    want.push("s-new".into());
+    assert_eq!(
+        sensors, want,
+        "exactly the {chunk} oldest readings were shed, in order"
+    );
+    outbox.close().await;
 }

@@ -24,6 +24,20 @@ pub(super) const TELEMETRY_SHARE: f64 = 0.80;
 /// Scans, alerts and device status may use this share; transactions and
 /// notices all of it.
 const EVENT_SHARE: f64 = 0.95;
+/// Shedding deletes the oldest readings in chunks, so that a full outbox
+/// pays for one `DELETE` per chunk rather than per reading: at most this
+/// many at a time …
+const SHED_CHUNK_MAX: u64 = 256;
+/// … and at most this fraction of the rows stored, so that a small outbox
+/// loses no more of its readings than it must (with the default 5 million
+/// rows the chunk is always `SHED_CHUNK_MAX`).
+const SHED_CHUNK_DIVISOR: u64 = 64;
+
+/// How many of the oldest readings to shed at once from an outbox holding
+/// `rows` events: the whichever-limit-binds capacity, since it is full.
+pub(super) fn shed_chunk(rows: u64) -> u64 {
+    (rows / SHED_CHUNK_DIVISOR).clamp(1, SHED_CHUNK_MAX)
+}
 
 pub(crate) struct Writer {
     conn: Connection,
@@ -545,7 +559,7 @@ fn append(
                     tx,
                     stats,
                     "SELECT seq FROM events WHERE priority = 2 AND device_id = ?1",
-                    &ev.device_id,
+                    params![ev.device_id],
                 )?;
                 stats
                     .compacted_total
@@ -553,11 +567,12 @@ fn append(
                 *unreported_shed += compacted;
                 // Then shed the oldest readings of any sensor.
                 while over(stats, config, TELEMETRY_SHARE, size_hint) {
+                    let chunk = i64::try_from(shed_chunk(stats.rows())).unwrap_or(1);
                     let shed = delete_telemetry(
                         tx,
                         stats,
-                        "SELECT seq FROM events WHERE priority = 2 AND ?1 IS NOT NULL ORDER BY seq LIMIT 256",
-                        "",
+                        "SELECT seq FROM events WHERE priority = 2 ORDER BY seq LIMIT ?1",
+                        params![chunk],
                     )?;
                     stats.shed_total.fetch_add(shed, Ordering::Relaxed);
                     *unreported_shed += shed;
@@ -582,16 +597,16 @@ fn append(
     Ok(AppendOutcome::Stored)
 }
 
-/// Deletes the telemetry rows selected by `select_seqs` (bound to `arg`).
+/// Deletes the telemetry rows selected by `select_seqs` (bound to `args`).
 fn delete_telemetry(
     tx: &Transaction<'_>,
     stats: &OutboxStats,
     select_seqs: &str,
-    arg: &str,
+    args: impl rusqlite::Params,
 ) -> Result<u64, OutboxError> {
     let sql = format!("DELETE FROM events WHERE seq IN ({select_seqs}) RETURNING length(payload)");
     let mut stmt = tx.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params![arg])?;
+    let mut rows = stmt.query(args)?;
     let mut n = 0u64;
     while let Some(row) = rows.next()? {
         let len: i64 = row.get(0)?;
