@@ -48,12 +48,14 @@ agent_skips=(--skip http:: --skip outbox::tests --skip devices::scanner)
 
 t0=$SECONDS
 log "building test binaries for $triple"
+# A failed build stops here (set -e) with cargo's errors on stderr, so a
+# partial set of binaries can never pass for the whole.
+artifacts="$(cd "$repo" && "$cargo" test --release --locked --target "$triple" \
+    -p storelink-protocol -p storelink-firmware-config -p store-agent --lib --tests --no-run \
+    --message-format=json)"
 # One line per test binary: the crate's directory (tests read files relative
 # to it) and the executable.
-mapfile -t binaries < <(cd "$repo" && "$cargo" test --release --locked --target "$triple" \
-    -p storelink-protocol -p storelink-firmware-config -p store-agent --lib --tests --no-run \
-    --message-format=json 2>/dev/null \
-  | grep '"executable":"/' \
+mapfile -t binaries < <(grep '"executable":"/' <<<"$artifacts" \
   | sed -E 's/.*"manifest_path":"([^"]*)\/Cargo.toml".*"executable":"([^"]*)".*/\1 \2/')
 log "built ${#binaries[@]} test binaries in $((SECONDS - t0))s"
 if [ "${#binaries[@]}" -eq 0 ]; then

@@ -567,12 +567,11 @@ fn append(
                 *unreported_shed += compacted;
                 // Then shed the oldest readings of any sensor.
                 while over(stats, config, TELEMETRY_SHARE, size_hint) {
-                    let chunk = i64::try_from(shed_chunk(stats.rows())).unwrap_or(1);
                     let shed = delete_telemetry(
                         tx,
                         stats,
                         "SELECT seq FROM events WHERE priority = 2 ORDER BY seq LIMIT ?1",
-                        params![chunk],
+                        params![shed_chunk(stats.rows())],
                     )?;
                     stats.shed_total.fetch_add(shed, Ordering::Relaxed);
                     *unreported_shed += shed;
