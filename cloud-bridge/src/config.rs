@@ -74,6 +74,8 @@ pub struct RawMqtt {
     pub max_packet_bytes: Option<i64>,
     pub request_channel_capacity: Option<i64>,
     pub outgoing_inflight: Option<i64>,
+    pub receive_maximum: Option<i64>,
+    pub session_expiry_s: Option<i64>,
     pub leave_share_group_on_shutdown: Option<bool>,
     pub tls: Option<RawMqttTls>,
 }
@@ -159,6 +161,18 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub request_channel_capacity: usize,
     pub outgoing_inflight: u16,
+    /// MQTT 5 Receive Maximum: the most unacknowledged messages the broker
+    /// may send this session at once, declared by the bridge itself rather
+    /// than left to the broker's `max_inflight_messages`.
+    pub receive_maximum: u16,
+    /// MQTT 5 Session Expiry Interval. The broker keeps this replica's
+    /// session (its unacked messages, its place in the share group) this
+    /// long after the connection drops, so a restart under the same client
+    /// id resumes it; after that it is discarded, and a replica that never
+    /// comes back (its node failed) stops taking a round-robin share of new
+    /// messages. What the discarded session held, the agents send again
+    /// after their receipt timeout: they keep every event until receipted.
+    pub session_expiry: Duration,
     /// On SIGTERM, unsubscribe from the share group before draining, so the
     /// broker routes new messages to the other replicas instead of queueing
     /// a share in this session while it is away (for good, after a
@@ -341,6 +355,22 @@ impl RawConfig {
             1000,
             1,
             65535,
+        );
+        let receive_maximum = range(
+            "mqtt.receive_maximum",
+            self.mqtt.receive_maximum,
+            100,
+            1,
+            65535,
+        );
+        // Long enough for a pod to be rescheduled and restarted; at most a
+        // week (a session that outlives that strands a share for as long).
+        let session_expiry_s = range(
+            "mqtt.session_expiry_s",
+            self.mqtt.session_expiry_s,
+            120,
+            1,
+            7 * 24 * 3600,
         );
         let linger = range("kafka.linger_ms", self.kafka.linger_ms, 5, 0, 900_000);
         let batch_size = range(
@@ -559,6 +589,8 @@ impl RawConfig {
                 max_packet_bytes: max_packet as usize,
                 request_channel_capacity: req_cap as usize,
                 outgoing_inflight: out_inflight as u16,
+                receive_maximum: receive_maximum as u16,
+                session_expiry: Duration::from_secs(session_expiry_s as u64),
                 leave_share_group_on_shutdown: self
                     .mqtt
                     .leave_share_group_on_shutdown
@@ -724,6 +756,8 @@ mod tests {
         assert_eq!(c.topics.replication_factor, 3);
         assert_eq!(c.topics.min_insync_replicas, 2);
         assert_eq!(c.mqtt.client_id, "storelink-bridge-0");
+        assert_eq!(c.mqtt.session_expiry, Duration::from_secs(120));
+        assert_eq!(c.mqtt.receive_maximum, 100);
     }
 
     #[test]
@@ -743,7 +777,8 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let err = validate(
-            "bridge_id = \"a b\"\n[mqtt]\nport = 70000\nkeep_alive_s = 0\n[kafka]\nacks = \"1\"\n\
+            "bridge_id = \"a b\"\n[mqtt]\nport = 70000\nkeep_alive_s = 0\nsession_expiry_s = 0\n\
+             receive_maximum = 0\n[kafka]\nacks = \"1\"\n\
              [topics]\nreplication_factor = 1\nmin_insync_replicas = 2\n",
             &[("STORELINK_BRIDGE_TOPICS_PARTITIONS", "x")],
         )
@@ -755,6 +790,8 @@ mod tests {
         for needle in [
             "mqtt.port",
             "keep_alive_s",
+            "mqtt.session_expiry_s = 0",
+            "mqtt.receive_maximum = 0",
             "bridge_id",
             "kafka.bootstrap",
             "enable_idempotence",
@@ -772,6 +809,9 @@ mod tests {
         assert_eq!(c.topics, d.topics);
         assert_eq!(c.kafka.producer, d.kafka.producer);
         assert_eq!(c.limits.max_events_in_flight, d.limits.max_events_in_flight);
+        assert_eq!(c.mqtt.session_expiry, d.mqtt.session_expiry);
+        assert_eq!(c.mqtt.receive_maximum, d.mqtt.receive_maximum);
+        assert_eq!(c.mqtt.outgoing_inflight, d.mqtt.outgoing_inflight);
     }
 
     #[test]

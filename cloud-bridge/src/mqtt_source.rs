@@ -1,13 +1,20 @@
 //! The MQTT side: a persistent session on the shared subscription, manual acks.
 //!
-//! * `clean_session = false` with a client id that is stable per replica:
-//!   Mosquitto keeps this session's unacknowledged QoS 1 messages while the
-//!   replica is away and redelivers them when the *same client id*
+//! * MQTT 5, a clean start of `false` and a client id that is stable per
+//!   replica: Mosquitto keeps this session's unacknowledged QoS 1 messages
+//!   while the replica is away and redelivers them when the *same client id*
 //!   reconnects. Mosquitto 2.0 does not hand a dead member's messages to the
-//!   rest of the share group (and keeps routing its round-robin share of new
-//!   messages to the offline session), so a replica that crashes must come
-//!   back with its id — a StatefulSet ordinal does that — or be drained by
-//!   starting a bridge with its client id before it is retired. With
+//!   rest of the share group, and keeps routing its round-robin share of new
+//!   messages to the offline session, until the session expires
+//!   (`mqtt.session_expiry_s`). So a replica that crashes and comes back with
+//!   its id (a StatefulSet ordinal) within that time loses nothing and
+//!   repeats nothing; one that never comes back (its node failed) strands a
+//!   share of new messages only until its session expires. Mosquitto then
+//!   discards the session and what it held: the agents send those events
+//!   again after their receipt timeout, and the broker routes them, and
+//!   everything new, to the replicas still there. MQTT 3.1.1 had no expiry
+//!   (Mosquitto's `persistent_client_expiration` counts in hours at least),
+//!   which is why the bridge speaks MQTT 5. With
 //!   `mqtt.leave_share_group_on_shutdown` (for two or more replicas), a
 //!   replica that leaves on purpose (SIGTERM) first leaves the share group
 //!   ([`leave_share_group`]): it unsubscribes, takes what the broker had
@@ -21,8 +28,9 @@
 //!   `max_inflight_messages` is the first bound, but not one to rely on: 0
 //!   means unlimited, and Mosquitto 2.0.11 (Debian 12) breaks it, sending a
 //!   client that acks in order its whole backlog (6,000 messages, 600 MB of
-//!   bridge memory in `bench_bridge`; see `scripts/mosquitto.sh`), and
-//!   MQTT 3.1.1 has no receive maximum. Nor can the loop simply stop
+//!   bridge memory in `bench_bridge`; see `scripts/mosquitto.sh`). The
+//!   bridge's own MQTT 5 Receive Maximum (`mqtt.receive_maximum`) is a
+//!   second bound, but only as good as the broker that honours it. Nor can the loop simply stop
 //!   reading: the broker's PUBACKs for our receipts queue behind that
 //!   backlog, so receipts, then acks, then the whole pipeline would wait on
 //!   reads that wait on the pipeline. So when the queue is full the loop
@@ -36,7 +44,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -79,11 +89,16 @@ pub struct Health {
 /// Builds the client from validated config (rumqttc's setters assert).
 pub fn client(cfg: &MqttConfig) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    // Validated: the packet limit is at most 256 MiB, the expiry a week.
+    let max_packet = u32::try_from(cfg.max_packet_bytes).unwrap_or(u32::MAX);
+    let expiry_s = u32::try_from(cfg.session_expiry.as_secs()).unwrap_or(u32::MAX);
     o.set_keep_alive(cfg.keep_alive)
-        .set_clean_session(false)
+        .set_clean_start(false)
+        .set_session_expiry_interval(Some(expiry_s))
+        .set_receive_maximum(Some(cfg.receive_maximum))
         .set_manual_acks(true)
-        .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
-        .set_inflight(cfg.outgoing_inflight)
+        .set_max_packet_size(Some(max_packet))
+        .set_outgoing_inflight_upper_limit(cfg.outgoing_inflight)
         .set_request_channel_capacity(cfg.request_channel_capacity);
     if let Some((u, p)) = &cfg.credentials {
         o.set_credentials(u, p);
@@ -95,13 +110,12 @@ pub fn client(cfg: &MqttConfig) -> (AsyncClient, EventLoop) {
             client_auth: tls.client_auth.clone(),
         }));
     }
-    let (client, mut eventloop) = AsyncClient::new(o, cfg.request_channel_capacity);
     // Receipts and acks are small writes an agent waits on (one batch in
     // flight per store by default): Nagle plus delayed ACKs would add ~40 ms.
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
-    eventloop.set_network_options(network);
-    (client, eventloop)
+    o.set_network_options(network);
+    AsyncClient::new(o, cfg.request_channel_capacity)
 }
 
 /// Drives the event loop until `stop` is cancelled and the loop has sent
@@ -166,7 +180,7 @@ pub async fn run_event_loop(
                 let granted = ack
                     .return_codes
                     .iter()
-                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
                 health.subscribed.store(granted, Ordering::Relaxed);
             }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
@@ -227,9 +241,9 @@ pub async fn run_event_loop(
 /// members), keeps taking the messages already routed to its session until
 /// they stop coming ([`LEAVE_QUIET`], at most [`LEAVE_MAX`] in all), and
 /// only then cancels `intake`: the pipeline drains within its grace period
-/// and the bridge exits. A replica that crashes cannot do this; it must come
-/// back under its client id (the StatefulSet's ordinal), and until it does,
-/// the agents' receipt timeout sends its share again.
+/// and the bridge exits. A replica that crashes cannot do this: until it
+/// comes back under its client id (the StatefulSet's ordinal) or its
+/// session expires, the agents' receipt timeout sends its share again.
 pub async fn leave_share_group(
     client: AsyncClient,
     subscription: String,

@@ -27,7 +27,9 @@ use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use protocol::topics::{self, headers};
 use protocol::EventId;
-use rumqttc::{AsyncClient, Publish, QoS};
+use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::AsyncClient;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -146,7 +148,7 @@ impl Pipeline {
                 _ = intake.cancelled() => break,
                 _ = self.abort.cancelled() => break,
                 Some(done) = routing.next(), if !routing.is_empty() => {
-                    let (publish, routed) = match done {
+                    let (publish, topic, routed) = match done {
                         Ok(pr) => pr,
                         Err(e) => {
                             // A panic while routing: that message stays unacked.
@@ -158,15 +160,18 @@ impl Pipeline {
                         biased;
                         _ = intake.cancelled() => break,
                         _ = self.abort.cancelled() => break,
-                        _ = self.dispatch(publish, routed) => {}
+                        _ = self.dispatch(publish, topic, routed) => {}
                     }
                 }
                 m = rx.recv(), if source_open && routing.len() < ROUTE_AHEAD => match m {
                     Some(publish) => {
                         let max = self.cfg.limits.max_event_bytes;
                         routing.push_back(tokio::spawn(async move {
-                            let routed = routing::route(&publish.topic, &publish.payload, max);
-                            (publish, routed)
+                            // Brokers pass only UTF-8 topics; anything else
+                            // fails the topic check and is dead-lettered.
+                            let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                            let routed = routing::route(&topic, &publish.payload, max);
+                            (publish, topic, routed)
                         }));
                     }
                     None => source_open = false,
@@ -203,7 +208,7 @@ impl Pipeline {
 
     /// Routes one message and hands its records to Kafka, in order; spawns
     /// the task that waits for delivery, receipts and acks.
-    async fn dispatch(self: &Arc<Self>, publish: Publish, routed: RoutedMessage) {
+    async fn dispatch(self: &Arc<Self>, publish: Publish, topic: String, routed: RoutedMessage) {
         let n = routed
             .event_count()
             .clamp(1, self.cfg.limits.max_events_in_flight);
@@ -259,7 +264,7 @@ impl Pipeline {
                                         Why {
                                             reason: reason::KAFKA_REJECTED,
                                             detail: &e.to_string(),
-                                            source_topic: &publish.topic,
+                                            source_topic: &topic,
                                             store_id: store.as_deref(),
                                             event_id: Some(&ev.id),
                                         },
@@ -289,7 +294,7 @@ impl Pipeline {
                         Why {
                             reason: dl.reason,
                             detail: &dl.detail,
-                            source_topic: &publish.topic,
+                            source_topic: &topic,
                             store_id: store.as_deref(),
                             event_id: dl.id.as_ref(),
                         },
@@ -317,7 +322,7 @@ impl Pipeline {
         self.tasks.spawn(
             async move {
                 let settled = this
-                    .settle_all(jobs, &deliveries, produced > 0, &publish.topic)
+                    .settle_all(jobs, &deliveries, produced > 0, &topic)
                     .await;
                 if let Some(settled) = settled {
                     this.finish(&publish, store.as_deref(), routed.batch_id, &settled)

@@ -30,6 +30,10 @@ pub struct BridgeOptions {
     pub shutdown_grace_s: u64,
     /// `mqtt.leave_share_group_on_shutdown`.
     pub leave_share_group_on_shutdown: bool,
+    /// `mqtt.receive_maximum` (MQTT 5): unacked messages the broker may send.
+    pub receive_maximum: u16,
+    /// `mqtt.session_expiry_s` (MQTT 5).
+    pub session_expiry_s: u64,
 }
 
 impl BridgeOptions {
@@ -42,6 +46,8 @@ impl BridgeOptions {
             dedupe_max_age_s: 600,
             shutdown_grace_s: 10,
             leave_share_group_on_shutdown: false,
+            receive_maximum: 100,
+            session_expiry_s: 120,
         }
     }
 }
@@ -89,6 +95,8 @@ client_id = "storelink-test-{id}"
 share_group = "bridges"
 keep_alive_s = 5
 leave_share_group_on_shutdown = {leave}
+receive_maximum = {receive_maximum}
+session_expiry_s = {session_expiry_s}
 
 [kafka]
 bootstrap = "{bootstrap}"
@@ -119,6 +127,8 @@ max_age_s = {dedupe_age}
             grace = o.shutdown_grace_s,
             dedupe_age = o.dedupe_max_age_s,
             leave = o.leave_share_group_on_shutdown,
+            receive_maximum = o.receive_maximum,
+            session_expiry_s = o.session_expiry_s,
         );
         let path = self.config_path();
         std::fs::write(&path, config).context("writing bridge.toml")?;
