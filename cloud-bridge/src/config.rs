@@ -334,7 +334,8 @@ impl RawConfig {
         // 8883 is MQTT over TLS's registered port.
         let default_port = if self.mqtt.tls.is_some() { 8883 } else { 1883 };
         let port = range("mqtt.port", self.mqtt.port, default_port, 1, 65535);
-        let keep_alive_s = range("mqtt.keep_alive_s", self.mqtt.keep_alive_s, 30, 1, 65535);
+        // rumqttc's MQTT 5 client asserts a keep-alive of at least 5 s.
+        let keep_alive_s = range("mqtt.keep_alive_s", self.mqtt.keep_alive_s, 30, 5, 65535);
         let max_packet = range(
             "mqtt.max_packet_bytes",
             self.mqtt.max_packet_bytes,
@@ -800,6 +801,33 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn mqtt_values_the_client_would_assert_on_are_refused_up_front() {
+        // rumqttc's setters panic where the configuration is refused here.
+        for (key, value) in [
+            ("keep_alive_s", 4),
+            ("receive_maximum", 0),
+            ("session_expiry_s", 0),
+            ("outgoing_inflight", 0),
+        ] {
+            let err = validate(
+                &format!("[mqtt]\n{key} = {value}\n[kafka]\nbootstrap = \"k:1\"\n"),
+                &[],
+            )
+            .expect_err("out of range");
+            assert!(
+                err.to_string().contains(&format!("mqtt.{key} = {value}")),
+                "{err}"
+            );
+        }
+        let c = validate(
+            "[mqtt]\nkeep_alive_s = 5\n[kafka]\nbootstrap = \"k:1\"\n",
+            &[],
+        )
+        .expect("5 s is the shortest keep-alive the client takes");
+        assert!(std::panic::catch_unwind(|| crate::mqtt_source::client(&c.mqtt)).is_ok());
     }
 
     #[test]
