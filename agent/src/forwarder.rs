@@ -274,10 +274,7 @@ impl Forwarder {
         if !self.connected || !self.window.has_room() {
             return false;
         }
-        let budget = self
-            .config
-            .batch_max_bytes
-            .saturating_sub(protocol::batch::BATCH_OVERHEAD_BYTES);
+        let budget = batch_budget(self.config.batch_max_bytes, &self.config.store_id);
         let events = match self
             .outbox
             .read_after(self.window.cursor, self.config.batch_max_events, budget)
@@ -392,6 +389,16 @@ impl Forwarder {
             "forwarder stopped; unreceipted events stay in the outbox"
         );
     }
+}
+
+/// The `max_bytes` to read a batch's events with, so that the whole
+/// payload fits under `batch_max_bytes` (the broker's `message_size_limit`
+/// drops a larger one, and the batch would be resent forever): what is left
+/// after the batch's frame, for the events and their separators, which
+/// [`OutboxHandle::read_after`] counts. A single event larger than that is
+/// still sent alone.
+pub(crate) fn batch_budget(batch_max_bytes: usize, store_id: &str) -> usize {
+    batch_max_bytes.saturating_sub(protocol::batch::batch_frame_len(store_id))
 }
 
 #[cfg(test)]

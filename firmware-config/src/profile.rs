@@ -101,7 +101,11 @@ pub struct Cloud {
     /// Events per MQTT message.
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
-    /// Bytes per MQTT message (the broker's `message_size_limit` must allow it).
+    /// The largest batch payload the agent sends, frame and separators
+    /// included (a single event larger than this goes alone): the cloud
+    /// broker's `message_size_limit` and the bridge's `mqtt.max_packet_bytes`
+    /// must allow it, or the broker drops the batch and the agent resends it
+    /// forever.
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// Batches sent but not yet receipted. 1 (the default) keeps every

@@ -57,8 +57,31 @@ pub fn encode_batch<'e>(
     out
 }
 
-/// Bytes a batch adds around its events, for sizing batches under a byte limit.
-pub const BATCH_OVERHEAD_BYTES: usize = 96;
+/// The length of the payload [`encode_batch`] builds for `store_id` and
+/// events of these lengths, to the byte: what a batch must fit under a
+/// broker's `message_size_limit` is the whole payload, the batch's frame and
+/// the commas between events included.
+pub fn encoded_batch_len(store_id: &str, event_lens: impl IntoIterator<Item = usize>) -> usize {
+    let (events, bytes) = event_lens
+        .into_iter()
+        .fold((0usize, 0usize), |(n, sum), len| (n + 1, sum + len));
+    batch_frame_len(store_id) + bytes + events.saturating_sub(1) * EVENT_SEPARATOR_BYTES
+}
+
+/// Bytes [`encode_batch`] puts around the events: the batch id, the store
+/// id (as JSON) and the brackets.
+pub fn batch_frame_len(store_id: &str) -> usize {
+    let store_json = serde_json::to_string(store_id).map_or(2, |s| s.len());
+    r#"{"batch_id":""#.len()
+        + 36
+        + r#"","store_id":"#.len()
+        + store_json
+        + r#","events":["#.len()
+        + "]}".len()
+}
+
+/// The comma [`encode_batch`] puts between two events.
+pub const EVENT_SEPARATOR_BYTES: usize = 1;
 
 #[cfg(test)]
 mod tests {
@@ -75,6 +98,33 @@ mod tests {
         assert_eq!(batch.store_id, "store-1");
         assert_eq!(batch.events.len(), 2);
         assert_eq!(batch.events[1].get().as_bytes(), b);
-        assert!(bytes.len() <= a.len() + b.len() + BATCH_OVERHEAD_BYTES);
+        assert_eq!(
+            bytes.len(),
+            encoded_batch_len("store-1", [a.len(), b.len()])
+        );
+    }
+
+    #[test]
+    fn the_encoded_length_is_exact_for_any_store_id_and_event_count() {
+        let events: Vec<Vec<u8>> = (0..50)
+            .map(|i| format!(r#"{{"n":{}}}"#, "9".repeat(i)).into_bytes())
+            .collect();
+        for store in [
+            "s",
+            "store-0042",
+            "store-with-a-rather-long-identifier-0001",
+            "q\"uote",
+        ] {
+            for n in 0..events.len() {
+                let evs = &events[..n];
+                let bytes =
+                    encode_batch(uuid::Uuid::now_v7(), store, evs.iter().map(Vec::as_slice));
+                assert_eq!(
+                    bytes.len(),
+                    encoded_batch_len(store, evs.iter().map(Vec::len)),
+                    "store {store:?}, {n} events"
+                );
+            }
+        }
     }
 }

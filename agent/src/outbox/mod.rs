@@ -327,8 +327,10 @@ impl OutboxHandle {
             .map_err(|_| OutboxError::Closed)
     }
 
-    /// Events after `after_seq` in order, up to `max_events` and about
-    /// `max_bytes` (always at least one event if any is there).
+    /// Events after `after_seq` in order, up to `max_events` and `max_bytes`
+    /// of payloads joined as a batch joins them (one separator byte between
+    /// two events, [`protocol::batch::encode_batch`]); always at least one
+    /// event if any is there, however large.
     pub async fn read_after(
         &self,
         after_seq: i64,

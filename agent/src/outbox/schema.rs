@@ -113,10 +113,16 @@ pub(crate) fn read_after(
     let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
         let payload: Vec<u8> = row.get(3)?;
-        if !out.is_empty() && bytes + payload.len() > max_bytes {
+        // The separator joining this event to the previous one in a batch.
+        let separator = if out.is_empty() {
+            0
+        } else {
+            protocol::batch::EVENT_SEPARATOR_BYTES
+        };
+        if !out.is_empty() && bytes + separator + payload.len() > max_bytes {
             break;
         }
-        bytes += payload.len();
+        bytes += separator + payload.len();
         let id: Vec<u8> = row.get(1)?;
         let id = uuid::Uuid::from_slice(&id)
             .map(EventId)

@@ -802,3 +802,51 @@ async fn a_full_outbox_sheds_only_a_chunk_of_its_oldest_readings_not_all_of_them
     );
     outbox.close().await;
 }
+
+#[tokio::test]
+async fn a_page_read_under_the_batch_budget_encodes_to_at_most_the_batch_limit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    let h = outbox.handle();
+    // Readings of different sizes (sensor ids of 1 to 40 characters).
+    for i in 0..400 {
+        let sensor = format!("s{}", "x".repeat(i % 40));
+        h.append(reading(&sensor, i as i64), None)
+            .await
+            .expect("append");
+    }
+    let all = all_events(&h).await;
+    let store_id = store().store_id;
+    for limit in [1_000, 4_096, 10_000, 65_536] {
+        let mut cursor = 0;
+        let mut pages = 0;
+        loop {
+            let budget = crate::forwarder::batch_budget(limit, &store_id);
+            let page = h.read_after(cursor, 500, budget).await.expect("page");
+            let Some(last) = page.last() else { break };
+            let encoded = protocol::batch::encode_batch(
+                uuid::Uuid::now_v7(),
+                &store_id,
+                page.iter().map(|e| e.payload.as_slice()),
+            );
+            assert!(
+                encoded.len() <= limit,
+                "a batch of {} events is {} bytes, over the limit of {limit}",
+                page.len(),
+                encoded.len()
+            );
+            // And the page is as full as the limit allows.
+            if let Some(next) = all.iter().find(|e| e.seq > last.seq) {
+                let with_next = protocol::batch::encoded_batch_len(
+                    &store_id,
+                    page.iter().chain([next]).map(|e| e.payload.len()),
+                );
+                assert!(with_next > limit, "the next event would still have fit");
+            }
+            cursor = last.seq;
+            pages += 1;
+        }
+        assert!(pages > 1, "limit {limit}: every event fit in one batch");
+    }
+    outbox.close().await;
+}
