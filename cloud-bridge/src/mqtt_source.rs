@@ -30,15 +30,16 @@
 //!   client that acks in order its whole backlog (6,000 messages, 600 MB of
 //!   bridge memory in `bench_bridge`; see `scripts/mosquitto.sh`). The
 //!   bridge's own MQTT 5 Receive Maximum (`mqtt.receive_maximum`) is a
-//!   second bound, but only as good as the broker that honours it. Nor can the loop simply stop
-//!   reading: the broker's PUBACKs for our receipts queue behind that
-//!   backlog, so receipts, then acks, then the whole pipeline would wait on
-//!   reads that wait on the pipeline. So when the queue is full the loop
-//!   *defers*: it leaves that message and every later one unacked and
-//!   undelivered (later ones too, so each store's order holds), keeps
-//!   reading, and once the queue has drained it reconnects. The persistent session then redelivers every unacked
-//!   message in order; copies of those still in the pipeline are settled by
-//!   the de-duplication window.
+//!   second bound, but only as good as the broker that honours it. Nor can
+//!   the loop simply stop reading: the broker's PUBACKs for our receipts
+//!   queue behind that backlog, so receipts, then acks, then the whole
+//!   pipeline would wait on reads that wait on the pipeline. So when the
+//!   queue is full the loop *defers*: it leaves that message and every later
+//!   one unacked and undelivered (later ones too, so each store's order
+//!   holds), keeps reading, and once the queue has drained it reconnects. The
+//!   persistent session then redelivers every unacked message in order;
+//!   copies of those still in the pipeline are settled by the
+//!   de-duplication window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
