@@ -6,6 +6,7 @@
 //! read their own records ([`StoreStack::consume`] filters on the
 //! `storelink.store_id` header).
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -371,6 +372,37 @@ port = {store_port}
         )
         .unwrap_or_else(|e| panic!("consuming {topic}: {e:#}"));
         all.into_iter().filter(|r| mine(r)).collect()
+    }
+
+    /// Waits until every event id in `want` is among this store's records
+    /// on the transactions topic, or `timeout` passes; returns the ids still
+    /// missing and how many duplicate records arrived.
+    pub fn transactions_in_kafka<'a>(
+        &self,
+        want: impl IntoIterator<Item = &'a String>,
+        timeout: Duration,
+    ) -> (Vec<String>, usize) {
+        let want: HashSet<&String> = want.into_iter().collect();
+        let event_id = |r: &Record| r.header_str(protocol::topics::headers::EVENT_ID);
+        let records = self.consume(
+            protocol::topics::KafkaTopic::Transactions.name(),
+            |rs| {
+                let ids: HashSet<String> = rs.iter().filter_map(event_id).collect();
+                want.iter().all(|id| ids.contains(*id))
+            },
+            timeout,
+        );
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for id in records.iter().filter_map(event_id) {
+            *counts.entry(id).or_default() += 1;
+        }
+        let missing = want
+            .into_iter()
+            .filter(|id| !counts.contains_key(*id))
+            .cloned()
+            .collect();
+        let duplicates = counts.values().map(|n| n - 1).sum();
+        (missing, duplicates)
     }
 
     /// Publishes one raw load-cell reading to the store broker (QoS 1), the

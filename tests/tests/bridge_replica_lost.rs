@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bridge_support::{Bridge, BridgeOptions};
 use harness::agent::{metric_value, post_sale, StackOptions, StoreStack, TERMINALS};
-use protocol::topics::KafkaTopic;
 
 const SESSION_EXPIRY_S: u64 = 3;
 /// Long enough that a slow moment of Kafka's on a busy machine is not
@@ -125,24 +124,11 @@ fn a_replica_lost_for_good_strands_nothing_once_its_session_expires() -> Result<
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let records = stack.consume(
-        KafkaTopic::Transactions.name(),
-        |rs| {
-            let got: HashSet<String> = rs
-                .iter()
-                .filter_map(|r| r.header_str(protocol::topics::headers::EVENT_ID))
-                .collect();
-            want.iter().all(|id| got.contains(id))
-        },
-        Duration::from_secs(90),
-    );
-    let got: HashSet<String> = records
-        .iter()
-        .filter_map(|r| r.header_str(protocol::topics::headers::EVENT_ID))
-        .collect();
-    let missing = want.iter().filter(|id| !got.contains(*id)).count();
+    let (missing, duplicates) = stack.transactions_in_kafka(&want, Duration::from_secs(90));
+    let missing = missing.len();
     println!(
-        "replica lost for good: {} sales acknowledged, {missing} missing from Kafka; \
+        "replica lost for good: {} sales acknowledged, {missing} missing from Kafka, \
+         {duplicates} duplicate records; \
          agent resends {resends_before} by {:.0} s after the kill, {resends_after} {} s later; \
          the surviving replica receipted {} batches in those seconds",
         want.len(),

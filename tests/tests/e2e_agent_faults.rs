@@ -2,7 +2,7 @@
 //! crashes (kill -9), a cloud broker outage, a full outbox and a damaged
 //! database file. Real processes, real brokers, real SQLite files.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,40 +61,6 @@ fn run_terminal(
     }
 }
 
-/// Waits until every acknowledged id is in the transactions topic; returns
-/// (missing ids, duplicate record count).
-fn check_all_in_kafka(
-    stack: &StoreStack,
-    acked: &HashMap<String, (String, u64)>,
-    timeout: Duration,
-) -> (Vec<String>, usize) {
-    let want: HashSet<&String> = acked.keys().collect();
-    let records = stack.consume(
-        KafkaTopic::Transactions.name(),
-        |rs| {
-            let ids: HashSet<String> = rs
-                .iter()
-                .filter_map(|r| r.header_str(protocol::topics::headers::EVENT_ID))
-                .collect();
-            want.iter().all(|id| ids.contains(*id))
-        },
-        timeout,
-    );
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for r in &records {
-        if let Some(id) = r.header_str(protocol::topics::headers::EVENT_ID) {
-            *counts.entry(id).or_default() += 1;
-        }
-    }
-    let missing = acked
-        .keys()
-        .filter(|id| !counts.contains_key(*id))
-        .cloned()
-        .collect();
-    let duplicates = counts.values().map(|n| n - 1).sum();
-    (missing, duplicates)
-}
-
 #[test]
 fn every_acknowledged_sale_reaches_kafka_through_twenty_kill_9s_under_load() {
     let mut stack = StoreStack::start("").expect("store stack");
@@ -126,7 +92,7 @@ fn every_acknowledged_sale_reaches_kafka_through_twenty_kill_9s_under_load() {
         "too little load to prove anything: {} sales",
         acked.len()
     );
-    let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
+    let (missing, duplicates) = stack.transactions_in_kafka(acked.keys(), Duration::from_secs(120));
     println!(
         "kill -9 x20: {} sales acknowledged, {} missing from Kafka, {duplicates} duplicate records in Kafka",
         acked.len(),
@@ -207,7 +173,7 @@ fn a_one_minute_cloud_broker_outage_loses_nothing_and_terminals_are_served_throu
         t.join().expect("terminal thread");
     }
     let acked = acked.lock().expect("lock").clone();
-    let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
+    let (missing, duplicates) = stack.transactions_in_kafka(acked.keys(), Duration::from_secs(120));
     println!(
         "outage 60 s: {during} sales accepted during it ({probes} probes, {} slower than 250 ms), backlog {backlog} events, \
          all {} in Kafka {:.1}s after the broker returned; {duplicates} duplicates",
@@ -529,7 +495,7 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-    let (missing, duplicates) = check_all_in_kafka(&stack, &acked, Duration::from_secs(120));
+    let (missing, duplicates) = stack.transactions_in_kafka(acked.keys(), Duration::from_secs(120));
     println!(
         "full disk: {} acknowledged, {} missing, {duplicates} duplicates",
         acked.len(),
