@@ -33,6 +33,21 @@ impl<'a> RawBatch<'a> {
     }
 }
 
+// The batch's frame, written by `encode_batch` and measured by
+// `batch_frame_len` from the same pieces, so the two cannot disagree.
+const FRAME_OPEN: &[u8] = b"{\"batch_id\":\"";
+const FRAME_STORE: &[u8] = b"\",\"store_id\":";
+const FRAME_EVENTS: &[u8] = b",\"events\":[";
+const FRAME_CLOSE: &[u8] = b"]}";
+/// A hyphenated UUID.
+const BATCH_ID_LEN: usize = 36;
+
+/// The store id as a JSON string: serde_json escapes whatever the id holds,
+/// so a bad id cannot break the frame.
+fn store_id_json(store_id: &str) -> Vec<u8> {
+    serde_json::to_vec(store_id).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
 /// Builds a batch payload from events already serialized as JSON objects.
 /// `store_id` must be a valid store id (no characters needing escapes).
 pub fn encode_batch<'e>(
@@ -41,19 +56,18 @@ pub fn encode_batch<'e>(
     events: impl IntoIterator<Item = &'e [u8]>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
-    out.extend_from_slice(b"{\"batch_id\":\"");
+    out.extend_from_slice(FRAME_OPEN);
     out.extend_from_slice(batch_id.hyphenated().to_string().as_bytes());
-    out.extend_from_slice(b"\",\"store_id\":");
-    // serde_json escapes whatever the id holds, so a bad id cannot break the frame.
-    out.extend_from_slice(&serde_json::to_vec(store_id).unwrap_or_else(|_| b"\"\"".to_vec()));
-    out.extend_from_slice(b",\"events\":[");
+    out.extend_from_slice(FRAME_STORE);
+    out.extend_from_slice(&store_id_json(store_id));
+    out.extend_from_slice(FRAME_EVENTS);
     for (i, ev) in events.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(ev);
     }
-    out.extend_from_slice(b"]}");
+    out.extend_from_slice(FRAME_CLOSE);
     out
 }
 
@@ -71,13 +85,12 @@ pub fn encoded_batch_len(store_id: &str, event_lens: impl IntoIterator<Item = us
 /// Bytes [`encode_batch`] puts around the events: the batch id, the store
 /// id (as JSON) and the brackets.
 pub fn batch_frame_len(store_id: &str) -> usize {
-    let store_json = serde_json::to_string(store_id).map_or(2, |s| s.len());
-    r#"{"batch_id":""#.len()
-        + 36
-        + r#"","store_id":"#.len()
-        + store_json
-        + r#","events":["#.len()
-        + "]}".len()
+    FRAME_OPEN.len()
+        + BATCH_ID_LEN
+        + FRAME_STORE.len()
+        + store_id_json(store_id).len()
+        + FRAME_EVENTS.len()
+        + FRAME_CLOSE.len()
 }
 
 /// The comma [`encode_batch`] puts between two events.
