@@ -101,7 +101,7 @@ pub fn start_bridge_with(
     bootstrap: &str,
     tls: BridgeTls<'_>,
 ) -> Result<(ChildProcess, u16)> {
-    let (bridge, http_port) = spawn_bridge(dir, name, mqtt_port, bootstrap, tls)?;
+    let (mut bridge, http_port) = spawn_bridge(dir, name, mqtt_port, bootstrap, tls)?;
     wait_http_ok(
         &format!("http://127.0.0.1:{http_port}/readyz"),
         Duration::from_secs(60),
@@ -112,6 +112,7 @@ pub fn start_bridge_with(
             bridge.log_tail(30)
         )
     })?;
+    ensure_answered_by(&mut bridge, http_port)?;
     Ok((bridge, http_port))
 }
 
@@ -169,6 +170,19 @@ pub fn spawn_bridge(
         .env("RUST_LOG", "info");
     let bridge = ChildProcess::spawn_logging_to(name, cmd, &dir.join(format!("{name}.log")))?;
     Ok((bridge, http_port))
+}
+
+/// Fails if `process` has exited: then the 200 that [`wait_http_ok`] saw
+/// came from some other server on `port`, and the test would run against it.
+fn ensure_answered_by(process: &mut ChildProcess, port: u16) -> Result<()> {
+    if let Some(status) = process.try_exit_status()? {
+        bail!(
+            "{} exited ({status}) although 127.0.0.1:{port} answered ready; log tail:\n{}",
+            process.name(),
+            process.log_tail(30)
+        );
+    }
+    Ok(())
 }
 
 /// Polls `url` until it answers 200.
@@ -310,7 +324,7 @@ port = {store_port}
         std::fs::write(&profile_path, profile).context("writing profile")?;
         let agent = spawn_agent(dir.path(), &profile_path)?;
         let http_base = format!("http://127.0.0.1:{http_port}");
-        let stack = StoreStack {
+        let mut stack = StoreStack {
             store_id,
             http_base,
             http_port,
@@ -328,13 +342,14 @@ port = {store_port}
         Ok(stack)
     }
 
-    pub fn wait_agent_ready(&self, timeout: Duration) -> Result<()> {
+    pub fn wait_agent_ready(&mut self, timeout: Duration) -> Result<()> {
         wait_http_ok(&format!("{}/readyz", self.http_base), timeout).with_context(|| {
             format!(
                 "store-agent not ready; log tail:\n{}",
                 self.agent.log_tail(30)
             )
-        })
+        })?;
+        ensure_answered_by(&mut self.agent, self.http_port)
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -17,9 +17,12 @@
 //! * `message_size_limit` 8 MiB: batches are far smaller; a generous limit keeps
 //!   oversize checks in the bridge, where they are dead-lettered, not dropped.
 
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -77,17 +80,27 @@ impl Mosquitto {
             .prefix("storelink-mosquitto-")
             .tempdir()
             .context("creating a temp dir for Mosquitto")?;
-        let port = free_port()?;
-        let conf = config_text(port, dir.path(), &opts);
-        std::fs::write(dir.path().join("mosquitto.conf"), conf)
-            .context("writing mosquitto.conf")?;
         let mut m = Mosquitto {
-            port,
+            port: 0,
             dir,
             process: None,
         };
-        m.launch(&bin)?;
-        Ok(m)
+        // The port was free when the OS picked it, but another process may
+        // bind it before Mosquitto does; a first start can move elsewhere.
+        for _ in 0..5 {
+            m.port = free_port()?;
+            let conf = config_text(m.port, m.dir.path(), &opts);
+            std::fs::write(m.dir.path().join("mosquitto.conf"), conf)
+                .context("writing mosquitto.conf")?;
+            match m.launch(&bin)? {
+                Launch::Listening => return Ok(m),
+                Launch::PortTaken => continue,
+            }
+        }
+        bail!(
+            "Mosquitto found every port it was given already taken; log tail:\n{}",
+            m.log_tail(20)
+        )
     }
 
     pub fn port(&self) -> u16 {
@@ -135,24 +148,42 @@ impl Mosquitto {
             bail!("Mosquitto on port {} is still running", self.port);
         }
         let bin = mosquitto_binary()?;
-        self.launch(&bin)
+        match self.launch(&bin)? {
+            Launch::Listening => Ok(()),
+            Launch::PortTaken => bail!(
+                "Mosquitto cannot listen on 127.0.0.1:{} again: another process took the port \
+                 while the broker was down",
+                self.port
+            ),
+        }
     }
 
-    fn launch(&mut self, bin: &Path) -> Result<()> {
+    /// Starts the broker and waits until it says it is serving. Its own log
+    /// is the proof, not a successful connect: a connect would also succeed
+    /// against whatever else holds the port, while this broker exits with
+    /// "Address already in use".
+    fn launch(&mut self, bin: &Path) -> Result<Launch> {
+        // The log is appended across restarts; only this run's lines count.
+        let log_path = self.log_path();
+        let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(bin);
         cmd.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
-        let mut p = ChildProcess::spawn_logging_to("mosquitto", cmd, &self.log_path())?;
+        let mut p = ChildProcess::spawn_logging_to("mosquitto", cmd, &log_path)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                break;
-            }
+            let log = log_since(&log_path, log_start);
             if let Some(status) = p.try_exit_status()? {
+                if log.contains("Address already in use") {
+                    return Ok(Launch::PortTaken);
+                }
                 bail!(
                     "Mosquitto exited at startup ({status}) on port {}; log tail:\n{}",
                     self.port,
                     p.log_tail(20)
                 );
+            }
+            if says_running(&log) && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                break;
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -164,8 +195,33 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.process = Some(p);
-        Ok(())
+        Ok(Launch::Listening)
     }
+}
+
+/// How a broker start ended, when it did not fail outright.
+enum Launch {
+    Listening,
+    /// Another process holds the port.
+    PortTaken,
+}
+
+/// Mosquitto logs "… running" only once every listener is open.
+fn says_running(log: &str) -> bool {
+    log.lines()
+        .any(|l| l.contains("mosquitto version") && l.ends_with(" running"))
+}
+
+/// What was appended to `path` after its first `from` bytes.
+fn log_since(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(from)).is_ok() {
+            // A partial read leaves a partial text; the next poll rereads.
+            let _ = f.read_to_string(&mut text);
+        }
+    }
+    text
 }
 
 fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
@@ -252,15 +308,31 @@ pub fn mosquitto_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A loopback port that was free a moment ago (the OS picked it).
+/// A loopback port that was free a moment ago (the OS picked it) and that
+/// this process has not handed out before. Tests run as threads of one
+/// process: without the second rule, a port one test frees for a moment
+/// (an agent between a kill and its restart, a broker during an outage) could
+/// be handed to another test, and the first test's restart would then reach
+/// the second test's server.
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(l.local_addr().context("reading a bound address")?.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let port = l.local_addr().context("reading a bound address")?.port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
+    bail!("the OS kept offering loopback ports this process already handed out")
 }
 
 #[cfg(test)]
 mod tests {
-    use super::MOSQUITTO_VERSION;
+    use super::*;
 
     /// The broker the tests run, the one the install script builds and the
     /// image the stores run are one release: behaviour the tests rely on
@@ -284,5 +356,35 @@ mod tests {
             .map(str::trim)
             .expect("the mosquitto image's newTag in k3s/base/kustomization.yaml");
         assert_eq!(fleet, MOSQUITTO_VERSION);
+    }
+
+    /// A port someone else listens on answers connects, so only the broker's
+    /// own log can say whether it is the one serving there.
+    #[test]
+    fn a_broker_whose_port_is_held_by_another_server_is_not_taken_as_started() {
+        let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut m = Mosquitto {
+            port: squatter.local_addr().expect("addr").port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            process: None,
+        };
+        let conf = config_text(m.port, m.dir.path(), &MosquittoOptions::default());
+        std::fs::write(m.dir.path().join("mosquitto.conf"), conf).expect("conf");
+        let bin = mosquitto_binary().unwrap_or_else(|e| panic!("{e:#}"));
+        let launch = m.launch(&bin).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(matches!(launch, Launch::PortTaken), "{}", m.log_tail(10));
+        assert!(m.process.is_none());
+
+        // With the port free, the same broker starts and says so.
+        drop(squatter);
+        assert!(matches!(m.launch(&bin).expect("launch"), Launch::Listening));
+        assert!(m.pid().is_some());
+    }
+
+    #[test]
+    fn a_port_is_never_handed_out_twice_in_one_process() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().expect("port")).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 }
