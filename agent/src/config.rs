@@ -52,7 +52,10 @@ pub fn cloud_mqtt_options(profile: &StoreProfile) -> Result<MqttOptions> {
     // wait for it at the broker.
     opts.set_clean_session(false);
     opts.set_keep_alive(Duration::from_secs(cloud.keep_alive_secs.clamp(5, 600)));
-    let max_packet = cloud.batch_max_bytes + 64 * 1024;
+    // Any batch the forwarder builds (a lone event over batch_max_bytes
+    // included) fits the contract's packet size; a smaller client limit made
+    // such a batch fail on every reconnect and stalled the store's link.
+    let max_packet = protocol::batch::MAX_PUBLISH_PACKET_BYTES;
     opts.set_max_packet_size(max_packet, max_packet);
     // The forwarder bounds batches in flight itself; rumqttc's own PUBACK window
     // only needs to be at least that large, never smaller.

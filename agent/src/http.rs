@@ -34,6 +34,11 @@ use crate::outbox::{OutboxError, OutboxStats};
 /// Largest request body accepted; a POSLog sale with 2,000 lines fits.
 const BODY_LIMIT: usize = 1024 * 1024;
 
+// A body under BODY_LIMIT makes an event well under the contract's
+// largest (the envelope adds ids and times; re-serializing never lengthens
+// a JSON string), so the outbox's own size check is a backstop here.
+const _: () = assert!(2 * BODY_LIMIT <= protocol::batch::MAX_EVENT_BYTES);
+
 pub struct AppState {
     pub ingest: Ingest,
     /// Terminals in the store profile; empty means any well-formed id.
@@ -274,6 +279,11 @@ async fn submit(
             p.retry_after = Some(5);
             Err(p)
         }
+        Err(OutboxError::TooLarge { bytes, limit }) => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "event_too_large",
+            format!("the transaction makes an event of {bytes} bytes; the limit is {limit}"),
+        )),
         Err(OutboxError::IdempotencyConflict { key, original }) => {
             let mut p = Problem::new(
                 StatusCode::CONFLICT,

@@ -336,11 +336,14 @@ impl RawConfig {
         let port = range("mqtt.port", self.mqtt.port, default_port, 1, 65535);
         // rumqttc's MQTT 5 client asserts a keep-alive of at least 5 s.
         let keep_alive_s = range("mqtt.keep_alive_s", self.mqtt.keep_alive_s, 30, 5, 65535);
+        // At least the largest packet an agent may send: with MQTT 5 the
+        // broker silently drops a larger message for this session, and the
+        // store that sent it would resend it forever.
         let max_packet = range(
             "mqtt.max_packet_bytes",
             self.mqtt.max_packet_bytes,
             8 * 1024 * 1024,
-            1024,
+            protocol::batch::MAX_PUBLISH_PACKET_BYTES as i64,
             256 * 1024 * 1024,
         );
         let req_cap = range(
@@ -828,6 +831,30 @@ mod tests {
         )
         .expect("5 s is the shortest keep-alive the client takes");
         assert!(std::panic::catch_unwind(|| crate::mqtt_source::client(&c.mqtt)).is_ok());
+    }
+
+    #[test]
+    fn a_packet_limit_under_what_an_agent_may_send_is_refused() {
+        let least = protocol::batch::MAX_PUBLISH_PACKET_BYTES;
+        let err = validate(
+            &format!(
+                "[mqtt]\nmax_packet_bytes = {}\n[kafka]\nbootstrap = \"k:1\"\n",
+                least - 1
+            ),
+            &[],
+        )
+        .expect_err("too small for the largest batch");
+        assert!(
+            err.to_string()
+                .contains(&format!("mqtt.max_packet_bytes = {}", least - 1)),
+            "{err}"
+        );
+        let c = validate(
+            &format!("[mqtt]\nmax_packet_bytes = {least}\n[kafka]\nbootstrap = \"k:1\"\n"),
+            &[],
+        )
+        .expect("the contract's packet size is enough");
+        assert_eq!(c.mqtt.max_packet_bytes, least);
     }
 
     #[test]

@@ -102,11 +102,11 @@ pub struct Cloud {
     #[serde(default = "default_batch_max_events")]
     pub batch_max_events: usize,
     /// The largest batch payload the agent sends, frame and separators
-    /// included (a single event larger than this goes alone): the cloud
-    /// broker's `message_size_limit` and the bridge's `mqtt.max_packet_bytes`
-    /// must allow it, or the broker drops the batch and the agent resends it
-    /// forever.
+    /// included (a single event larger than this goes alone), at most
+    /// 4 MiB: the size every bridge accepts and the cloud broker's
+    /// `message_size_limit` must allow.
     #[serde(default = "default_batch_max_bytes")]
+    #[schemars(range(min = 1024, max = 4194304))]
     pub batch_max_bytes: usize,
     /// Batches sent but not yet receipted. 1 (the default) keeps every
     /// store's events in order in Kafka even when several bridge replicas

@@ -322,12 +322,12 @@ impl StoreProfile {
             1..=100_000,
             "",
         );
-        // MQTT's largest packet is 256 MiB; the broker's message_size_limit must allow it too.
+        // Up to the contract's largest batch, which every bridge accepts.
         range(
             out,
             "cloud.batch_max_bytes",
             c.batch_max_bytes,
-            1024..=268_435_455,
+            1024..=protocol::batch::MAX_BATCH_BYTES,
             " bytes",
         );
         range(

@@ -38,3 +38,18 @@ fn schema_refuses_unknown_keys_and_documents_fields() {
     }
     assert!(schema["$defs"]["ShelfSensor"]["properties"]["alert_dwell_secs"].is_object());
 }
+
+/// The editor's bound is the contract's, the same number the validator uses
+/// (`tests/validation.rs` pins its message): a profile an editor accepts is
+/// not refused at deploy time.
+#[test]
+fn the_batch_size_bound_in_the_schema_is_the_contracts() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&firmware_config::schema_json()).expect("schema is JSON");
+    let field = &schema["$defs"]["Cloud"]["properties"]["batch_max_bytes"];
+    assert_eq!(
+        field["maximum"].as_u64(),
+        Some(protocol::batch::MAX_BATCH_BYTES as u64)
+    );
+    assert_eq!(field["minimum"].as_u64(), Some(1024));
+}

@@ -96,6 +96,30 @@ pub fn batch_frame_len(store_id: &str) -> usize {
 /// The comma [`encode_batch`] puts between two events.
 pub const EVENT_SEPARATOR_BYTES: usize = 1;
 
+// Sizes every agent and every bridge agree on. Without them an agent could
+// accept an event it can never send: its MQTT client, or the broker on the
+// bridge's behalf, refuses the message, the agent sends it again after the
+// reconnect or the receipt timeout, and no later event of that store leaves.
+
+/// The largest event, as envelope JSON, that an agent stores; it refuses a
+/// larger one when it is recorded (a POS gets a 4xx), never after.
+pub const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// The largest batch payload an agent sends. A store's
+/// `cloud.batch_max_bytes` may not exceed it; a batch of one event over that
+/// setting (sent alone) stays under it too, since an event is at most
+/// [`MAX_EVENT_BYTES`] and a batch's frame is a few hundred bytes.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// The largest MQTT PUBLISH packet a batch makes: [`MAX_BATCH_BYTES`] of
+/// payload plus the fixed header, topic, packet id and properties, with room
+/// to spare. Agents send packets up to this size; a bridge must accept
+/// packets at least this large (`mqtt.max_packet_bytes`), and the cloud
+/// broker's `message_size_limit` must allow them.
+pub const MAX_PUBLISH_PACKET_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;
+
+const _: () = assert!(MAX_EVENT_BYTES + 64 * 1024 <= MAX_BATCH_BYTES);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +163,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The sizes chain: the largest event a store may record, alone in a
+    /// batch from the longest store id, fits the largest batch, and the
+    /// largest batch with MQTT's framing fits the largest packet.
+    #[test]
+    fn the_largest_event_fits_a_batch_and_the_largest_batch_fits_a_packet() {
+        let store = "s".repeat(63);
+        crate::validate_store_id(&store).expect("the longest valid store id");
+        assert!(encoded_batch_len(&store, [MAX_EVENT_BYTES]) <= MAX_BATCH_BYTES);
+        let topic = crate::topics::store_events_topic(&store);
+        // Fixed header (at most 5 bytes), topic (2 + length), packet id (2),
+        // MQTT 5 properties (generously, 1 KiB).
+        let publish = 5 + 2 + topic.len() + 2 + 1024 + MAX_BATCH_BYTES;
+        assert!(publish <= MAX_PUBLISH_PACKET_BYTES, "{publish}");
     }
 }

@@ -100,6 +100,8 @@ pub enum OutboxError {
     DiskFull,
     #[error("outbox storage failed: {0}")]
     Storage(#[from] rusqlite::Error),
+    #[error("the event is {bytes} bytes; an event may be at most {limit} bytes")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("outbox is closed")]
     Closed,
     #[error("cannot open outbox {path}: {reason}")]
@@ -301,6 +303,14 @@ impl OutboxHandle {
         key: Option<String>,
     ) -> Result<AppendOutcome, OutboxError> {
         let event = PreparedEvent::new(&envelope);
+        // Refused here, while the producer can still be told: stored, it
+        // could never be sent (see protocol::batch::MAX_EVENT_BYTES).
+        if event.payload.len() > protocol::batch::MAX_EVENT_BYTES {
+            return Err(OutboxError::TooLarge {
+                bytes: event.payload.len(),
+                limit: protocol::batch::MAX_EVENT_BYTES,
+            });
+        }
         self.call(|reply| Command::Append { event, key, reply })
             .await
     }

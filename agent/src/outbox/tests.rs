@@ -850,3 +850,42 @@ async fn a_page_read_under_the_batch_budget_encodes_to_at_most_the_batch_limit()
     }
     outbox.close().await;
 }
+
+/// An event larger than the contract allows could never be sent; it is
+/// refused when recorded, and the events around it are stored as usual.
+#[tokio::test]
+async fn an_event_larger_than_the_contract_allows_is_refused_and_nothing_else_is() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    let h = outbox.handle();
+    let (before, key) = sale(1);
+    h.append(before, key).await.expect("append");
+
+    let (mut large, key) = sale(2);
+    if let EventBody::Sale(s) = &mut large.body {
+        s.lines[0].description = Some("x".repeat(protocol::batch::MAX_EVENT_BYTES));
+    }
+    match h.append(large, key).await {
+        Err(OutboxError::TooLarge { bytes, limit }) => {
+            assert_eq!(limit, protocol::batch::MAX_EVENT_BYTES);
+            assert!(bytes > limit, "{bytes}");
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+
+    // Just under the limit is stored, and so is what follows.
+    let (mut near, key) = sale(3);
+    if let EventBody::Sale(s) = &mut near.body {
+        s.lines[0].description = Some("x".repeat(protocol::batch::MAX_EVENT_BYTES - 4096));
+    }
+    h.append(near, key).await.expect("an event under the limit");
+    let (after, key) = sale(4);
+    h.append(after, key).await.expect("append");
+
+    let stored = all_events(&h).await;
+    assert_eq!(stored.len(), 3);
+    assert!(stored
+        .iter()
+        .all(|e| e.payload.len() <= protocol::batch::MAX_EVENT_BYTES));
+    outbox.close().await;
+}
