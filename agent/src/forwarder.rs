@@ -1,10 +1,10 @@
 //! Sends the outbox to the cloud broker and deletes what the bridge receipts.
 //!
 //! Two tasks, as in rumqtt: the **connection task** only polls the MQTT
-//! event loop (reconnecting with capped, jittered exponential backoff) and
-//! turns what arrives into [`Link`] messages; the **forwarder** owns all
-//! protocol state — the send cursor and the window of batches awaiting a
-//! receipt — and never touches the socket.
+//! event loop (reconnecting with capped, jittered exponential backoff, reset
+//! only by a connection that held) and turns what arrives into [`Link`]
+//! messages; the **forwarder** owns all protocol state — the send cursor and
+//! the window of batches awaiting a receipt — and never touches the socket.
 //!
 //! Delivery rule: an event leaves the outbox only when a delivery receipt
 //! names it. Everything else is recoverable from SQLite alone:
@@ -143,7 +143,7 @@ pub async fn run_connection(
     shutdown: CancellationToken,
 ) {
     let receipts = topics::store_receipts_topic(&store_id);
-    let mut backoff = reconnect_backoff();
+    let mut reconnect = Reconnect::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -151,7 +151,7 @@ pub async fn run_connection(
         };
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                backoff::backoff::Backoff::reset(&mut backoff);
+                reconnect.connected(Instant::now());
                 METRICS.mqtt_connected.set(1);
                 tracing::info!(
                     session_present = ack.session_present,
@@ -180,8 +180,7 @@ pub async fn run_connection(
             Err(e) => {
                 METRICS.mqtt_connected.set(0);
                 let _ = link.send(Link::Disconnected(e.to_string())).await;
-                let wait = backoff::backoff::Backoff::next_backoff(&mut backoff)
-                    .unwrap_or(Duration::from_secs(10));
+                let wait = reconnect.lost(Instant::now());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cloud broker connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -189,6 +188,46 @@ pub async fn run_connection(
                 }
             }
         }
+    }
+}
+
+/// When to reconnect. The backoff starts over only after a connection
+/// that lasted [`Reconnect::STABLE`]: one the broker accepts and then drops
+/// at once (a message it refuses, an ACL that denies the store's topic)
+/// keeps backing off toward the cap instead of reconnecting every 200 ms,
+/// thousands of stores at a time.
+struct Reconnect {
+    backoff: backoff::ExponentialBackoff,
+    connected_at: Option<Instant>,
+}
+
+impl Reconnect {
+    const STABLE: Duration = Duration::from_secs(30);
+
+    fn new() -> Reconnect {
+        Reconnect {
+            backoff: reconnect_backoff(),
+            connected_at: None,
+        }
+    }
+
+    fn connected(&mut self, now: Instant) {
+        self.connected_at = Some(now);
+    }
+
+    /// The wait before the next attempt.
+    fn lost(&mut self, now: Instant) -> Duration {
+        use backoff::backoff::Backoff;
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|at| now.saturating_duration_since(at) >= Self::STABLE)
+        {
+            self.backoff.reset();
+        }
+        self.backoff
+            .next_backoff()
+            .unwrap_or(Duration::from_secs(10))
     }
 }
 
@@ -533,5 +572,31 @@ mod tests {
         assert!(b
             .next_backoff()
             .is_some_and(|w| w <= Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn only_a_connection_that_lasted_starts_the_backoff_over() {
+        let mut r = Reconnect::new();
+        let mut now = Instant::now();
+        // Accepted, then dropped at once, over and over: the waits grow.
+        let mut waits = vec![];
+        for _ in 0..8 {
+            r.connected(now);
+            now += Duration::from_millis(5);
+            let w = r.lost(now);
+            waits.push(w);
+            now += w;
+        }
+        assert!(
+            waits[7] >= Duration::from_millis(7_500),
+            "a broker that drops the agent right after accepting it is not retried every 200 ms: {waits:?}"
+        );
+        // A connection that held for the stable period starts over.
+        r.connected(now);
+        now += Reconnect::STABLE;
+        assert!(r.lost(now) <= Duration::from_millis(300));
+        // Failed attempts (no ConnAck in between) keep growing as before.
+        let next = r.lost(now);
+        assert!(next >= Duration::from_millis(200), "{next:?}");
     }
 }
