@@ -34,11 +34,6 @@ use crate::outbox::{OutboxError, OutboxStats};
 /// Largest request body accepted; a POSLog sale with 2,000 lines fits.
 const BODY_LIMIT: usize = 1024 * 1024;
 
-// A body under BODY_LIMIT makes an event well under the contract's
-// largest (the envelope adds ids and times; re-serializing never lengthens
-// a JSON string), so the outbox's own size check is a backstop here.
-const _: () = assert!(2 * BODY_LIMIT <= protocol::batch::MAX_EVENT_BYTES);
-
 pub struct AppState {
     pub ingest: Ingest,
     /// Terminals in the store profile; empty means any well-formed id.
@@ -653,6 +648,32 @@ mod tests {
         );
         assert_eq!(p["code"], "body_too_large", "{p}");
         assert_eq!(f.state.outbox_stats.rows(), 0);
+    }
+
+    /// A body under the HTTP limit can still make an event over the
+    /// contract's (the envelope wraps the body): refused before it is
+    /// stored, since stored it could not be dead-lettered whole.
+    #[tokio::test]
+    async fn a_body_whose_event_would_exceed_the_contract_gets_a_413_and_stores_nothing() {
+        let f = fixture(1000, None);
+        let mut v =
+            serde_json::to_value(protocol::samples::sale_numbered("pos-01", 8)).expect("json");
+        v["lines"][0]["description"] = "x".repeat(protocol::batch::MAX_EVENT_BYTES).into();
+        let body = serde_json::to_vec(&v).expect("json");
+        assert!(
+            body.len() < BODY_LIMIT,
+            "the body itself is within the limit"
+        );
+        let (status, _, p) = call(&f.app, "POST", "/v1/sales", body, None).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(p["code"], "event_too_large", "{p}");
+        assert_eq!(f.state.outbox_stats.rows(), 0);
+
+        // The same sale with a shorter description is stored.
+        v["lines"][0]["description"] = "x".repeat(protocol::batch::MAX_EVENT_BYTES - 4096).into();
+        let (status, _, p) = post_sale_json(&f.app, &v).await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        assert_eq!(f.state.outbox_stats.rows(), 1);
     }
 
     #[tokio::test]

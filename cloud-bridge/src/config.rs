@@ -225,6 +225,11 @@ pub struct TopicsConfig {
     pub min_insync_replicas: i32,
     pub retention_ms: i64,
     pub dead_letter_retention_ms: i64,
+    /// Each topic's `max.message.bytes`: `kafka.message_max_bytes`, so a
+    /// record the producer may send is never refused by its topic (a dead
+    /// letter refused for good could never be written, and its message
+    /// would stay unacked).
+    pub max_message_bytes: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -391,11 +396,14 @@ impl RawConfig {
             1_000,
             2_147_483_647,
         );
+        // The largest event an agent stores must fit whole in a dead letter:
+        // a smaller limit cuts an acknowledged sale's bytes (or, below the
+        // headers' size, makes its dead letter impossible to write at all).
         let msg_max = range(
             "kafka.message_max_bytes",
             self.kafka.message_max_bytes,
             1_000_000,
-            1_000,
+            (protocol::batch::MAX_EVENT_BYTES + protocol::batch::DEAD_LETTER_HEADROOM_BYTES) as i64,
             1_000_000_000,
         );
         let retry_backoff = range(
@@ -615,6 +623,7 @@ impl RawConfig {
                 min_insync_replicas: min_isr as i32,
                 retention_ms: retention,
                 dead_letter_retention_ms: dlq_retention,
+                max_message_bytes: msg_max,
             },
             limits: Limits {
                 max_events_in_flight: max_events as usize,
@@ -855,6 +864,24 @@ mod tests {
         )
         .expect("the contract's packet size is enough");
         assert_eq!(c.mqtt.max_packet_bytes, least);
+    }
+
+    #[test]
+    fn a_kafka_record_limit_that_cannot_hold_the_largest_event_as_a_dead_letter_is_refused() {
+        let least = protocol::batch::MAX_EVENT_BYTES + protocol::batch::DEAD_LETTER_HEADROOM_BYTES;
+        let toml =
+            |bytes: usize| format!("[kafka]\nbootstrap = \"k:1\"\nmessage_max_bytes = {bytes}\n");
+        let err = validate(&toml(least - 1), &[]).expect_err("too small");
+        assert!(
+            err.to_string()
+                .contains(&format!("kafka.message_max_bytes = {}", least - 1)),
+            "{err}"
+        );
+        let c = validate(&toml(least), &[]).expect("large enough");
+        assert_eq!(c.topics.max_message_bytes, least as i64);
+        // The default holds it.
+        let d = validate("[kafka]\nbootstrap = \"k:1\"\n", &[]).expect("valid");
+        assert!(d.kafka.message_max_bytes >= least);
     }
 
     #[test]

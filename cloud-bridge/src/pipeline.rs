@@ -117,6 +117,16 @@ impl Pipeline {
         self.fatal.lock().ok().and_then(|f| f.clone())
     }
 
+    /// A dead letter that could not be written leaves its message unacked
+    /// (the store sends it again); said out loud, since with the size
+    /// checks in configuration only a misconfigured topic refuses one.
+    fn dead_letter_failed(&self, e: &SinkError) {
+        self.on_sink_error(e);
+        if !matches!(e, SinkError::Cancelled | SinkError::Fatal(_)) {
+            tracing::error!(error = %e, "the dead-letter topic refused a record; leaving the message unacked");
+        }
+    }
+
     fn on_sink_error(&self, e: &SinkError) {
         if let SinkError::Fatal(msg) = e {
             tracing::error!(error = %msg, "Kafka producer is unusable; stopping so a restart can resume");
@@ -278,7 +288,12 @@ impl Pipeline {
                                         fut: None,
                                     });
                                 }
-                                Err(_) => {
+                                Err(e) => {
+                                    // A fatal producer must stop the bridge
+                                    // here too, not only when a delivery
+                                    // task happens to meet it: the restart
+                                    // gets the unacked messages again.
+                                    self.on_sink_error(&e);
                                     self.release(&ev.id);
                                     return; // aborting: leave the message unacked
                                 }
@@ -507,10 +522,7 @@ impl Pipeline {
                         Some(Settled::DeadLettered(id, reason))
                     }
                     Err(e) => {
-                        self.on_sink_error(&e);
-                        if !matches!(e, SinkError::Cancelled | SinkError::Fatal(_)) {
-                            tracing::error!(error = %e, "the dead-letter topic refused a record; leaving the message unacked");
-                        }
+                        self.dead_letter_failed(&e);
                         None
                     }
                 }
@@ -547,7 +559,10 @@ impl Pipeline {
                 self.metrics.dead_lettered(reason::KAFKA_REJECTED);
                 Some(Settled::DeadLettered(Some(ev.id), reason::KAFKA_REJECTED))
             }
-            Err(_) => None,
+            Err(e) => {
+                self.dead_letter_failed(&e);
+                None
+            }
         }
     }
 
@@ -590,13 +605,15 @@ impl Pipeline {
         }
     }
 
-    /// Dead letters must fit the producer's `message.max.bytes` with room for headers.
+    /// Dead letters must fit the producer's `message.max.bytes` with room
+    /// for headers. Configuration keeps this at least
+    /// `protocol::batch::MAX_EVENT_BYTES`, so only bytes no agent sends
+    /// (a whole undecodable payload, an event over the contract) are cut.
     fn dlq_max(&self) -> usize {
         self.cfg
             .kafka
             .message_max_bytes
-            .saturating_sub(16 * 1024)
-            .max(1024)
+            .saturating_sub(protocol::batch::DEAD_LETTER_HEADROOM_BYTES)
     }
 
     /// Publishes the receipt (QoS 1), then acknowledges the MQTT message.

@@ -3,11 +3,11 @@
 //!
 //! | observed | action |
 //! | --- | --- |
-//! | topic missing | created with partitions, RF, `min.insync.replicas`, `retention.ms` |
+//! | topic missing | created with partitions, RF, `min.insync.replicas`, `retention.ms`, `max.message.bytes` |
 //! | fewer partitions | `create_partitions` (keys move partition: done once, before traffic) |
 //! | more partitions | noted; partitions cannot be removed |
 //! | other replication factor | **drift** (needs a reassignment, not done here) |
-//! | other `min.insync.replicas` / `retention.ms` | altered |
+//! | other `min.insync.replicas` / `retention.ms` / `max.message.bytes` | altered |
 //!
 //! The comparison ([`plan`]) is pure; only [`ensure`] talks to Kafka.
 
@@ -78,6 +78,7 @@ pub fn specs(cfg: &TopicsConfig) -> Vec<TopicSpec> {
                 configs: vec![
                     ("min.insync.replicas", cfg.min_insync_replicas.to_string()),
                     ("retention.ms", retention.to_string()),
+                    ("max.message.bytes", cfg.max_message_bytes.to_string()),
                 ],
             }
         })
@@ -299,7 +300,7 @@ async fn observe(
         for (name, r) in names.iter().zip(res) {
             let r = r.map_err(|code| AdminError::Failed(format!("describe {name}: {code}")))?;
             if let Some(o) = out.get_mut(name) {
-                for key in ["min.insync.replicas", "retention.ms"] {
+                for key in ["min.insync.replicas", "retention.ms", "max.message.bytes"] {
                     if let Some(v) = r.get(key).and_then(|e| e.value.clone()) {
                         o.configs.insert(key.to_owned(), v);
                     }
@@ -321,6 +322,7 @@ mod tests {
             min_insync_replicas: 2,
             retention_ms: 1000,
             dead_letter_retention_ms: 2000,
+            max_message_bytes: 1_000_000,
         }
     }
 

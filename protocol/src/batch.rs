@@ -102,8 +102,15 @@ pub const EVENT_SEPARATOR_BYTES: usize = 1;
 // reconnect or the receipt timeout, and no later event of that store leaves.
 
 /// The largest event, as envelope JSON, that an agent stores; it refuses a
-/// larger one when it is recorded (a POS gets a 4xx), never after.
-pub const MAX_EVENT_BYTES: usize = 2 * 1024 * 1024;
+/// larger one when it is recorded (a POS gets a 4xx), never after. A bridge
+/// must be able to write it whole to Kafka, as a dead letter if need be
+/// (with [`DEAD_LETTER_HEADROOM_BYTES`] for headers): 960 KiB fits Kafka's
+/// default record limit of about 1 MB.
+pub const MAX_EVENT_BYTES: usize = 960 * 1024;
+
+/// Room a dead-letter record needs beyond the event's bytes, for its
+/// headers (reason, detail, source topic, time, ids).
+pub const DEAD_LETTER_HEADROOM_BYTES: usize = 16 * 1024;
 
 /// The largest batch payload an agent sends. A store's
 /// `cloud.batch_max_bytes` may not exceed it; a batch of one event over that

@@ -4,7 +4,8 @@
 //! packet over `cloud.batch_max_bytes` + 64 KiB, the connection dropped, the
 //! same event was sent again after the reconnect, and no later sale ever
 //! left the store. Now every message an agent may send fits the contract's
-//! packet size (`protocol::batch::MAX_PUBLISH_PACKET_BYTES`), and the bridge
+//! packet size (`protocol::batch::MAX_PUBLISH_PACKET_BYTES`; an event is at
+//! most `MAX_EVENT_BYTES`, 960 KiB), and the bridge
 //! dead-letters the event as `oversized` (its own `limits.max_event_bytes`,
 //! 256 KiB by default), bytes intact, while the sales around it reach the
 //! transactions topic.
