@@ -48,6 +48,9 @@ use crate::routing::{self, reason, Decision, PublishEvent, RoutedMessage};
 /// Messages routed ahead of the one being dispatched.
 const ROUTE_AHEAD: usize = 4;
 
+/// The longest pause between checks of a resent event on its first copy.
+const AWAIT_FIRST_COPY_MAX_PAUSE: Duration = Duration::from_millis(500);
+
 pub struct Pipeline {
     cfg: Arc<Config>,
     sink: Arc<KafkaSink>,
@@ -473,34 +476,42 @@ impl Pipeline {
         match job {
             // Settled together in `settle_all`.
             Job::Produce { .. } => None,
-            Job::AwaitFirstCopy { ev, rec } => loop {
-                let state = self.dedupe.lock().ok().and_then(|w| w.peek(&ev.id));
-                match state {
-                    Some(Seen::Published) => {
-                        self.metrics.duplicates_dropped.inc();
-                        return Some(Settled::Duplicate(ev.id));
-                    }
-                    Some(Seen::InFlight) => {
-                        tokio::select! {
-                            _ = self.abort.cancelled() => return None,
-                            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            Job::AwaitFirstCopy { ev, rec } => {
+                // The first copy may wait on a slow or absent Kafka for
+                // minutes, with thousands of resent copies waiting on their
+                // own first copies: the checks back off, so the waiters do
+                // not take the lock from the dispatcher.
+                let mut pause = Duration::from_millis(20);
+                loop {
+                    let state = self.dedupe.lock().ok().and_then(|w| w.peek(&ev.id));
+                    match state {
+                        Some(Seen::Published) => {
+                            self.metrics.duplicates_dropped.inc();
+                            return Some(Settled::Duplicate(ev.id));
                         }
-                    }
-                    // The first copy was abandoned or dead-lettered: try ourselves.
-                    Some(Seen::New) | None => {
-                        let reserved = self
-                            .dedupe
-                            .lock()
-                            .map(|mut w| w.check_and_reserve(ev.id, Instant::now()))
-                            .unwrap_or(Seen::New);
-                        if reserved != Seen::New {
-                            continue;
+                        Some(Seen::InFlight) => {
+                            tokio::select! {
+                                _ = self.abort.cancelled() => return None,
+                                _ = tokio::time::sleep(pause) => {}
+                            }
+                            pause = (pause * 2).min(AWAIT_FIRST_COPY_MAX_PAUSE);
                         }
-                        let result = self.sink.send(&rec, &self.abort).await;
-                        return self.settle_delivery(ev, &rec, source_topic, result).await;
+                        // The first copy was abandoned or dead-lettered: try ourselves.
+                        Some(Seen::New) | None => {
+                            let reserved = self
+                                .dedupe
+                                .lock()
+                                .map(|mut w| w.check_and_reserve(ev.id, Instant::now()))
+                                .unwrap_or(Seen::New);
+                            if reserved != Seen::New {
+                                continue;
+                            }
+                            let result = self.sink.send(&rec, &self.abort).await;
+                            return self.settle_delivery(ev, &rec, source_topic, result).await;
+                        }
                     }
                 }
-            },
+            }
             Job::Duplicate(id) => {
                 tracing::debug!(event_id = %id, "duplicate dropped");
                 self.metrics.duplicates_dropped.inc();
