@@ -124,6 +124,7 @@ pub struct RawTopics {
 pub struct RawLimits {
     pub max_events_in_flight: Option<i64>,
     pub max_messages_in_flight: Option<i64>,
+    pub max_bytes_in_flight: Option<i64>,
     pub max_event_bytes: Option<i64>,
     pub shutdown_grace_s: Option<i64>,
 }
@@ -236,6 +237,10 @@ pub struct TopicsConfig {
 pub struct Limits {
     pub max_events_in_flight: usize,
     pub max_messages_in_flight: usize,
+    /// MQTT payload bytes held, received and not yet acked
+    /// ([`crate::payload_budget`]). With the Kafka client's copy of each
+    /// record, the bridge's memory for messages is about twice this.
+    pub max_bytes_in_flight: usize,
     pub max_event_bytes: usize,
     pub shutdown_grace: Duration,
 }
@@ -456,6 +461,13 @@ impl RawConfig {
             1,
             65_535,
         );
+        let max_bytes = range(
+            "limits.max_bytes_in_flight",
+            self.limits.max_bytes_in_flight,
+            128 * 1024 * 1024,
+            1024 * 1024,
+            64 * 1024 * 1024 * 1024,
+        );
         let max_event_bytes = range(
             "limits.max_event_bytes",
             self.limits.max_event_bytes,
@@ -628,6 +640,7 @@ impl RawConfig {
             limits: Limits {
                 max_events_in_flight: max_events as usize,
                 max_messages_in_flight: max_msgs as usize,
+                max_bytes_in_flight: usize::try_from(max_bytes).unwrap_or(usize::MAX),
                 max_event_bytes: max_event_bytes as usize,
                 shutdown_grace: Duration::from_secs(grace as u64),
             },
@@ -891,6 +904,7 @@ mod tests {
         assert_eq!(c.topics, d.topics);
         assert_eq!(c.kafka.producer, d.kafka.producer);
         assert_eq!(c.limits.max_events_in_flight, d.limits.max_events_in_flight);
+        assert_eq!(c.limits.max_bytes_in_flight, d.limits.max_bytes_in_flight);
         assert_eq!(c.mqtt.session_expiry, d.mqtt.session_expiry);
         assert_eq!(c.mqtt.receive_maximum, d.mqtt.receive_maximum);
         assert_eq!(c.mqtt.outgoing_inflight, d.mqtt.outgoing_inflight);

@@ -21,6 +21,7 @@ pub mod kafka_log;
 pub mod kafka_sink;
 pub mod metrics;
 pub mod mqtt_source;
+pub mod payload_budget;
 pub mod pipeline;
 pub mod receipts;
 pub mod routing;
@@ -116,11 +117,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
         // share while it restarts (the only replica's: all of it).
         (shutdown.clone(), None)
     };
+    let budget = payload_budget::PayloadBudget::new(
+        cfg.limits.max_bytes_in_flight,
+        metrics.mqtt_payload_held_bytes.clone(),
+    );
     let loop_task = tokio::spawn(mqtt_source::run_event_loop(
         eventloop,
         client.clone(),
         subscription,
-        tx,
+        mqtt_source::Handoff { queue: tx, budget },
         Arc::clone(&health),
         Arc::clone(&metrics),
         loop_stop.clone(),

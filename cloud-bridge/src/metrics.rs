@@ -25,6 +25,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub mqtt_messages: Counter,
     pub mqtt_messages_deferred: Counter,
+    pub mqtt_payload_held_bytes: Gauge,
     pub events_published: Family<TopicLabel, Counter>,
     pub dead_letters: Family<ReasonLabel, Counter>,
     pub duplicates_dropped: Counter,
@@ -43,6 +44,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("storelink_bridge");
         let mqtt_messages = Counter::default();
         let mqtt_messages_deferred = Counter::default();
+        let mqtt_payload_held_bytes = Gauge::default();
         let events_published = Family::<TopicLabel, Counter>::default();
         let dead_letters = Family::<ReasonLabel, Counter>::default();
         let duplicates_dropped = Counter::default();
@@ -60,8 +62,13 @@ impl Metrics {
         );
         registry.register(
             "mqtt_messages_deferred",
-            "MQTT messages left unacked because the received queue was full; the broker redelivers them after a reconnect",
+            "MQTT messages left unacked because the received queue was full or the payload budget spent; the broker redelivers them after a reconnect",
             mqtt_messages_deferred.clone(),
+        );
+        registry.register(
+            "mqtt_payload_held_bytes",
+            "MQTT payload bytes received and not yet acked or given up (bounded by limits.max_bytes_in_flight)",
+            mqtt_payload_held_bytes.clone(),
         );
         registry.register(
             "events_published",
@@ -119,6 +126,7 @@ impl Metrics {
             registry,
             mqtt_messages,
             mqtt_messages_deferred,
+            mqtt_payload_held_bytes,
             events_published,
             dead_letters,
             duplicates_dropped,

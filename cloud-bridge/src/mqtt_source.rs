@@ -34,9 +34,11 @@
 //!   the loop simply stop reading: the broker's PUBACKs for our receipts
 //!   queue behind that backlog, so receipts, then acks, then the whole
 //!   pipeline would wait on reads that wait on the pipeline. So when the
-//!   queue is full the loop *defers*: it leaves that message and every later
+//!   queue is full, or the payload bytes held reach `limits.max_bytes_in_flight`
+//!   ([`crate::payload_budget`]), the loop *defers*: it leaves that message and every later
 //!   one unacked and undelivered (later ones too, so each store's order
-//!   holds), keeps reading, and once the queue has drained it reconnects. The
+//!   holds), keeps reading, and once the queue has drained (and half the
+//!   payload budget is back) it reconnects. The
 //!   persistent session then redelivers every unacked message in order;
 //!   copies of those still in the pipeline are settled by the
 //!   de-duplication window.
@@ -53,6 +55,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
 use crate::metrics::Metrics;
+use crate::payload_budget::{HeldPayload, PayloadBudget};
+
+/// A message handed to the pipeline, with its bytes held in the budget
+/// until it is dropped.
+pub struct Received {
+    pub publish: Publish,
+    pub held: HeldPayload,
+}
+
+/// Where the event loop hands messages to the pipeline: the received queue,
+/// and the payload budget its messages hold bytes of.
+pub struct Handoff {
+    pub queue: mpsc::Sender<Received>,
+    pub budget: PayloadBudget,
+}
 
 /// Messages received and not yet taken by the pipeline. With the pipeline's
 /// `limits.max_messages_in_flight`, this bounds the MQTT payloads the bridge
@@ -126,15 +143,16 @@ pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
     subscription: String,
-    tx: mpsc::Sender<Publish>,
+    handoff: Handoff,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let Handoff { queue: tx, budget } = handoff;
     let mut failures: u32 = 0;
     let mut intake = Intake::Open;
     loop {
-        if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() {
+        if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() && budget.has_room() {
             intake = Intake::Reconnecting;
             tracing::info!("received queue drained; reconnecting so the broker redelivers the deferred messages");
             // Queued behind the receipts and acks already requested.
@@ -195,7 +213,16 @@ pub async fn run_event_loop(
                     metrics.mqtt_messages_deferred.inc();
                     continue;
                 }
-                match tx.try_send(p) {
+                let Some(held) = budget.try_take(p.payload.len()) else {
+                    intake = Intake::Deferring;
+                    metrics.mqtt_messages_deferred.inc();
+                    tracing::warn!(
+                        held_bytes = budget.held(),
+                        "payload budget spent; deferring messages to the broker until it drains"
+                    );
+                    continue;
+                };
+                match tx.try_send(Received { publish: p, held }) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         intake = Intake::Deferring;

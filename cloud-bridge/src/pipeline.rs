@@ -42,6 +42,7 @@ use crate::kafka_sink::{
     Delivered, DeliveryReceiver, Failure, KafkaSink, MessageDeliveries, OutRecord, SinkError,
 };
 use crate::metrics::Metrics;
+use crate::mqtt_source::Received;
 use crate::receipts::{self, Settled};
 use crate::routing::{self, reason, Decision, PublishEvent, RoutedMessage};
 
@@ -145,7 +146,7 @@ impl Pipeline {
     /// Returns the number of messages abandoned unacked (the broker keeps them).
     pub async fn run(
         self: Arc<Self>,
-        mut rx: mpsc::Receiver<Publish>,
+        mut rx: mpsc::Receiver<Received>,
         intake: CancellationToken,
     ) -> usize {
         // Routing (JSON parsing, the CPU-heavy part: ~0.2 ms for a message
@@ -161,7 +162,7 @@ impl Pipeline {
                 _ = intake.cancelled() => break,
                 _ = self.abort.cancelled() => break,
                 Some(done) = routing.next(), if !routing.is_empty() => {
-                    let (publish, topic, routed) = match done {
+                    let (received, topic, routed) = match done {
                         Ok(pr) => pr,
                         Err(e) => {
                             // A panic while routing: that message stays unacked.
@@ -173,18 +174,19 @@ impl Pipeline {
                         biased;
                         _ = intake.cancelled() => break,
                         _ = self.abort.cancelled() => break,
-                        _ = self.dispatch(publish, topic, routed) => {}
+                        _ = self.dispatch(received, topic, routed) => {}
                     }
                 }
                 m = rx.recv(), if source_open && routing.len() < ROUTE_AHEAD => match m {
-                    Some(publish) => {
+                    Some(received) => {
                         let max = self.cfg.limits.max_event_bytes;
                         routing.push_back(tokio::spawn(async move {
                             // Brokers pass only UTF-8 topics; anything else
                             // fails the topic check and is dead-lettered.
-                            let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                            let routed = routing::route(&topic, &publish.payload, max);
-                            (publish, topic, routed)
+                            let p = &received.publish;
+                            let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                            let routed = routing::route(&topic, &p.payload, max);
+                            (received, topic, routed)
                         }));
                     }
                     None => source_open = false,
@@ -221,7 +223,8 @@ impl Pipeline {
 
     /// Routes one message and hands its records to Kafka, in order; spawns
     /// the task that waits for delivery, receipts and acks.
-    async fn dispatch(self: &Arc<Self>, publish: Publish, topic: String, routed: RoutedMessage) {
+    async fn dispatch(self: &Arc<Self>, received: Received, topic: String, routed: RoutedMessage) {
+        let Received { publish, held } = received;
         let n = routed
             .event_count()
             .clamp(1, self.cfg.limits.max_events_in_flight);
@@ -349,6 +352,7 @@ impl Pipeline {
                 drop(gauge);
                 drop(ev_permit);
                 drop(msg_permit);
+                drop(held);
             }
             .instrument(span),
         );

@@ -34,6 +34,8 @@ pub struct BridgeOptions {
     pub receive_maximum: u16,
     /// `mqtt.session_expiry_s` (MQTT 5).
     pub session_expiry_s: u64,
+    /// `limits.max_bytes_in_flight`: MQTT payload bytes held.
+    pub max_bytes_in_flight: usize,
 }
 
 impl BridgeOptions {
@@ -48,6 +50,7 @@ impl BridgeOptions {
             leave_share_group_on_shutdown: false,
             receive_maximum: 100,
             session_expiry_s: 120,
+            max_bytes_in_flight: 128 * 1024 * 1024,
         }
     }
 }
@@ -111,6 +114,7 @@ min_insync_replicas = 1
 
 [limits]
 max_events_in_flight = {max_events}
+max_bytes_in_flight = {max_bytes}
 max_event_bytes = {max_event_bytes}
 shutdown_grace_s = {grace}
 
@@ -123,6 +127,7 @@ max_age_s = {dedupe_age}
             bootstrap = self.bootstrap,
             timeout = o.message_timeout_ms,
             max_events = o.max_events_in_flight,
+            max_bytes = o.max_bytes_in_flight,
             max_event_bytes = o.max_event_bytes,
             grace = o.shutdown_grace_s,
             dedupe_age = o.dedupe_max_age_s,
