@@ -362,8 +362,15 @@ port = {store_port}
 
     /// Starts the agent again on the same profile and data (after a kill).
     pub fn restart_agent(&mut self) -> Result<()> {
-        self.agent = spawn_agent(self.dir.path(), &self.profile_path)?;
+        self.spawn_agent_again()?;
         self.wait_agent_ready(Duration::from_secs(30))
+    }
+
+    /// Starts the agent process again without waiting for it to be ready
+    /// (a test that expects it may not be).
+    pub fn spawn_agent_again(&mut self) -> Result<()> {
+        self.agent = spawn_agent(self.dir.path(), &self.profile_path)?;
+        Ok(())
     }
 
     /// This store's records on `topic`, read from the beginning until

@@ -509,3 +509,92 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
     drop(stack);
     drop(disk);
 }
+
+/// An agent that starts on a full disk (stopped cleanly, then the disk
+/// filled up, say with logs, before it came back) cannot open its outbox:
+/// SQLite must recreate the `-shm` file it removed at the clean stop. The
+/// file is not damaged: it must stay where it is, with every sale it
+/// acknowledged, and not be set aside for a fresh one. Before, it was
+/// renamed `.damaged-*` and its sales never left the store.
+#[test]
+fn an_agent_started_on_a_full_disk_keeps_its_outbox_and_delivers_it_once_space_returns() {
+    let disk = SmallDisk::mount(8 * 1024 * 1024);
+    let data = disk.path.join("data");
+    let mut stack = StoreStack::start_with(StackOptions {
+        data_dir: Some(data.clone()),
+        disk_reserve_bytes: Some(512 * 1024),
+        ..StackOptions::default()
+    })
+    .expect("store stack");
+    stack.cloud_mqtt.stop().expect("stop cloud broker");
+    let client = reqwest::blocking::Client::new();
+    let mut acked = HashMap::new();
+    for seq in 1..=200u64 {
+        let r = post_sale(&client, &stack.http_base, "pos-01", seq).expect("agent answers");
+        assert!(r.status().is_success(), "{}", r.status());
+        let v: serde_json::Value = r.json().expect("json");
+        acked.insert(
+            v["event_id"].as_str().expect("id").to_owned(),
+            ("pos-01".to_owned(), seq),
+        );
+    }
+    stack.agent.sigterm().expect("sigterm");
+    stack
+        .agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("the agent stops on SIGTERM");
+    let shm = data.join("outbox.db-shm");
+    assert!(!shm.exists(), "a clean stop removes {}", shm.display());
+
+    // Something else on the box fills the disk while the agent is down.
+    let ballast = disk.path.join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).expect("ballast");
+        let chunk = vec![0u8; 4 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    stack.spawn_agent_again().expect("spawn");
+    let outcome = match stack.agent.wait_exit(Duration::from_secs(15)) {
+        Ok(status) => format!("exited ({status})"),
+        Err(_) => "kept running".to_owned(),
+    };
+    let set_aside: Vec<String> = std::fs::read_dir(&data)
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".damaged-"))
+        .collect();
+    println!(
+        "start on a full disk: the agent {outcome}; files set aside: {set_aside:?}; log tail:\n{}",
+        stack.agent.log_tail(3)
+    );
+    assert!(
+        set_aside.is_empty(),
+        "an outbox that only lacked disk space was set aside: {set_aside:?}"
+    );
+    assert!(stack.outbox_path().exists(), "the outbox stays where it is");
+
+    // Space returns; the agent starts on the same file and sends it all.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let _ = stack.agent.sigterm();
+    let _ = stack.agent.wait_exit(Duration::from_secs(30));
+    stack.cloud_mqtt.start_again().expect("cloud broker back");
+    stack
+        .restart_agent()
+        .expect("agent starts once space returns");
+    let (missing, duplicates) = stack.transactions_in_kafka(acked.keys(), Duration::from_secs(120));
+    println!(
+        "start on a full disk: {} acknowledged, {} missing, {duplicates} duplicates",
+        acked.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged sales stranded by a start on a full disk: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    drop(stack);
+    drop(disk);
+}

@@ -8,6 +8,12 @@
 //! event in it is an `agent_notice` telling the cloud. The agent therefore
 //! never crash-loops on its own storage; the set-aside file can be inspected
 //! or salvaged later.
+//!
+//! Only damage sets a file aside. A file that cannot be opened because of
+//! the machine around it (a full disk: reopening after a clean stop must
+//! recreate the `-shm` file; an I/O error; a lock) is not damaged, and
+//! setting it aside would strand every acknowledged event in it: that is an
+//! error returned as is, and the file is opened whole once the cause is gone.
 
 use std::path::{Path, PathBuf};
 
@@ -36,20 +42,49 @@ impl OpenReport {
     }
 }
 
-fn check(conn: &Connection) -> Result<(), String> {
-    let result: String = conn
-        .pragma_query_value(None, "quick_check", |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if result == "ok" {
-        Ok(())
-    } else {
-        Err(result)
+/// Why a file did not open.
+enum OpenFailure {
+    /// The file itself is bad: set it aside.
+    Damaged(String),
+    /// The machine around it is (full disk, I/O error, lock): leave it be.
+    Unavailable(rusqlite::Error),
+}
+
+/// Errors that say nothing about the file's contents.
+fn is_environmental(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DiskFull
+                | SystemIoFailure
+                | CannotOpen
+                | DatabaseBusy
+                | DatabaseLocked
+                | OutOfMemory
+                | PermissionDenied
+                | ReadOnly
+                | FileLockingProtocolFailed
+        )
+    )
+}
+
+impl From<rusqlite::Error> for OpenFailure {
+    fn from(e: rusqlite::Error) -> OpenFailure {
+        if is_environmental(&e) {
+            OpenFailure::Unavailable(e)
+        } else {
+            OpenFailure::Damaged(e.to_string())
+        }
     }
 }
 
-fn try_open(path: &Path) -> Result<Connection, String> {
-    let conn = schema::open_writer(path).map_err(|e| e.to_string())?;
-    check(&conn)?;
+fn try_open(path: &Path) -> Result<Connection, OpenFailure> {
+    let conn = schema::open_writer(path)?;
+    let result: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
+    if result != "ok" {
+        return Err(OpenFailure::Damaged(result));
+    }
     Ok(conn)
 }
 
@@ -62,7 +97,17 @@ pub(crate) fn open_or_recover(path: &Path) -> Result<(Connection, OpenReport), O
     }
     match try_open(path) {
         Ok(conn) => Ok((conn, OpenReport::default())),
-        Err(why) => {
+        Err(OpenFailure::Unavailable(e)) => {
+            tracing::error!(path = %path.display(), error = %e,
+                "outbox cannot be opened; it is not damaged and stays where it is");
+            Err(OutboxError::Open {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{e} (the file is kept as it is: free disk space or fix the cause, then start again)"
+                ),
+            })
+        }
+        Err(OpenFailure::Damaged(why)) => {
             let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
             let mut aside = path.as_os_str().to_owned();
             aside.push(format!(".damaged-{stamp}"));
