@@ -13,11 +13,15 @@ use anyhow::{Context, Result};
 use firmware_config::StoreProfile;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
-fn env_override<T: std::str::FromStr>(name: &str, target: &mut T) -> Result<()>
+fn override_from<T: std::str::FromStr>(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    target: &mut T,
+) -> Result<()>
 where
     T::Err: std::fmt::Display,
 {
-    if let Ok(v) = std::env::var(name) {
+    if let Some(v) = env(name) {
         *target = v
             .parse()
             .map_err(|e| anyhow::anyhow!("environment variable {name}={v:?} is invalid: {e}"))?;
@@ -27,18 +31,46 @@ where
 
 /// Loads the profile and applies environment overrides.
 pub fn load(path: &Path) -> Result<StoreProfile> {
-    let mut profile = firmware_config::load(path)?;
-    env_override("STORELINK_HTTP_LISTEN", &mut profile.agent.http_listen)?;
-    env_override("STORELINK_DATA_DIR", &mut profile.agent.data_dir)?;
-    env_override("STORELINK_CLOUD_HOST", &mut profile.cloud.host)?;
-    env_override("STORELINK_CLOUD_PORT", &mut profile.cloud.port)?;
-    env_override(
+    with_overrides(firmware_config::load(path)?, |name| {
+        std::env::var(name).ok()
+    })
+}
+
+/// Applies the overrides `env` names, then validates the result as the
+/// profile was: an override is held to the profile's rules (a receipt
+/// timeout of 0 would resend every batch twice a second).
+pub fn with_overrides(
+    mut profile: StoreProfile,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<StoreProfile> {
+    override_from(
+        &env,
+        "STORELINK_HTTP_LISTEN",
+        &mut profile.agent.http_listen,
+    )?;
+    override_from(&env, "STORELINK_DATA_DIR", &mut profile.agent.data_dir)?;
+    override_from(&env, "STORELINK_CLOUD_HOST", &mut profile.cloud.host)?;
+    override_from(&env, "STORELINK_CLOUD_PORT", &mut profile.cloud.port)?;
+    override_from(
+        &env,
         "STORELINK_RECEIPT_TIMEOUT_SECS",
         &mut profile.cloud.receipt_timeout_secs,
     )?;
     if let Some(local) = profile.local_mqtt.as_mut() {
-        env_override("STORELINK_LOCAL_MQTT_HOST", &mut local.host)?;
-        env_override("STORELINK_LOCAL_MQTT_PORT", &mut local.port)?;
+        override_from(&env, "STORELINK_LOCAL_MQTT_HOST", &mut local.host)?;
+        override_from(&env, "STORELINK_LOCAL_MQTT_PORT", &mut local.port)?;
+    }
+    let errors: Vec<String> = profile
+        .validate()
+        .into_iter()
+        .filter(firmware_config::Problem::is_error)
+        .map(|p| p.to_string())
+        .collect();
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "the store profile with its environment overrides is invalid:\n  {}",
+            errors.join("\n  ")
+        );
     }
     Ok(profile)
 }
@@ -72,4 +104,61 @@ pub fn cloud_mqtt_options(profile: &StoreProfile) -> Result<MqttOptions> {
         }));
     }
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROFILE: &str = r#"[store]
+id = "store-0042"
+region = "eu-west"
+timezone = "Europe/Dublin"
+currency = "EUR"
+
+[agent]
+data_dir = "/var/lib/storelink"
+
+[cloud]
+host = "mqtt.example.com"
+port = 8883
+client_id = "store-0042-agent"
+
+[[terminals]]
+id = "pos-01"
+"#;
+
+    fn profile() -> StoreProfile {
+        firmware_config::parse(PROFILE).expect("a valid profile")
+    }
+
+    #[test]
+    fn overrides_apply_and_are_held_to_the_profiles_rules() {
+        let p = with_overrides(profile(), |name| {
+            (name == "STORELINK_RECEIPT_TIMEOUT_SECS").then(|| "45".to_owned())
+        })
+        .expect("a valid override");
+        assert_eq!(p.cloud.receipt_timeout_secs, 45);
+
+        let err = with_overrides(profile(), |name| {
+            (name == "STORELINK_RECEIPT_TIMEOUT_SECS").then(|| "0".to_owned())
+        })
+        .expect_err("0 s would resend every batch on every tick");
+        assert!(
+            err.to_string().contains("cloud.receipt_timeout_secs"),
+            "{err}"
+        );
+
+        let err = with_overrides(profile(), |name| {
+            (name == "STORELINK_CLOUD_PORT").then(|| "0".to_owned())
+        })
+        .expect_err("port 0");
+        assert!(err.to_string().contains("cloud.port"), "{err}");
+
+        let err = with_overrides(profile(), |name| {
+            (name == "STORELINK_CLOUD_PORT").then(|| "http".to_owned())
+        })
+        .expect_err("not a number");
+        assert!(err.to_string().contains("STORELINK_CLOUD_PORT"), "{err}");
+    }
 }

@@ -151,15 +151,20 @@ pub struct Tls {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxLimits {
+    /// Disk the outbox may use: at least 3,932,160 bytes, four of the
+    /// largest events.
     #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 3932160))]
     pub max_bytes: u64,
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
     /// Disk space held back in a reserve file next to the outbox. When the
     /// disk fills up anyway (other programs, a small card), the agent frees
     /// it so receipts can still delete delivered events and the outbox can
-    /// recover, instead of being stuck on a disk too full to shrink.
+    /// recover, instead of being stuck on a disk too full to shrink. At
+    /// most 1 GiB; 0 for none.
     #[serde(default = "default_disk_reserve_bytes")]
+    #[schemars(range(max = 1073741824))]
     pub disk_reserve_bytes: u64,
 }
 

@@ -371,12 +371,30 @@ impl StoreProfile {
     }
 
     fn check_outbox(&self, out: &mut Vec<Problem>) {
-        if self.outbox.max_bytes == 0 {
+        // Room for several of the largest events: a smaller outbox would
+        // answer a large sale "full, retry later" for ever.
+        let least = 4 * protocol::batch::MAX_EVENT_BYTES as u64;
+        if self.outbox.max_bytes < least {
             out.push(
-                Problem::error("outbox.max_bytes", "must be greater than 0")
-                    .with_hint("the disk the outbox may use, e.g. 1073741824 (1 GiB)"),
+                Problem::error(
+                    "outbox.max_bytes",
+                    format!(
+                        "must be at least {least} bytes, not {}",
+                        self.outbox.max_bytes
+                    ),
+                )
+                .with_hint("the disk the outbox may use, e.g. 1073741824 (1 GiB)"),
             );
         }
+        // A reserve larger than the free disk can never be written, and the
+        // outbox would refuse every event as if the disk were full.
+        range(
+            out,
+            "outbox.disk_reserve_bytes",
+            self.outbox.disk_reserve_bytes,
+            0..=(1 << 30),
+            " bytes",
+        );
         if self.outbox.max_rows == 0 {
             out.push(
                 Problem::error("outbox.max_rows", "must be greater than 0")

@@ -52,4 +52,9 @@ fn the_batch_size_bound_in_the_schema_is_the_contracts() {
         Some(protocol::batch::MAX_BATCH_BYTES as u64)
     );
     assert_eq!(field["minimum"].as_u64(), Some(1024));
+    let outbox = &schema["$defs"]["OutboxLimits"]["properties"];
+    assert_eq!(
+        outbox["max_bytes"]["minimum"].as_u64(),
+        Some(4 * protocol::batch::MAX_EVENT_BYTES as u64)
+    );
 }

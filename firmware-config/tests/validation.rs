@@ -428,3 +428,18 @@ fn load_reports_the_file_in_every_line() {
         )
     );
 }
+
+#[test]
+fn outbox_limits_that_could_refuse_events_for_ever() {
+    assert_problems(
+        &[(
+            "data_dir = \"/var/lib/storelink\"",
+            "data_dir = \"/var/lib/storelink\"\n\n[outbox]\nmax_bytes = 1000000\nmax_rows = 0\ndisk_reserve_bytes = 8589934592",
+        )],
+        &[
+            "12:13: error: outbox.max_bytes: must be at least 3932160 bytes, not 1000000 (hint: the disk the outbox may use, e.g. 1073741824 (1 GiB))",
+            "13:12: error: outbox.max_rows: must be greater than 0 (hint: e.g. 5000000)",
+            "14:22: error: outbox.disk_reserve_bytes: must be between 0 and 1073741824 bytes, not 8589934592",
+        ],
+    );
+}
