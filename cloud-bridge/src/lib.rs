@@ -120,6 +120,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
     let budget = payload_budget::PayloadBudget::new(
         cfg.limits.max_bytes_in_flight,
         metrics.mqtt_payload_held_bytes.clone(),
+        metrics.mqtt_payload_held_peak_bytes.clone(),
     );
     let loop_task = tokio::spawn(mqtt_source::run_event_loop(
         eventloop,

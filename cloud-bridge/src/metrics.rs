@@ -26,6 +26,7 @@ pub struct Metrics {
     pub mqtt_messages: Counter,
     pub mqtt_messages_deferred: Counter,
     pub mqtt_payload_held_bytes: Gauge,
+    pub mqtt_payload_held_peak_bytes: Gauge,
     pub events_published: Family<TopicLabel, Counter>,
     pub dead_letters: Family<ReasonLabel, Counter>,
     pub duplicates_dropped: Counter,
@@ -45,6 +46,7 @@ impl Metrics {
         let mqtt_messages = Counter::default();
         let mqtt_messages_deferred = Counter::default();
         let mqtt_payload_held_bytes = Gauge::default();
+        let mqtt_payload_held_peak_bytes = Gauge::default();
         let events_published = Family::<TopicLabel, Counter>::default();
         let dead_letters = Family::<ReasonLabel, Counter>::default();
         let duplicates_dropped = Counter::default();
@@ -69,6 +71,11 @@ impl Metrics {
             "mqtt_payload_held_bytes",
             "MQTT payload bytes received and not yet acked or given up (bounded by limits.max_bytes_in_flight)",
             mqtt_payload_held_bytes.clone(),
+        );
+        registry.register(
+            "mqtt_payload_held_peak_bytes",
+            "The highest mqtt_payload_held_bytes since start",
+            mqtt_payload_held_peak_bytes.clone(),
         );
         registry.register(
             "events_published",
@@ -127,6 +134,7 @@ impl Metrics {
             mqtt_messages,
             mqtt_messages_deferred,
             mqtt_payload_held_bytes,
+            mqtt_payload_held_peak_bytes,
             events_published,
             dead_letters,
             duplicates_dropped,

@@ -11,17 +11,21 @@
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Shared by the event loop (which takes) and every message (which gives
-/// back when dropped). The gauge is the count itself, so `/metrics` shows it.
+/// back when dropped). The gauge is the count itself, so `/metrics` shows
+/// it, with its highest value since start beside it (what a memory limit
+/// must be sized for).
 #[derive(Clone, Debug)]
 pub struct PayloadBudget {
     held: Gauge,
+    peak: Gauge,
     limit: i64,
 }
 
 impl PayloadBudget {
-    pub fn new(limit: usize, held: Gauge) -> PayloadBudget {
+    pub fn new(limit: usize, held: Gauge, peak: Gauge) -> PayloadBudget {
         PayloadBudget {
             held,
+            peak,
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
         }
     }
@@ -36,7 +40,10 @@ impl PayloadBudget {
         if held > 0 && held.saturating_add(bytes) > self.limit {
             return None;
         }
-        self.held.inc_by(bytes);
+        let now = self.held.inc_by(bytes).saturating_add(bytes);
+        if now > self.peak.get() {
+            self.peak.set(now);
+        }
         Some(HeldPayload {
             held: self.held.clone(),
             bytes,
@@ -51,6 +58,10 @@ impl PayloadBudget {
 
     pub fn held(&self) -> i64 {
         self.held.get()
+    }
+
+    pub fn peak(&self) -> i64 {
+        self.peak.get()
     }
 }
 
@@ -73,7 +84,7 @@ mod tests {
 
     #[test]
     fn bytes_are_taken_up_to_the_limit_and_come_back_when_dropped() {
-        let budget = PayloadBudget::new(1000, Gauge::default());
+        let budget = PayloadBudget::new(1000, Gauge::default(), Gauge::default());
         let a = budget.try_take(600).expect("fits");
         assert!(budget.try_take(500).is_none(), "over the limit");
         let b = budget.try_take(400).expect("exactly at the limit");
@@ -84,11 +95,12 @@ mod tests {
         assert!(budget.has_room());
         drop(b);
         assert_eq!(budget.held(), 0);
+        assert_eq!(budget.peak(), 1000);
     }
 
     #[test]
     fn a_message_larger_than_the_budget_passes_alone() {
-        let budget = PayloadBudget::new(1000, Gauge::default());
+        let budget = PayloadBudget::new(1000, Gauge::default(), Gauge::default());
         let big = budget.try_take(5000).expect("nothing else is held");
         assert!(budget.try_take(1).is_none());
         drop(big);
