@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{OutcomeLabel, METRICS};
 use crate::outbox::OutboxHandle;
+use crate::reconnect::Reconnect;
 
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {
@@ -143,7 +144,7 @@ pub async fn run_connection(
     shutdown: CancellationToken,
 ) {
     let receipts = topics::store_receipts_topic(&store_id);
-    let mut reconnect = Reconnect::new();
+    let mut reconnect = reconnect_policy();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -151,7 +152,7 @@ pub async fn run_connection(
         };
         match event {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                reconnect.connected(Instant::now());
+                reconnect.up(Instant::now());
                 METRICS.mqtt_connected.set(1);
                 tracing::info!(
                     session_present = ack.session_present,
@@ -180,7 +181,7 @@ pub async fn run_connection(
             Err(e) => {
                 METRICS.mqtt_connected.set(0);
                 let _ = link.send(Link::Disconnected(e.to_string())).await;
-                let wait = reconnect.lost(Instant::now());
+                let wait = reconnect.down(Instant::now());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cloud broker connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -191,54 +192,9 @@ pub async fn run_connection(
     }
 }
 
-/// When to reconnect. The backoff starts over only after a connection
-/// that lasted [`Reconnect::STABLE`]: one the broker accepts and then drops
-/// at once (a message it refuses, an ACL that denies the store's topic)
-/// keeps backing off toward the cap instead of reconnecting every 200 ms,
-/// thousands of stores at a time.
-struct Reconnect {
-    backoff: backoff::ExponentialBackoff,
-    connected_at: Option<Instant>,
-}
-
-impl Reconnect {
-    const STABLE: Duration = Duration::from_secs(30);
-
-    fn new() -> Reconnect {
-        Reconnect {
-            backoff: reconnect_backoff(),
-            connected_at: None,
-        }
-    }
-
-    fn connected(&mut self, now: Instant) {
-        self.connected_at = Some(now);
-    }
-
-    /// The wait before the next attempt.
-    fn lost(&mut self, now: Instant) -> Duration {
-        use backoff::backoff::Backoff;
-        if self
-            .connected_at
-            .take()
-            .is_some_and(|at| now.saturating_duration_since(at) >= Self::STABLE)
-        {
-            self.backoff.reset();
-        }
-        self.backoff
-            .next_backoff()
-            .unwrap_or(Duration::from_secs(10))
-    }
-}
-
-fn reconnect_backoff() -> backoff::ExponentialBackoff {
-    backoff::ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(200))
-        .with_multiplier(2.0)
-        .with_randomization_factor(0.5)
-        .with_max_interval(Duration::from_secs(15))
-        .with_max_elapsed_time(None)
-        .build()
+/// The cloud link's reconnect waits: 200 ms doubling to 15 s, jittered.
+fn reconnect_policy() -> Reconnect {
+    Reconnect::new(Duration::from_millis(200), Duration::from_secs(15), 0.5)
 }
 
 pub struct Forwarder {
@@ -551,52 +507,5 @@ mod tests {
             w.cursor, 42,
             "the cursor never goes back within a connection"
         );
-    }
-
-    #[test]
-    fn reconnect_backoff_grows_with_jitter_up_to_its_cap() {
-        use backoff::backoff::Backoff;
-        let mut b = reconnect_backoff();
-        let waits: Vec<Duration> = (0..20).filter_map(|_| b.next_backoff()).collect();
-        assert_eq!(waits.len(), 20, "the agent never gives up reconnecting");
-        // Randomization 0.5 around 200 ms, doubling, capped at 15 s.
-        assert!(waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(300));
-        assert!(waits.iter().all(|w| *w <= Duration::from_millis(22_500)));
-        assert!(
-            waits[15..]
-                .iter()
-                .all(|w| *w >= Duration::from_millis(7_500)),
-            "after a few attempts the waits sit around the cap: {waits:?}"
-        );
-        b.reset();
-        assert!(b
-            .next_backoff()
-            .is_some_and(|w| w <= Duration::from_millis(300)));
-    }
-
-    #[test]
-    fn only_a_connection_that_lasted_starts_the_backoff_over() {
-        let mut r = Reconnect::new();
-        let mut now = Instant::now();
-        // Accepted, then dropped at once, over and over: the waits grow.
-        let mut waits = vec![];
-        for _ in 0..8 {
-            r.connected(now);
-            now += Duration::from_millis(5);
-            let w = r.lost(now);
-            waits.push(w);
-            now += w;
-        }
-        assert!(
-            waits[7] >= Duration::from_millis(7_500),
-            "a broker that drops the agent right after accepting it is not retried every 200 ms: {waits:?}"
-        );
-        // A connection that held for the stable period starts over.
-        r.connected(now);
-        now += Reconnect::STABLE;
-        assert!(r.lost(now) <= Duration::from_millis(300));
-        // Failed attempts (no ConnAck in between) keep growing as before.
-        let next = r.lost(now);
-        assert!(next >= Duration::from_millis(200), "{next:?}");
     }
 }

@@ -14,4 +14,5 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
+pub mod reconnect;
 pub mod shutdown;

@@ -7,7 +7,8 @@
 //! * cannot be opened, or a read fails / hits end of file (USB scanner
 //!   unplugged, pseudo-terminal closed) → `offline` with the reason, once;
 //! * reopened with exponential backoff and jitter, capped at
-//!   `reconnect_max_backoff_ms`; back → `online`, and
+//!   `reconnect_max_backoff_ms` (starting over only after the port stayed
+//!   open a while, [`crate::reconnect`]); back → `online`, and
 //!   `scanner_reconnects_total` counts it.
 //!
 //! A partial frame when the port goes away is dropped: what arrives after a
@@ -16,8 +17,6 @@
 
 use std::time::Duration;
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoff;
 use chrono::Utc;
 use firmware_config::{FlowControl, Parity, Scanner};
 use protocol::device::{DeviceState, DeviceStatus, Scan};
@@ -29,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::framing::{Frame, Framer};
 use super::gs1;
 use super::Submitter;
+use crate::reconnect::Reconnect;
 
 /// The first wait before reopening a port; doubles up to the configured cap.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -52,40 +52,13 @@ pub fn scan_of(frame: &Frame, lane: &str, max_frame_len: usize) -> Scan {
     }
 }
 
-/// Waits between attempts to reopen a port.
-struct Reconnect {
-    inner: ExponentialBackoff,
-    max: Duration,
-}
-
-impl Reconnect {
-    fn new(cfg: &Scanner) -> Reconnect {
-        let max = Duration::from_millis(cfg.reconnect_max_backoff_ms.max(1));
-        let initial = INITIAL_BACKOFF.min(max);
-        Reconnect {
-            inner: ExponentialBackoff {
-                // Both: the struct starts from `current_interval`, not `initial_interval`.
-                current_interval: initial,
-                initial_interval: initial,
-                randomization_factor: 0.3,
-                multiplier: 2.0,
-                max_interval: max,
-                // Never give up: a scanner can stay unplugged all night.
-                max_elapsed_time: None,
-                ..ExponentialBackoff::default()
-            },
-            max,
-        }
-    }
-
-    /// The next wait; jitter never takes it past the configured cap.
-    fn next(&mut self) -> Duration {
-        self.inner.next_backoff().unwrap_or(self.max).min(self.max)
-    }
-
-    fn reset(&mut self) {
-        self.inner.reset();
-    }
+/// Waits between attempts to reopen a port, capped by the profile.
+fn reconnect_policy(cfg: &Scanner) -> Reconnect {
+    Reconnect::new(
+        INITIAL_BACKOFF,
+        Duration::from_millis(cfg.reconnect_max_backoff_ms),
+        0.3,
+    )
 }
 
 fn open(cfg: &Scanner) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
@@ -126,7 +99,7 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
         device_id: cfg.id.clone(),
     };
     let mut framer = Framer::new(cfg.terminator, cfg.max_frame_len);
-    let mut backoff = Reconnect::new(&cfg);
+    let mut backoff = reconnect_policy(&cfg);
     // Whether the last status event sent was `offline` (one per outage).
     let mut offline = false;
     let mut buf = vec![0u8; 4096];
@@ -134,7 +107,7 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
     loop {
         match open(&cfg) {
             Ok(mut port) => {
-                backoff.reset();
+                backoff.up(tokio::time::Instant::now());
                 if offline {
                     submitter.metrics.reconnected(&cfg.id);
                 }
@@ -180,7 +153,7 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
                 }
             }
         }
-        let wait = backoff.next();
+        let wait = backoff.down(tokio::time::Instant::now());
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -258,19 +231,21 @@ mod tests {
             max_frame_len: 256,
             reconnect_max_backoff_ms: 400,
         };
-        let mut b = Reconnect::new(&cfg);
-        let waits: Vec<Duration> = (0..12).map(|_| b.next()).collect();
+        let mut b = reconnect_policy(&cfg);
+        let now = tokio::time::Instant::now();
+        let waits: Vec<Duration> = (0..12).map(|_| b.down(now)).collect();
         assert!(
             waits.iter().all(|w| *w <= Duration::from_millis(400)),
             "{waits:?}"
         );
         assert!(waits[0] <= Duration::from_millis(130), "{waits:?}");
         assert_eq!(waits[11], Duration::from_millis(400).min(waits[11]));
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(130));
+        // A port that stayed open for a while starts the backoff over.
+        b.up(now);
+        assert!(b.down(now + Reconnect::STABLE) <= Duration::from_millis(130));
         cfg.reconnect_max_backoff_ms = 50;
-        let mut b = Reconnect::new(&cfg);
-        assert!(b.next() <= Duration::from_millis(50));
+        let mut b = reconnect_policy(&cfg);
+        assert!(b.down(now) <= Duration::from_millis(50));
     }
 }
 

@@ -25,6 +25,14 @@ use tracing::Instrument;
 
 use super::shelf::{parse_payload, Output, ReadingOutcome, Shelf};
 use super::{Submitted, Submitter};
+use crate::reconnect::Reconnect;
+
+/// The largest MQTT packet the agent reads from the in-store broker. A
+/// larger one drops the connection; if it is retained, every reconnect gets
+/// it again and no reading arrives any more. So the store's broker must
+/// refuse larger messages first: `message_size_limit` in
+/// `k3s/base/mosquitto/mosquitto.conf` stays well under this (a test checks).
+const MAX_PACKET_BYTES: usize = 64 * 1024;
 
 /// Messages queued between the MQTT event loop and the processor.
 const QUEUE: usize = 1024;
@@ -83,7 +91,7 @@ pub fn spawn(
     let mut opts = MqttOptions::new(client_id(store_id, local), local.host.clone(), local.port);
     opts.set_clean_session(true);
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    opts.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some(user) = &local.username {
         // Read at start: a rotated Secret takes effect on the next restart.
         let password = match &local.password_file {
@@ -126,7 +134,8 @@ async fn poll(
     submitter: Submitter,
     shutdown: CancellationToken,
 ) {
-    let mut failures: u32 = 0;
+    let mut reconnect = Reconnect::new(Duration::from_millis(200), Duration::from_secs(5), 0.3);
+    let mut failing = false;
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => {
@@ -138,7 +147,8 @@ async fn poll(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!("connected to the in-store broker");
-                failures = 0;
+                failing = false;
+                reconnect.up(Instant::now());
                 // Clean session: subscribe on every connection.
                 if let Err(e) = client.try_subscribe(ALL_SHELF_SENSORS, QoS::AtLeastOnce) {
                     tracing::error!("cannot subscribe to {ALL_SHELF_SENSORS}: {e}");
@@ -161,16 +171,15 @@ async fn poll(
             }
             Ok(_) => {}
             Err(e) => {
-                failures = failures.saturating_add(1);
-                if failures == 1 {
+                if !failing {
                     tracing::warn!("in-store broker connection failed: {e}; retrying");
                 } else {
                     tracing::debug!("in-store broker connection failed again: {e}");
                 }
+                failing = true;
                 // rumqttc reconnects on the next poll; wait first so a broker
                 // that is down does not turn this into a busy loop.
-                let wait = Duration::from_millis(200u64.saturating_mul(1 << failures.min(5)))
-                    .min(Duration::from_secs(5));
+                let wait = reconnect.down(Instant::now());
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
@@ -297,5 +306,28 @@ async fn emit(
                 submitter.status(source, state, None).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_PACKET_BYTES;
+
+    /// The store's broker refuses a message before it could be one the
+    /// agent cannot read: payload limit plus the longest topic fits.
+    #[test]
+    fn the_store_broker_refuses_what_the_agent_could_not_read() {
+        let conf = include_str!("../../../k3s/base/mosquitto/mosquitto.conf");
+        let limit: usize = conf
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("message_size_limit "))
+            .expect("message_size_limit in k3s/base/mosquitto/mosquitto.conf")
+            .trim()
+            .parse()
+            .expect("a number");
+        assert!(limit > 0, "0 means no limit");
+        // Fixed header, topic (sensors/<64-char id>/raw) and packet id.
+        let topic = protocol::topics::shelf_sensor_topic(&"s".repeat(64));
+        assert!(limit + 5 + 2 + topic.len() + 2 <= MAX_PACKET_BYTES);
     }
 }

@@ -24,6 +24,9 @@ pub(crate) const KEY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// forgotten key is stored again, and downstream de-duplicates on the
 /// natural key (store, terminal, business day, sequence number).
 pub(crate) const MAX_KEYS: usize = 500_000;
+/// The most keys one housekeeping pass forgets (some 100 ms of the writer's
+/// time): more than the writer can store between two passes.
+const MAX_PRUNE_STEP: usize = 200_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyEntry {
@@ -119,7 +122,20 @@ impl KeyIndex {
         conn: &Connection,
         cutoff_ms: i64,
     ) -> Result<usize, rusqlite::Error> {
-        let over = self.committed.len().saturating_sub(MAX_KEYS);
+        self.prune_to(conn, cutoff_ms, MAX_KEYS)
+    }
+
+    /// A step takes 10,000 expired keys, or everything over the cap (up to
+    /// [`MAX_PRUNE_STEP`]): housekeeping runs every few seconds, and a
+    /// terminal posting new sales faster than a fixed step forgets would
+    /// grow the map without bound.
+    fn prune_to(
+        &mut self,
+        conn: &Connection,
+        cutoff_ms: i64,
+        max_keys: usize,
+    ) -> Result<usize, rusqlite::Error> {
+        let over = self.committed.len().saturating_sub(max_keys);
         if over > 0 {
             tracing::warn!(
                 over,
@@ -130,10 +146,11 @@ impl KeyIndex {
             "DELETE FROM idempotency_keys WHERE rowid IN
                (SELECT rowid FROM idempotency_keys WHERE created_ms < ?1 OR rowid <=
                   (SELECT min(rowid) + ?2 - 1 FROM idempotency_keys)
-                ORDER BY rowid LIMIT 10000)
+                ORDER BY rowid LIMIT ?3)
              RETURNING key",
         )?;
-        let mut rows = stmt.query(params![cutoff_ms, over as i64])?;
+        let step = (over + 10_000).min(MAX_PRUNE_STEP);
+        let mut rows = stmt.query(params![cutoff_ms, over as i64, step as i64])?;
         let mut n = 0;
         while let Some(row) = rows.next()? {
             let key: String = row.get(0)?;
@@ -169,6 +186,35 @@ mod tests {
         assert!(keys.get("a").is_none() && keys.get("b").is_none());
         assert!(keys.get("c").is_some());
         assert_eq!(KeyIndex::load(&conn).expect("load").len(), 1);
+    }
+
+    #[test]
+    fn one_pass_brings_the_keys_back_under_the_cap() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        for sql in crate::outbox::schema::MIGRATIONS {
+            conn.execute_batch(sql).expect("schema");
+        }
+        let mut keys = KeyIndex::default();
+        let tx = conn.transaction().expect("tx");
+        for i in 0..30_000i64 {
+            let entry = KeyEntry {
+                event_id: EventId::new_v7(),
+                body_crc: 1,
+            };
+            keys.insert(&tx, &format!("pos-01/2026-11-25/{i}"), entry, 1_000 + i)
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+        keys.commit();
+        // Nothing expired; 29,000 over a cap of 1,000.
+        assert_eq!(keys.prune_to(&conn, 0, 1_000).expect("prune"), 29_000);
+        assert_eq!(keys.len(), 1_000);
+        assert!(keys.get("pos-01/2026-11-25/28999").is_none());
+        assert!(
+            keys.get("pos-01/2026-11-25/29000").is_some(),
+            "the newest are kept"
+        );
+        assert_eq!(KeyIndex::load(&conn).expect("load").len(), 1_000);
     }
 
     #[test]
