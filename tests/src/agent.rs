@@ -352,6 +352,19 @@ port = {store_port}
         ensure_answered_by(&mut self.agent, self.http_port)
     }
 
+    /// Waits up to `timeout` for the outbox to hold no events (every one
+    /// receipted); returns how many it still holds (`None`: no answer).
+    pub fn wait_outbox_empty(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.outbox_stats().ok().and_then(|s| s["events"].as_u64());
+            if left == Some(0) || Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone()
     }

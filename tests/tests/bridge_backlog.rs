@@ -24,34 +24,65 @@ use bridge_support::*;
 use harness::mosquitto::{Mosquitto, MosquittoOptions};
 use protocol::EventId;
 
-#[test]
-fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()> {
+/// A broker without an in-flight limit, a bridge with `options`, and two
+/// stores whose `batches` of `batch_size` events each wait for the bridge,
+/// which was stopped once its session existed.
+struct Backlog {
+    _mosquitto: Mosquitto,
+    bridge: Bridge,
+    stores: [FakeStore; 2],
+    ids: HashSet<EventId>,
+}
+
+fn backlog(
+    options: BridgeOptions,
+    store_prefix: &str,
+    batches: usize,
+    batch_size: usize,
+) -> Result<Backlog> {
     let kafka = harness::kafka::shared();
     let mosquitto = Mosquitto::start_with(MosquittoOptions {
         max_inflight_messages: 0,
         ..MosquittoOptions::default()
     })?;
-    let mut bridge = Bridge::start(
-        mosquitto.port(),
-        kafka.bootstrap(),
-        BridgeOptions {
-            receive_maximum: u16::MAX,
-            ..BridgeOptions::replica("backlog")
-        },
-    )?;
+    let mut bridge = Bridge::start(mosquitto.port(), kafka.bootstrap(), options)?;
     let stores = [
-        FakeStore::connect(mosquitto.port(), "store-backlog-1")?,
-        FakeStore::connect(mosquitto.port(), "store-backlog-2")?,
+        FakeStore::connect(mosquitto.port(), &format!("{store_prefix}-1"))?,
+        FakeStore::connect(mosquitto.port(), &format!("{store_prefix}-2"))?,
     ];
-    // The session exists; now the bridge goes away and the backlog builds:
-    // 2,400 messages, more than the received queue (512) and the in-flight
-    // budget (1,000 messages) together.
     bridge.process.sigterm()?;
     bridge.process.wait_exit(Duration::from_secs(30))?;
     let mut ids: HashSet<EventId> = HashSet::new();
     for store in &stores {
-        ids.extend(publish_stream(store, 1_200, 4, Duration::ZERO)?);
+        ids.extend(publish_stream(store, batches, batch_size, Duration::ZERO)?);
     }
+    Ok(Backlog {
+        _mosquitto: mosquitto,
+        bridge,
+        stores,
+        ids,
+    })
+}
+
+#[test]
+fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()> {
+    let kafka = harness::kafka::shared();
+    // 2,400 messages, more than the received queue (512) and the in-flight
+    // budget (1,000 messages) together.
+    let Backlog {
+        _mosquitto,
+        mut bridge,
+        stores,
+        ids,
+    } = backlog(
+        BridgeOptions {
+            receive_maximum: u16::MAX,
+            ..BridgeOptions::replica("backlog")
+        },
+        "store-backlog",
+        1_200,
+        4,
+    )?;
 
     bridge.restart()?;
     let recs = assert_all_receipted_then_in_kafka(
@@ -87,28 +118,20 @@ fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()>
 fn a_backlog_of_large_messages_is_held_to_the_payload_budget() -> Result<()> {
     const BUDGET: usize = 1024 * 1024;
     let kafka = harness::kafka::shared();
-    let mosquitto = Mosquitto::start_with(MosquittoOptions {
-        max_inflight_messages: 0,
-        ..MosquittoOptions::default()
-    })?;
-    let mut bridge = Bridge::start(
-        mosquitto.port(),
-        kafka.bootstrap(),
+    let Backlog {
+        _mosquitto,
+        mut bridge,
+        stores,
+        ids,
+    } = backlog(
         BridgeOptions {
             max_bytes_in_flight: BUDGET,
             ..BridgeOptions::replica("backlog-bytes")
         },
+        "store-bytes",
+        300,
+        40,
     )?;
-    let stores = [
-        FakeStore::connect(mosquitto.port(), "store-bytes-1")?,
-        FakeStore::connect(mosquitto.port(), "store-bytes-2")?,
-    ];
-    bridge.process.sigterm()?;
-    bridge.process.wait_exit(Duration::from_secs(30))?;
-    let mut ids: HashSet<EventId> = HashSet::new();
-    for store in &stores {
-        ids.extend(publish_stream(store, 300, 40, Duration::ZERO)?);
-    }
 
     bridge.restart()?;
     let recs = assert_all_receipted_then_in_kafka(

@@ -187,14 +187,8 @@ fn a_one_minute_cloud_broker_outage_loses_nothing_and_terminals_are_served_throu
         "sales lost across the outage: {:?}",
         &missing[..missing.len().min(5)]
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stack.outbox_stats().expect("stats")["events"].as_u64() != Some(0)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(200));
-    }
     assert_eq!(
-        stack.outbox_stats().expect("stats")["events"].as_u64(),
+        stack.wait_outbox_empty(Duration::from_secs(60)),
         Some(0),
         "backlog drained"
     );

@@ -10,7 +10,7 @@
 //! 256 KiB by default), bytes intact, while the sales around it reach the
 //! transactions topic.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::agent::{post_sale, StoreStack};
 use protocol::topics::{headers, KafkaTopic};
@@ -84,14 +84,8 @@ fn a_sale_larger_than_a_batch_is_dead_lettered_whole_and_the_sales_after_it_stil
     );
 
     // Receipts came back for everything, the large sale's batch included.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.outbox_stats().expect("stats")["events"].as_u64() != Some(0)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(200));
-    }
     assert_eq!(
-        stack.outbox_stats().expect("stats")["events"].as_u64(),
+        stack.wait_outbox_empty(Duration::from_secs(30)),
         Some(0),
         "outbox drained"
     );
