@@ -34,14 +34,14 @@
 //!   the loop simply stop reading: the broker's PUBACKs for our receipts
 //!   queue behind that backlog, so receipts, then acks, then the whole
 //!   pipeline would wait on reads that wait on the pipeline. So when the
-//!   queue is full, or the payload bytes held reach `limits.max_bytes_in_flight`
-//!   ([`crate::payload_budget`]), the loop *defers*: it leaves that message and every later
-//!   one unacked and undelivered (later ones too, so each store's order
-//!   holds), keeps reading, and once the queue has drained (and half the
-//!   payload budget is back) it reconnects. The
-//!   persistent session then redelivers every unacked message in order;
-//!   copies of those still in the pipeline are settled by the
-//!   de-duplication window.
+//!   queue is full, or the payload bytes held reach
+//!   `limits.max_bytes_in_flight` ([`crate::payload_budget`]), the loop
+//!   *defers*: it leaves that message and every later one unacked and
+//!   undelivered (later ones too, so each store's order holds), keeps
+//!   reading, and once the queue has drained (and half the payload budget is
+//!   back) it reconnects. The persistent session then redelivers every
+//!   unacked message in order; copies of those still in the pipeline are
+//!   settled by the de-duplication window.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,7 +154,7 @@ pub async fn run_event_loop(
     loop {
         if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() && budget.has_room() {
             intake = Intake::Reconnecting;
-            tracing::info!("received queue drained; reconnecting so the broker redelivers the deferred messages");
+            tracing::info!("received queue and payload budget drained; reconnecting so the broker redelivers the deferred messages");
             // Queued behind the receipts and acks already requested.
             let c = client.clone();
             tokio::spawn(async move {
