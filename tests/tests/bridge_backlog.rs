@@ -64,17 +64,30 @@ fn backlog(
     })
 }
 
+impl Backlog {
+    /// Starts the bridge on its backlog and waits for every event to be
+    /// receipted and in Kafka; returns how many messages it deferred and
+    /// how many duplicate records reached Kafka.
+    fn drain(&mut self) -> Result<(f64, usize)> {
+        self.bridge.restart()?;
+        let bridge = &self.bridge;
+        let recs = assert_all_receipted_then_in_kafka(
+            &self.stores,
+            &self.ids,
+            harness::kafka::shared().bootstrap(),
+            Duration::from_secs(180),
+            || bridge.process.log_tail(30),
+        )?;
+        let deferred = bridge.metric("storelink_bridge_mqtt_messages_deferred_total")?;
+        Ok((deferred, duplicate_count(&recs)))
+    }
+}
+
 #[test]
 fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()> {
-    let kafka = harness::kafka::shared();
     // 2,400 messages, more than the received queue (512) and the in-flight
     // budget (1,000 messages) together.
-    let Backlog {
-        _mosquitto,
-        mut bridge,
-        stores,
-        ids,
-    } = backlog(
+    let mut b = backlog(
         BridgeOptions {
             receive_maximum: u16::MAX,
             ..BridgeOptions::replica("backlog")
@@ -84,19 +97,10 @@ fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()>
         4,
     )?;
 
-    bridge.restart()?;
-    let recs = assert_all_receipted_then_in_kafka(
-        &stores,
-        &ids,
-        kafka.bootstrap(),
-        Duration::from_secs(180),
-        || bridge.process.log_tail(30),
-    )?;
-    let deferred = bridge.metric("storelink_bridge_mqtt_messages_deferred_total")?;
-    let duplicates = duplicate_count(&recs);
+    let (deferred, duplicates) = b.drain()?;
     eprintln!(
         "backlog: {} events in 2400 messages all in Kafka; {deferred} messages deferred to the broker; {duplicates} duplicate records",
-        ids.len()
+        b.ids.len()
     );
     assert!(
         deferred > 0.0,
@@ -117,13 +121,7 @@ fn a_backlog_larger_than_the_bridge_holds_arrives_whole_and_once() -> Result<()>
 #[test]
 fn a_backlog_of_large_messages_is_held_to_the_payload_budget() -> Result<()> {
     const BUDGET: usize = 1024 * 1024;
-    let kafka = harness::kafka::shared();
-    let Backlog {
-        _mosquitto,
-        mut bridge,
-        stores,
-        ids,
-    } = backlog(
+    let mut b = backlog(
         BridgeOptions {
             max_bytes_in_flight: BUDGET,
             ..BridgeOptions::replica("backlog-bytes")
@@ -133,21 +131,14 @@ fn a_backlog_of_large_messages_is_held_to_the_payload_budget() -> Result<()> {
         40,
     )?;
 
-    bridge.restart()?;
-    let recs = assert_all_receipted_then_in_kafka(
-        &stores,
-        &ids,
-        kafka.bootstrap(),
-        Duration::from_secs(180),
-        || bridge.process.log_tail(30),
-    )?;
-    let peak = bridge.metric("storelink_bridge_mqtt_payload_held_peak_bytes")?;
-    let deferred = bridge.metric("storelink_bridge_mqtt_messages_deferred_total")?;
-    let duplicates = duplicate_count(&recs);
+    let (deferred, duplicates) = b.drain()?;
+    let peak = b
+        .bridge
+        .metric("storelink_bridge_mqtt_payload_held_peak_bytes")?;
     eprintln!(
         "large-message backlog: {} events in 600 messages all in Kafka; {deferred} messages deferred; \
          peak payload held {peak} bytes of a {BUDGET}-byte budget; {duplicates} duplicate records",
-        ids.len()
+        b.ids.len()
     );
     assert!(
         deferred > 0.0,
