@@ -137,6 +137,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> Result<usize, RunE
         Arc::clone(&cfg),
         Arc::clone(&sink),
         client.clone(),
+        Arc::clone(&health),
         Arc::clone(&metrics),
         abort,
     ));

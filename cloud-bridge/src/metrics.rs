@@ -25,6 +25,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub mqtt_messages: Counter,
     pub mqtt_messages_deferred: Counter,
+    pub mqtt_acks_skipped: Counter,
     pub mqtt_payload_held_bytes: Gauge,
     pub mqtt_payload_held_peak_bytes: Gauge,
     pub events_published: Family<TopicLabel, Counter>,
@@ -45,6 +46,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("storelink_bridge");
         let mqtt_messages = Counter::default();
         let mqtt_messages_deferred = Counter::default();
+        let mqtt_acks_skipped = Counter::default();
         let mqtt_payload_held_bytes = Gauge::default();
         let mqtt_payload_held_peak_bytes = Gauge::default();
         let events_published = Family::<TopicLabel, Counter>::default();
@@ -66,6 +68,11 @@ impl Metrics {
             "mqtt_messages_deferred",
             "MQTT messages left unacked because the received queue was full or the payload budget spent; the broker redelivers them after a reconnect",
             mqtt_messages_deferred.clone(),
+        );
+        registry.register(
+            "mqtt_acks_skipped",
+            "MQTT acks not sent because the connection their message arrived on was lost; a session the broker kept redelivers the message",
+            mqtt_acks_skipped.clone(),
         );
         registry.register(
             "mqtt_payload_held_bytes",
@@ -133,6 +140,7 @@ impl Metrics {
             registry,
             mqtt_messages,
             mqtt_messages_deferred,
+            mqtt_acks_skipped,
             mqtt_payload_held_bytes,
             mqtt_payload_held_peak_bytes,
             events_published,

@@ -43,7 +43,7 @@
 //!   unacked message in order; copies of those still in the pipeline are
 //!   settled by the de-duplication window.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,10 +58,46 @@ use crate::metrics::Metrics;
 use crate::payload_budget::{HeldPayload, PayloadBudget};
 
 /// A message handed to the pipeline, with its bytes held in the budget
-/// until it is dropped.
+/// until it is dropped, and the connection it arrived on.
 pub struct Received {
     pub publish: Publish,
     pub held: HeldPayload,
+    pub connection: ConnectionId,
+}
+
+/// Which MQTT connection of this bridge a message arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionId(u64);
+
+/// The bridge's current MQTT connection, for the ack rule below.
+///
+/// A packet id names a message only within its session, and this bridge
+/// cannot tell in advance whether the broker kept the session. An ack
+/// requested after the connection its message came on was lost would go out
+/// on the next connection; if the broker forgot the session
+/// (`session_present = false`), packet ids start over there, and the same id
+/// names an unrelated new message, which the stale ack would settle before
+/// Kafka has it. So a message is acked only on the connection it arrived on.
+/// One whose connection was lost stays unacked: a kept session redelivers it
+/// and the de-duplication window settles the copy without producing it
+/// again; a forgotten session had dropped it anyway, and its store sends the
+/// events again when no receipt comes.
+///
+/// rumqttc discards the acks still queued when a connection fails, and the
+/// event loop moves to the next id as soon as `poll` reports the failure;
+/// only an ack checked in the instant between the two can still slip
+/// through.
+#[derive(Debug, Default)]
+pub struct CurrentConnection(AtomicU64);
+
+impl CurrentConnection {
+    pub fn id(&self) -> ConnectionId {
+        ConnectionId(self.0.load(Ordering::Acquire))
+    }
+
+    fn lost(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// Where the event loop hands messages to the pipeline: the received queue,
@@ -99,6 +135,8 @@ pub struct Health {
     pub leaving: AtomicBool,
     /// Notified when the broker confirms the UNSUBSCRIBE.
     pub unsubscribed: tokio::sync::Notify,
+    /// Which connection acks may go out on (see [`CurrentConnection`]).
+    pub connection: CurrentConnection,
     pub kafka_connected: AtomicBool,
     /// The producer can write (its producer id is assigned, with idempotence).
     pub kafka_producer_ready: AtomicBool,
@@ -222,7 +260,12 @@ pub async fn run_event_loop(
                     );
                     continue;
                 };
-                match tx.try_send(Received { publish: p, held }) {
+                let connection = health.connection.id();
+                match tx.try_send(Received {
+                    publish: p,
+                    held,
+                    connection,
+                }) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         intake = Intake::Deferring;
@@ -239,11 +282,13 @@ pub async fn run_event_loop(
             Ok(_) => {}
             Err(e) if intake == Intake::Reconnecting => {
                 // Our own DISCONNECT: reconnect at once.
+                health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
                 tracing::info!(error = %e, "reconnecting for the deferred messages");
             }
             Err(e) => {
+                health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
                 failures = failures.saturating_add(1);

@@ -42,7 +42,7 @@ use crate::kafka_sink::{
     Delivered, DeliveryReceiver, Failure, KafkaSink, MessageDeliveries, OutRecord, SinkError,
 };
 use crate::metrics::Metrics;
-use crate::mqtt_source::Received;
+use crate::mqtt_source::{ConnectionId, Health, Received};
 use crate::receipts::{self, Settled};
 use crate::routing::{self, reason, Decision, PublishEvent, RoutedMessage};
 
@@ -56,6 +56,8 @@ pub struct Pipeline {
     cfg: Arc<Config>,
     sink: Arc<KafkaSink>,
     client: AsyncClient,
+    /// Which MQTT connection acks may go out on.
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     dedupe: Arc<Mutex<DedupeWindow>>,
     events: Arc<Semaphore>,
@@ -96,6 +98,7 @@ impl Pipeline {
         cfg: Arc<Config>,
         sink: Arc<KafkaSink>,
         client: AsyncClient,
+        health: Arc<Health>,
         metrics: Arc<Metrics>,
         abort: CancellationToken,
     ) -> Pipeline {
@@ -110,6 +113,7 @@ impl Pipeline {
             cfg,
             sink,
             client,
+            health,
             metrics,
             abort,
             fatal: Mutex::new(None),
@@ -224,7 +228,11 @@ impl Pipeline {
     /// Routes one message and hands its records to Kafka, in order; spawns
     /// the task that waits for delivery, receipts and acks.
     async fn dispatch(self: &Arc<Self>, received: Received, topic: String, routed: RoutedMessage) {
-        let Received { publish, held } = received;
+        let Received {
+            publish,
+            held,
+            connection,
+        } = received;
         let n = routed
             .event_count()
             .clamp(1, self.cfg.limits.max_events_in_flight);
@@ -346,8 +354,14 @@ impl Pipeline {
                     .settle_all(jobs, &deliveries, produced > 0, &topic)
                     .await;
                 if let Some(settled) = settled {
-                    this.finish(&publish, store.as_deref(), routed.batch_id, &settled)
-                        .await;
+                    this.finish(
+                        &publish,
+                        connection,
+                        store.as_deref(),
+                        routed.batch_id,
+                        &settled,
+                    )
+                    .await;
                 }
                 drop(gauge);
                 drop(ev_permit);
@@ -631,10 +645,12 @@ impl Pipeline {
             .saturating_sub(protocol::batch::DEAD_LETTER_HEADROOM_BYTES)
     }
 
-    /// Publishes the receipt (QoS 1), then acknowledges the MQTT message.
+    /// Publishes the receipt (QoS 1), then acknowledges the MQTT message
+    /// if the connection it arrived on is still the current one.
     async fn finish(
         &self,
         publish: &Publish,
+        connection: ConnectionId,
         store: Option<&str>,
         batch_id: Option<uuid::Uuid>,
         settled: &[Settled],
@@ -669,6 +685,16 @@ impl Pipeline {
                 }
                 Err(e) => tracing::error!(error = %e, "could not encode a receipt"),
             }
+        }
+        // The receipt still goes out: Kafka has the events whichever
+        // connection carries the news.
+        if self.health.connection.id() != connection {
+            self.metrics.mqtt_acks_skipped.inc();
+            tracing::debug!(
+                pkid = publish.pkid,
+                "not acking: the connection this message arrived on was lost"
+            );
+            return;
         }
         if let Err(e) = self.client.ack(publish).await {
             tracing::warn!(error = %e, "could not queue an MQTT ack; the broker will redeliver");

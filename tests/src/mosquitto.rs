@@ -40,6 +40,8 @@ pub struct MosquittoOptions {
     pub autosave_interval_s: u32,
     /// Serve TLS only, as the cloud broker is deployed.
     pub tls: Option<BrokerTls>,
+    /// `log_type debug`: every packet in and out, acks included.
+    pub log_packets: bool,
 }
 
 /// The broker's TLS listener: its certificate, and the CA its clients'
@@ -58,6 +60,7 @@ impl Default for MosquittoOptions {
             max_queued_messages: 0,
             autosave_interval_s: 30,
             tls: None,
+            log_packets: false,
         }
     }
 }
@@ -140,6 +143,20 @@ impl Mosquitto {
             p.kill9()?;
         }
         Ok(())
+    }
+
+    /// Stops the broker and starts it again without its database: every
+    /// persistent session and queued message is gone, as after a broker
+    /// whose storage was lost. Clients reconnect to `session_present = false`.
+    pub fn restart_forgetting_sessions(&mut self) -> Result<()> {
+        self.stop()?;
+        let db = self.dir.path().join("mosquitto.db");
+        match std::fs::remove_file(&db) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", db.display())),
+        }
+        self.start_again()
     }
 
     /// Starts the broker again on the same port with the same persistence.
@@ -256,12 +273,18 @@ fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
          log_type warning\n\
          log_type notice\n\
          log_type information\n\
+         {debug}\
          connection_messages true\n\
          log_timestamp_format %H:%M:%S\n",
         dir = dir.display(),
         autosave = o.autosave_interval_s,
         inflight = o.max_inflight_messages,
         queued = o.max_queued_messages,
+        debug = if o.log_packets {
+            "log_type debug\n"
+        } else {
+            ""
+        },
     )
 }
 

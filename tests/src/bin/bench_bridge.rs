@@ -215,7 +215,7 @@ fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<f64> {
         max_inflight_messages: 200,
         max_queued_messages: 0,
         autosave_interval_s: 3600,
-        tls: None,
+        ..MosquittoOptions::default()
     })?;
     let http = harness::mosquitto::free_port()?;
     let dir = tempfile::tempdir()?;
