@@ -226,15 +226,14 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (or creates, or recovers) the outbox and starts its writer thread.
     pub fn open(config: OutboxConfig, store: StoreIdentity) -> Result<Outbox, OutboxError> {
-        let (conn, report) = recovery::open_or_recover(&config.path)?;
+        let (conn, mut report) = recovery::open_or_recover(&config.path)?;
         let reader = schema::open_reader(&config.path)?;
+        let path = config.path.clone();
         let stats = Arc::new(OutboxStats::default());
         let appended = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(8192);
         let mut writer = writer::Writer::new(conn, config, store, stats.clone(), appended.clone())?;
-        if let Some(notice) = report.notice() {
-            writer.record_notice(notice)?;
-        }
+        recovery::report_set_aside(&path, &mut report, |notice| writer.record_notice(notice))?;
         let thread = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || writer.run(rx))

@@ -4,10 +4,23 @@
 //! write on a cheap SD card, a full disk during a checkpoint, a bad sector).
 //! So a file that SQLite cannot open or whose `quick_check` fails is renamed
 //! aside — never overwritten, never deleted — together with its WAL, an
-//! ERROR line says where it went, a fresh outbox is created, and the first
-//! event in it is an `agent_notice` telling the cloud. The agent therefore
-//! never crash-loops on its own storage; the set-aside file can be inspected
-//! or salvaged later.
+//! ERROR line says where it went, a fresh outbox is created, and an
+//! `agent_notice` in it tells the cloud. The agent therefore never
+//! crash-loops on its own storage; the set-aside file can be inspected or
+//! salvaged later.
+//!
+//! The notice is derived from the disk, not from what this start did: the
+//! rename happens before the fresh outbox exists, so a second fault in
+//! between (a full disk, a power cut) would otherwise leave a set-aside file
+//! of unsent events that the next start, finding no outbox, never mentions.
+//! Every open therefore reports each `<outbox>.damaged-<stamp>` database
+//! (one notice with its `-wal` and `-shm`) that has no
+//! `<outbox>.reported-damaged-<stamp>` marker, and creates the marker only
+//! once the notice has committed: a crash in between repeats the notice,
+//! it never loses it. The marker is a separate empty file, not a rename of the
+//! set-aside one, so the database keeps the name the notice gave and stays
+//! beside its `-wal`; and its name does not start like a set-aside file, so
+//! whatever lists those (people, scripts) finds only databases.
 //!
 //! Only damage sets a file aside. A file that cannot be opened because of
 //! the machine around it (a full disk: reopening after a clean stop must
@@ -15,6 +28,7 @@
 //! setting it aside would strand every acknowledged event in it: that is an
 //! error returned as is, and the file is opened whole once the cause is gone.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use protocol::device::{AgentNotice, NoticeCode};
@@ -25,20 +39,141 @@ use super::{schema, sidecars, OutboxError};
 /// What happened when the outbox was opened.
 #[derive(Debug, Clone, Default)]
 pub struct OpenReport {
-    /// Where a damaged database was moved, and why.
+    /// Where a damaged database was moved by this open, and why.
     pub set_aside: Option<(PathBuf, String)>,
+    /// Set-aside databases reported to the cloud by this open (this one's
+    /// and any an earlier start set aside without reporting).
+    pub reported: Vec<PathBuf>,
 }
 
 impl OpenReport {
-    pub(crate) fn notice(&self) -> Option<AgentNotice> {
-        self.set_aside.as_ref().map(|(path, why)| AgentNotice {
-            code: NoticeCode::OutboxRecovered,
-            message: format!(
+    fn notice(&self, aside: &Path) -> AgentNotice {
+        let message = match &self.set_aside {
+            Some((path, why)) if path == aside => format!(
                 "outbox database was damaged ({why}); set aside as {} and a fresh one opened",
-                path.display()
+                aside.display()
             ),
+            _ => format!(
+                "an earlier start found the outbox database damaged and set it aside as {}, \
+                 but could not report it then; it may hold events that were never sent",
+                aside.display()
+            ),
+        };
+        AgentNotice {
+            code: NoticeCode::OutboxRecovered,
+            message,
             count: 0,
+        }
+    }
+}
+
+/// Records one `OutboxRecovered` notice, through `record`, for each
+/// damaged database set aside beside `path` and not reported yet (see the
+/// module docs), then marks it reported. `record` must return only once the
+/// notice is durable.
+///
+/// A notice that cannot be recorded is an error, as a failed open is: the
+/// set-aside file stays unreported for the next start. A marker that cannot
+/// be written only repeats the notice at the next start.
+pub(crate) fn report_set_aside(
+    path: &Path,
+    report: &mut OpenReport,
+    mut record: impl FnMut(AgentNotice) -> Result<(), OutboxError>,
+) -> Result<(), OutboxError> {
+    let unreported = unreported_set_aside(path).map_err(|e| OutboxError::Open {
+        path: path.to_path_buf(),
+        reason: format!("cannot look for damaged outboxes set aside beside it: {e}"),
+    })?;
+    for aside in unreported {
+        if report
+            .set_aside
+            .as_ref()
+            .is_none_or(|(p, _)| *p != aside.db)
+        {
+            tracing::error!(
+                path = %path.display(),
+                set_aside = %aside.db.display(),
+                "a damaged outbox set aside by an earlier start was never reported; reporting it now"
+            );
+        }
+        record(report.notice(&aside.db))?;
+        if let Err(e) = mark_reported(&aside.marker) {
+            tracing::warn!(set_aside = %aside.db.display(), error = %e,
+                "outbox damage reported but not marked as reported; the next start repeats the notice");
+        }
+        report.reported.push(aside.db);
+    }
+    Ok(())
+}
+
+/// `<outbox><SET_ASIDE><stamp>` is a damaged database moved away …
+const SET_ASIDE: &str = ".damaged-";
+/// … and `<outbox><REPORTED><stamp>` says its notice has committed.
+const REPORTED: &str = ".reported-damaged-";
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+struct SetAside {
+    db: PathBuf,
+    marker: PathBuf,
+}
+
+/// The set-aside databases beside `path` without a marker, oldest first.
+fn unreported_set_aside(path: &Path) -> std::io::Result<Vec<SetAside>> {
+    // Set-aside names are the outbox's name and an ASCII stamp: a name that
+    // is not UTF-8 was never made by `open_or_recover`.
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = format!("{name}{SET_ASIDE}");
+    // The WAL and shared memory travel with their database: one notice per
+    // stamp. Counting a sidecar alone still reports a set whose database
+    // was missing or whose move was cut short.
+    let mut stamps = BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(entry_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(stamp) = entry_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if entry.path().is_file() {
+            let stamp = stamp
+                .strip_suffix("-wal")
+                .or_else(|| stamp.strip_suffix("-shm"))
+                .unwrap_or(stamp);
+            stamps.insert(stamp.to_owned());
+        }
+    }
+    Ok(stamps
+        .into_iter()
+        .map(|stamp| SetAside {
+            // Built from `path` as `open_or_recover` builds it, so the
+            // notice names the file exactly as the ERROR line did.
+            db: with_suffix(path, &format!("{SET_ASIDE}{stamp}")),
+            marker: with_suffix(path, &format!("{REPORTED}{stamp}")),
         })
+        .filter(|aside| !aside.marker.exists())
+        .collect())
+}
+
+/// Creates the marker and makes its name durable: a marker lost to a power
+/// cut only repeats a notice, but one that survives saves a repeat per start.
+fn mark_reported(marker: &Path) -> std::io::Result<()> {
+    std::fs::File::create(marker)?.sync_all()?;
+    match marker.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
     }
 }
 
@@ -141,6 +276,7 @@ pub(crate) fn open_or_recover(path: &Path) -> Result<(Connection, OpenReport), O
                 conn,
                 OpenReport {
                     set_aside: Some((aside, why)),
+                    reported: Vec::new(),
                 },
             ))
         }

@@ -219,10 +219,79 @@ async fn a_garbage_database_file_is_set_aside_and_a_fresh_outbox_opens() {
         "the fresh outbox starts with the recovery notice"
     );
     assert!(String::from_utf8_lossy(&events[0].payload).contains("outbox_recovered"));
+    assert_eq!(outbox.report.reported, vec![aside.clone()]);
     let (env, key) = sale(1);
     assert_eq!(
         h.append(env, key).await.expect("keeps selling"),
         AppendOutcome::Stored
+    );
+}
+
+/// The notices in the outbox about damaged databases set aside.
+async fn recovery_notices(h: &OutboxHandle) -> Vec<String> {
+    all_events(h)
+        .await
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+        .filter(|p| p.contains("outbox_recovered"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_set_aside_outbox_left_unreported_by_a_second_fault_is_reported_once_at_the_next_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("outbox.db");
+    // What a start leaves when the disk fills up right after renaming a
+    // damaged outbox aside: the set-aside files, and no outbox at all.
+    let aside = dir.path().join("outbox.db.damaged-20261124T031500.123Z");
+    std::fs::write(&aside, b"SQLite format 3\0 torn").expect("write aside");
+    std::fs::write(
+        dir.path()
+            .join("outbox.db.damaged-20261124T031500.123Z-wal"),
+        b"wal",
+    )
+    .expect("write aside wal");
+    assert!(!path.exists());
+
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    let notices = recovery_notices(&h).await;
+    assert_eq!(
+        notices.len(),
+        1,
+        "one notice per set-aside database: {notices:?}"
+    );
+    assert!(
+        notices[0].contains("outbox.db.damaged-20261124T031500.123Z")
+            && notices[0].contains("earlier start"),
+        "{}",
+        notices[0]
+    );
+    assert!(outbox.report.set_aside.is_none(), "nothing damaged now");
+    assert_eq!(outbox.report.reported, vec![aside.clone()]);
+    let mut set_aside: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("outbox.db.damaged-"))
+        .collect();
+    set_aside.sort();
+    assert_eq!(
+        set_aside,
+        [
+            "outbox.db.damaged-20261124T031500.123Z",
+            "outbox.db.damaged-20261124T031500.123Z-wal"
+        ],
+        "reporting keeps the set-aside files as they were and adds none that look like them"
+    );
+    drop(h);
+    outbox.close().await;
+
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    assert!(outbox.report.reported.is_empty());
+    assert_eq!(
+        recovery_notices(&outbox.handle()).await.len(),
+        1,
+        "reported once, not at every start"
     );
 }
 
