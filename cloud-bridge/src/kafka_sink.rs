@@ -425,8 +425,11 @@ impl KafkaSink {
         cancel: &CancellationToken,
     ) -> Result<Delivered, SinkError> {
         let mut outcome = first;
+        let first_pause = Duration::from_millis(200).min(self.retry_max_backoff);
         let mut backoff = backoff::ExponentialBackoff {
-            initial_interval: Duration::from_millis(200),
+            // Both: the struct starts from `current_interval` (default 500 ms).
+            current_interval: first_pause,
+            initial_interval: first_pause,
             max_interval: self.retry_max_backoff,
             max_elapsed_time: None,
             ..Default::default()

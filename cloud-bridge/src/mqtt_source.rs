@@ -47,6 +47,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoff;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
@@ -114,6 +116,25 @@ pub const RECEIVED_QUEUE: usize = 512;
 
 /// How often a deferring loop checks whether the queue has drained.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits between attempts to reach the broker start near this and double …
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+/// … up to this, with jitter, so replicas that lost the same broker do not
+/// all come back in the same instant.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+fn reconnect_backoff() -> ExponentialBackoff {
+    ExponentialBackoff {
+        // Both: the struct starts from `current_interval` (default 500 ms).
+        current_interval: RECONNECT_FIRST,
+        initial_interval: RECONNECT_FIRST,
+        randomization_factor: 0.3,
+        multiplier: 2.0,
+        max_interval: RECONNECT_MAX,
+        max_elapsed_time: None,
+        ..ExponentialBackoff::default()
+    }
+}
 
 /// How long a leaving bridge waits for the broker's UNSUBACK.
 const UNSUBACK_WAIT: Duration = Duration::from_secs(3);
@@ -187,7 +208,7 @@ pub async fn run_event_loop(
     stop: CancellationToken,
 ) {
     let Handoff { queue: tx, budget } = handoff;
-    let mut failures: u32 = 0;
+    let mut reconnect = reconnect_backoff();
     let mut intake = Intake::Open;
     loop {
         if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() && budget.has_room() {
@@ -212,7 +233,7 @@ pub async fn run_event_loop(
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                failures = 0;
+                reconnect.reset();
                 // A new connection: the broker resends what is unacked, in order.
                 intake = Intake::Open;
                 health.mqtt_connected.store(true, Ordering::Relaxed);
@@ -291,9 +312,10 @@ pub async fn run_event_loop(
                 health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
-                failures = failures.saturating_add(1);
-                let pause =
-                    Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+                let pause = reconnect
+                    .next_backoff()
+                    .unwrap_or(RECONNECT_MAX)
+                    .min(RECONNECT_MAX);
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "MQTT connection lost");
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -392,5 +414,47 @@ async fn drain_until_disconnect(eventloop: &mut EventLoop) {
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_start_small_grow_with_jitter_and_stay_capped() {
+        let mut b = reconnect_backoff();
+        let waits: Vec<Duration> = (0..20)
+            .map(|_| b.next_backoff().unwrap_or(RECONNECT_MAX).min(RECONNECT_MAX))
+            .collect();
+        assert!(
+            waits[0] >= Duration::from_millis(140) && waits[0] <= Duration::from_millis(260),
+            "the first wait is near 200 ms: {waits:?}"
+        );
+        assert!(waits.iter().all(|w| *w <= RECONNECT_MAX), "{waits:?}");
+        assert!(
+            waits[10..]
+                .iter()
+                .all(|w| *w >= Duration::from_millis(3_500)),
+            "later waits sit near the cap: {waits:?}"
+        );
+        // A connection that came up starts the waits over.
+        b.reset();
+        assert!(b
+            .next_backoff()
+            .is_some_and(|w| w <= Duration::from_millis(260)));
+    }
+
+    #[test]
+    fn a_lost_connection_gets_a_new_id() {
+        let current = CurrentConnection::default();
+        let first = current.id();
+        assert_eq!(current.id(), first);
+        current.lost();
+        assert_ne!(
+            current.id(),
+            first,
+            "acks of the lost connection are told apart"
+        );
     }
 }
