@@ -256,12 +256,15 @@ pub(crate) fn open_or_recover(path: &Path) -> Result<(Connection, OpenReport), O
                 }
                 Ok(())
             };
-            move_aside(path, &aside)?;
+            // The WAL first: if a later move fails, the damaged database is
+            // still in place (and set aside again at the next start), while a
+            // WAL left behind would be replayed into the fresh database.
             for (side, suffix) in sidecars(path).iter().zip(["-wal", "-shm"]) {
                 let mut to = aside.as_os_str().to_owned();
                 to.push(suffix);
                 move_aside(side, Path::new(&to))?;
             }
+            move_aside(path, &aside)?;
             tracing::error!(
                 path = %path.display(),
                 set_aside = %aside.display(),
