@@ -360,12 +360,30 @@ impl Transaction {
                 None if line.quantity.is_positive() => overflow(p, lf("extended_amount")),
                 None => {}
             }
+            let mut each_in_range = true;
             for (j, d) in line.discounts.iter().enumerate() {
                 if d.amount < 0 || d.amount > line.extended_amount {
+                    each_in_range = false;
                     p.push(FieldError::new(
                         format!("{prefix}lines[{i}].discounts[{j}].amount"),
                         "out_of_range",
                         "must be between 0 and the line's extended amount",
+                    ));
+                }
+            }
+            // Each discount within the line is not enough: two of them
+            // could take a line below zero and the sale's grand total with
+            // it, a "sale" that pays money out of the till.
+            if each_in_range && line.discounts.len() > 1 {
+                let total = line
+                    .discounts
+                    .iter()
+                    .try_fold(0i64, |acc, d| acc.checked_add(d.amount));
+                if total.is_none_or(|t| t > line.extended_amount) {
+                    p.push(FieldError::new(
+                        lf("discounts"),
+                        "out_of_range",
+                        "the line's discounts together must not exceed its extended amount",
                     ));
                 }
             }
@@ -627,6 +645,45 @@ mod tests {
     }
 
     #[test]
+    fn discounts_that_together_exceed_their_line_are_refused_even_when_the_totals_agree() {
+        // A "sale" that pays money out: each discount alone is within the
+        // line, and every total is computed consistently from them.
+        let mut s = sale();
+        s.lines.truncate(1);
+        let extended = s.lines[0].extended_amount;
+        s.lines[0].discounts = vec![
+            Discount {
+                amount: extended,
+                reason: "PROMO".into(),
+            },
+            Discount {
+                amount: extended,
+                reason: "STAFF".into(),
+            },
+        ];
+        s.tax.clear();
+        s.totals.gross = extended;
+        s.totals.discounts = 2 * extended;
+        s.totals.tax = 0;
+        s.totals.grand = -extended;
+        s.tenders.truncate(1);
+        s.tenders[0].amount = 1;
+        s.totals.tendered = 1;
+        s.totals.change = 1 + extended;
+        assert_eq!(
+            codes(&s),
+            vec![("lines[0].discounts".to_owned(), "out_of_range".to_owned())]
+        );
+        // Two discounts that fit together are fine.
+        s.lines[0].discounts[0].amount = extended / 2;
+        s.lines[0].discounts[1].amount = extended - extended / 2;
+        s.totals.discounts = extended;
+        s.totals.grand = 0;
+        s.totals.change = 1;
+        assert_eq!(codes(&s), vec![]);
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let mut s = sale();
         s.terminal_id.clear();
@@ -676,6 +733,8 @@ mod tests {
                 && l.discounts
                     .iter()
                     .all(|d| d.amount >= 0 && d.amount <= l.extended_amount)
+                && l.discounts.iter().map(|d| wide(d.amount)).sum::<i128>()
+                    <= wide(l.extended_amount)
         });
         let live = || t.lines.iter().filter(|l| !l.voided);
         let gross: i128 = live().map(|l| wide(l.extended_amount)).sum();
