@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use protocol::transaction::{Return, Sale, TransactionRef, Void};
-use protocol::{EventBody, FieldError, Problems, Source, SourceKind};
+use protocol::{Currency, EventBody, FieldError, Problems, Source, SourceKind};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -40,6 +40,10 @@ pub struct AppState {
     pub terminals: HashSet<String>,
     /// Bearer token per terminal, when the profile sets `terminal_tokens_dir`.
     pub terminal_tokens: Option<std::collections::HashMap<String, String>>,
+    /// The currency the store books in (`store.currency`): every amount of a
+    /// transaction is in minor units of it, so one in another currency
+    /// would be read with the wrong exponent downstream.
+    pub currency: Currency,
     pub shutting_down: AtomicBool,
     pub registry: Registry,
     pub outbox_stats: Arc<OutboxStats>,
@@ -347,6 +351,8 @@ trait PosRecord: DeserializeOwned {
     fn validate(&self) -> Result<(), Problems>;
     fn reference(&self) -> TransactionRef;
     fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset>;
+    /// The currency of the record's amounts, if it has any.
+    fn currency(&self) -> Option<Currency>;
     fn into_body(self) -> EventBody;
 }
 
@@ -360,6 +366,9 @@ impl PosRecord for Sale {
     }
     fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset> {
         self.ended_at
+    }
+    fn currency(&self) -> Option<Currency> {
+        Some(self.currency)
     }
     fn into_body(self) -> EventBody {
         EventBody::Sale(Box::new(self))
@@ -377,6 +386,9 @@ impl PosRecord for Return {
     fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset> {
         self.transaction.ended_at
     }
+    fn currency(&self) -> Option<Currency> {
+        Some(self.transaction.currency)
+    }
     fn into_body(self) -> EventBody {
         EventBody::Return(Box::new(self))
     }
@@ -393,6 +405,9 @@ impl PosRecord for Void {
     fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset> {
         self.voided_at
     }
+    fn currency(&self) -> Option<Currency> {
+        None
+    }
     fn into_body(self) -> EventBody {
         EventBody::Void(self)
     }
@@ -407,7 +422,19 @@ async fn post_record<R: PosRecord>(
     let result = async {
         let body = body.map_err(body_problem)?;
         let record: R = decode(&body)?;
-        record.validate().map_err(validation_problem)?;
+        let mut problems = record.validate().err().unwrap_or_default();
+        if let Some(currency) = record.currency().filter(|c| *c != state.currency) {
+            problems.push(FieldError::new(
+                "currency",
+                "currency_mismatch",
+                format!(
+                    "this store books in {}; the transaction is in {}",
+                    state.currency.code(),
+                    currency.code()
+                ),
+            ));
+        }
+        problems.into_result().map_err(validation_problem)?;
         let (reference, at) = (record.reference(), record.occurred_at());
         let terminal = reference.terminal_id.clone();
         submit(
@@ -514,6 +541,7 @@ mod tests {
                     .map(|(a, b)| (a.to_string(), b.to_string()))
                     .collect()
             }),
+            currency: Currency::EUR,
             shutting_down: AtomicBool::new(false),
             registry: crate::metrics::registry(stats.clone()),
             outbox_stats: stats,
@@ -632,6 +660,41 @@ mod tests {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(p["code"], "unknown_terminal");
         assert_eq!(f.state.outbox_stats.rows(), 0, "nothing invalid was stored");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_in_another_currency_than_the_stores_is_refused() {
+        // The fixture's store books in EUR.
+        let f = fixture(1000, None);
+        let mut sale = protocol::samples::sale_jpy();
+        sale.terminal_id = "pos-01".into();
+        assert_eq!(sale.validate(), Ok(()), "a valid sale, only in yen");
+        let (status, _, p) = post_sale_json(&f.app, &sale).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(p["code"], "validation_failed");
+        assert_eq!(p["errors"][0]["field"], "currency", "{p}");
+        assert_eq!(p["errors"][0]["code"], "currency_mismatch", "{p}");
+
+        let mut ret = protocol::samples::return_();
+        ret.transaction.currency = protocol::Currency::USD;
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/returns",
+            serde_json::to_vec(&ret).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert!(
+            p["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .any(|e| e["code"] == "currency_mismatch"),
+            "{p}"
+        );
+        assert_eq!(f.state.outbox_stats.rows(), 0, "nothing was stored");
     }
 
     #[tokio::test]

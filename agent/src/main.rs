@@ -204,6 +204,11 @@ async fn run(profile_path: &Path) -> Result<()> {
             .iter()
             .map(|t| t.id.clone())
             .collect::<HashSet<_>>(),
+        currency: profile
+            .store
+            .currency
+            .parse()
+            .context("store.currency (validated with the profile)")?,
         shutting_down: Default::default(),
         registry,
         outbox_stats: stats,
