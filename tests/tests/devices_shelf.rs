@@ -52,6 +52,63 @@ impl Sensor {
     fn grams(&self, g: i64) {
         self.publish(raw(g).to_string());
     }
+
+    /// A reading the broker keeps and hands every new subscriber.
+    fn grams_retained(&self, g: i64) {
+        self.client
+            .publish(
+                shelf_sensor_topic(SENSOR),
+                QoS::AtLeastOnce,
+                true,
+                raw(g).to_string(),
+            )
+            .expect("publish");
+        std::thread::sleep(Duration::from_millis(40));
+    }
+}
+
+/// The profile section of the test sensor.
+fn sensor_profile() -> String {
+    format!(
+        r#"
+[[shelf_sensors]]
+id = "{SENSOR}"
+gtin = "05901234123457"
+zero_offset = {ZERO}
+counts_per_gram = {CPG}
+unit_weight_grams = 100
+low_stock_at = 3
+restocked_at = 6
+deadband_grams = 20
+offline_after_secs = 3
+"#
+    )
+}
+
+/// Publishes the opening weight until the agent has emitted a reading:
+/// the agent subscribes only once it is connected to the store broker
+/// (repeats fall inside the deadband and produce nothing).
+fn first_reading(stack: &StoreStack, sensor: &Sensor, grams: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        sensor.grams(grams);
+        let m = stack.agent_metrics();
+        if metric_value(
+            &m,
+            &format!(
+                r#"storelink_agent_shelf_readings_total{{sensor="{SENSOR}",result="emitted"}}"#
+            ),
+        )
+        .is_some()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never took a reading; metrics:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn envelopes(records: &[Record]) -> Vec<Value> {
@@ -120,46 +177,9 @@ fn states(stack: &StoreStack, n: usize) -> Vec<String> {
 
 #[test]
 fn shelf_readings_are_calibrated_filtered_and_alert_once_per_crossing() {
-    let extra = format!(
-        r#"
-[[shelf_sensors]]
-id = "{SENSOR}"
-gtin = "05901234123457"
-zero_offset = {ZERO}
-counts_per_gram = {CPG}
-unit_weight_grams = 100
-low_stock_at = 3
-restocked_at = 6
-deadband_grams = 20
-offline_after_secs = 3
-"#
-    );
-    let stack = StoreStack::start(&extra).expect("store stack");
+    let stack = StoreStack::start(&sensor_profile()).expect("store stack");
     let sensor = Sensor::connect(stack.store_mqtt_port);
-
-    // The agent subscribes once it is connected to the store broker; until
-    // a reading is counted, publish the opening weight again (repeats fall
-    // inside the deadband and produce nothing).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        sensor.grams(1000);
-        let m = stack.agent_metrics();
-        if metric_value(
-            &m,
-            &format!(
-                r#"storelink_agent_shelf_readings_total{{sensor="{SENSOR}",result="emitted"}}"#
-            ),
-        )
-        .is_some()
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never took a reading; metrics:\n{m}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    first_reading(&stack, &sensor, 1000);
 
     // Calibration: (raw - zero) / counts_per_gram = 455.5 g → 456 g (half
     // away from zero) → 4.56 items → 5.
@@ -271,4 +291,53 @@ offline_after_secs = 3
             r#"storelink_agent_shelf_readings_total{{sensor="{SENSOR}",result="deadband"}}"#
         )) >= 1.0
     );
+}
+
+/// A sensor that published its reading retained: after an agent restart the
+/// broker hands the stored copy to the new subscription. That is the last
+/// reading, not a new one, and is skipped and counted.
+#[test]
+fn a_retained_reading_is_not_replayed_as_a_new_one_after_a_restart() {
+    let mut stack = StoreStack::start(&sensor_profile()).expect("store stack");
+    let sensor = Sensor::connect(stack.store_mqtt_port);
+    first_reading(&stack, &sensor, 1000);
+    // Within the deadband of the reading just emitted: nothing new live.
+    sensor.grams_retained(1005);
+
+    stack.agent.sigterm().expect("sigterm");
+    let status = stack
+        .agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exits on SIGTERM");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    stack.restart_agent().expect("agent restarts");
+    let retained =
+        format!(r#"storelink_agent_shelf_readings_total{{sensor="{SENSOR}",result="retained"}}"#);
+    let emitted =
+        format!(r#"storelink_agent_shelf_readings_total{{sensor="{SENSOR}",result="emitted"}}"#);
+    // The restarted agent has subscribed once the stored copy is counted,
+    // one way or the other.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = stack.agent_metrics();
+        if metric_value(&m, &retained).is_some() || metric_value(&m, &emitted).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent never received the retained reading:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    sensor.grams(600);
+    // A replayed reading would have been emitted at the restart, so before
+    // this one in the sensor's ordered stream.
+    let evs = inventory(&stack, |evs| readings(evs).contains(&(600, 6)));
+    assert_eq!(
+        readings(&evs),
+        vec![(1000, 10), (600, 6)],
+        "the retained 1005 g is not a reading of its own: {evs:#?}"
+    );
+    assert_eq!(metric_value(&stack.agent_metrics(), &retained), Some(1.0));
 }

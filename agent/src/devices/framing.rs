@@ -11,7 +11,11 @@
 //!   terminator at power-up) carry no read and are dropped without an event.
 //! * A frame longer than `max_len` is emitted at once, cut to `max_len`
 //!   bytes and marked truncated; the rest of it, up to the next terminator,
-//!   is discarded. Memory per scanner is bounded by `max_len`.
+//!   is discarded, but never more than `max_len` bytes without a trace: each
+//!   further `max_len` bytes is another truncated frame. A scanner whose
+//!   suffix does not match the profile never sends the terminator, and
+//!   silently discarding until it came would lose every later read without
+//!   a count. Memory per scanner is bounded by `max_len`.
 
 use firmware_config::Terminator;
 
@@ -57,6 +61,8 @@ impl Framer {
         for &b in input {
             if self.ends_frame(b) {
                 if self.discarding {
+                    // The tail of an over-long read, already reported.
+                    self.buf.clear();
                     self.discarding = false;
                 } else if !self.buf.is_empty() {
                     out.push(Frame {
@@ -64,15 +70,14 @@ impl Framer {
                         truncated: false,
                     });
                 }
-            } else if self.discarding {
-                // The tail of an over-long frame.
-            } else if self.buf.len() == self.max_len {
-                out.push(Frame {
-                    bytes: std::mem::take(&mut self.buf),
-                    truncated: true,
-                });
-                self.discarding = true;
             } else {
+                if self.buf.len() == self.max_len {
+                    out.push(Frame {
+                        bytes: std::mem::take(&mut self.buf),
+                        truncated: true,
+                    });
+                    self.discarding = true;
+                }
                 self.buf.push(b);
             }
         }
@@ -160,7 +165,7 @@ mod tests {
 
     #[test]
     fn over_long_frames_are_cut_once_and_the_next_read_survives() {
-        let mut long = vec![b'9'; 40];
+        let mut long = vec![b'9'; 30];
         long.extend_from_slice(b"\r\nOK\r");
         let got = frames(Terminator::Cr, 16, &[&long[..10], &long[10..]]);
         assert_eq!(got, vec![("9".repeat(16), true), ok("OK")]);
@@ -170,6 +175,26 @@ mod tests {
             frames(Terminator::Cr, 4, &[b"12345\r"]),
             vec![("1234".to_owned(), true)]
         );
+    }
+
+    #[test]
+    fn reads_without_the_profiles_terminator_are_never_discarded_without_a_trace() {
+        // The profile says CR; the scanner was set to send a tab suffix.
+        let reads: Vec<u8> = (0..10).flat_map(|_| *b"4006381333931\t").collect();
+        let got = frames(Terminator::Cr, 16, &[&reads]);
+        assert!(got
+            .iter()
+            .all(|(text, truncated)| *truncated && text.len() == 16));
+        assert_eq!(
+            got.len(),
+            reads.len() / 16,
+            "every 16 bytes is a truncated read to count, not one for the whole stream: {got:?}"
+        );
+        // The terminator, when it comes, ends the cut and the next read survives.
+        let mut mixed = reads.clone();
+        mixed.extend_from_slice(b"\r4006381333931\r");
+        let got = frames(Terminator::Cr, 16, &[&mixed]);
+        assert_eq!(got.last(), Some(&ok("4006381333931")));
     }
 
     #[test]

@@ -196,7 +196,10 @@ pub fn decode(frame: &[u8]) -> Decoded {
     let result = match content {
         Content::Gtin(len, what) => gtin_of(&text, len, what).map(|g| (Some(g), vec![])),
         Content::GtinWithAddOn => {
-            if text.len() == 15 || text.len() == 18 {
+            if !text.bytes().all(|b| b.is_ascii_digit()) {
+                // The add-on too: a GTIN followed by letters is not an add-on.
+                Err(ReadError::NotDigits(format!("`{text}` has non-digits")))
+            } else if text.len() == 15 || text.len() == 18 {
                 gtin_of(&text[..13], 13, "]E3 (EAN-13 + add-on)").map(|g| (Some(g), vec![]))
             } else {
                 Err(ReadError::BadLength(format!(
@@ -597,6 +600,11 @@ mod tests {
         assert!(d.is_valid());
         assert_eq!(reason(b"]E112"), None);
         assert_eq!(reason(b"]E212345"), None);
+        // The GTIN's 13 digits are not enough: the add-on is digits too.
+        assert_eq!(
+            reason(b"]E34006381333931A1").as_deref(),
+            Some("not_digits: `4006381333931A1` has non-digits")
+        );
         assert_eq!(
             reason(b"]E2123").as_deref(),
             Some("bad_length: add-on carries 5 digits, got 3")

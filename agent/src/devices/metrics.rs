@@ -4,7 +4,7 @@
 //! * `storelink_agent_scanner_reads_total{scanner,result="valid|invalid"}`
 //! * `storelink_agent_scanner_frames_truncated_total{scanner}`
 //! * `storelink_agent_scanner_reconnects_total{scanner}`
-//! * `storelink_agent_shelf_readings_total{sensor,result="emitted|deadband|dropped|shed|unknown_sensor"}`
+//! * `storelink_agent_shelf_readings_total{sensor,result="emitted|deadband|dropped|shed|unknown_sensor|retained"}`
 //! * `storelink_agent_shelf_unparseable_total{sensor}`
 //! * `storelink_agent_stock_alerts_total{sensor,kind="low_stock|restocked"}`
 //! * `storelink_agent_device_events_refused_total{device}` — the outbox

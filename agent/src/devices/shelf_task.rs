@@ -7,7 +7,11 @@
 //! reading is dropped and counted; sensors publish again); the processor
 //! owns the state machines and the clock (silence and dwell deadlines).
 //! The session is clean: after an agent restart stale readings are not
-//! replayed, the sensors' next readings are what counts.
+//! replayed, the sensors' next readings are what counts. For the same
+//! reason a retained message is skipped (and counted, `result="retained"`):
+//! the broker hands it over at every subscribe, so a sensor that published
+//! retained and has since gone dead would come back `online` with its last
+//! weight stamped as new.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -153,6 +157,18 @@ async fn poll(
                 if let Err(e) = client.try_subscribe(ALL_SHELF_SENSORS, QoS::AtLeastOnce) {
                     tracing::error!("cannot subscribe to {ALL_SHELF_SENSORS}: {e}");
                 }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                // A broker sets the flag only on the stored copy it sends a
+                // new subscription; live readings arrive without it.
+                let sensor = sensor_id_from_topic(&p.topic)
+                    .filter(|id| known.contains(*id))
+                    .unwrap_or("unknown");
+                submitter.metrics.shelf_reading(sensor, "retained");
+                tracing::debug!(
+                    sensor,
+                    "retained shelf reading skipped: it is not a new reading"
+                );
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let msg = Message {
