@@ -174,6 +174,8 @@ async fn ensure_topics_until_done(cfg: &Config, shutdown: &CancellationToken) {
             &cfg.kafka.connection,
             &cfg.topics,
             true,
+            // Never on its own: see topics_admin.
+            false,
         )
         .await
         {

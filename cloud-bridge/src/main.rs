@@ -63,6 +63,11 @@ enum TopicsCmd {
         /// Only compare; change nothing.
         #[arg(long)]
         check: bool,
+        /// Add missing partitions. Keys then move to other partitions, so a
+        /// store's later events can be read before its earlier ones: stop
+        /// producers and let consumers catch up first.
+        #[arg(long, conflicts_with = "check")]
+        add_partitions: bool,
     },
 }
 
@@ -135,7 +140,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Topics {
-            cmd: TopicsCmd::Ensure { config, check },
+            cmd:
+                TopicsCmd::Ensure {
+                    config,
+                    check,
+                    add_partitions,
+                },
         } => {
             let cfg = cloud_bridge::config::load(&config)?;
             let report = rt.block_on(cloud_bridge::topics_admin::ensure(
@@ -143,6 +153,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 &cfg.kafka.connection,
                 &cfg.topics,
                 !check,
+                add_partitions,
             ))?;
             for l in &report.lines {
                 println!("{l}");

@@ -4,10 +4,17 @@
 //! | observed | action |
 //! | --- | --- |
 //! | topic missing | created with partitions, RF, `min.insync.replicas`, `retention.ms`, `max.message.bytes` |
-//! | fewer partitions | `create_partitions` (keys move partition: done once, before traffic) |
+//! | fewer partitions | **drift**; with `--add-partitions`, `create_partitions` |
 //! | more partitions | noted; partitions cannot be removed |
 //! | other replication factor | **drift** (needs a reassignment, not done here) |
 //! | other `min.insync.replicas` / `retention.ms` / `max.message.bytes` | altered |
+//!
+//! Adding partitions moves keys to other partitions: a store's void could
+//! then be read before its sale, which was still in the old partition. So
+//! `topics ensure`, which the cloud's PreSync hook runs on every sync, never
+//! does it on its own: raising `topics.partitions` is reported as drift until
+//! an operator runs it with `--add-partitions` (with producers stopped and
+//! consumers caught up), or, better, moves to a new topic (VERSIONING.md).
 //!
 //! The comparison ([`plan`]) is pure; only [`ensure`] talks to Kafka.
 
@@ -86,13 +93,21 @@ pub fn specs(cfg: &TopicsConfig) -> Vec<TopicSpec> {
 }
 
 /// Compares one topic; an empty plan means it is as configured.
-pub fn plan(spec: &TopicSpec, observed: Option<&Observed>) -> Vec<Step> {
+/// `add_partitions`: an operator asked for missing partitions to be added.
+pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool) -> Vec<Step> {
     let Some(o) = observed else {
         return vec![Step::Create];
     };
     let mut steps = Vec::new();
-    if o.partitions < spec.partitions {
+    if o.partitions < spec.partitions && add_partitions {
         steps.push(Step::AddPartitions(spec.partitions));
+    } else if o.partitions < spec.partitions {
+        steps.push(Step::Drift(format!(
+            "has {} partitions, configured {}: adding partitions moves keys and breaks \
+             per-store order for records not yet consumed; stop producers, let consumers \
+             catch up and run `topics ensure --add-partitions`, or move to a new topic",
+            o.partitions, spec.partitions
+        )));
     } else if o.partitions > spec.partitions {
         steps.push(Step::Note(format!(
             "has {} partitions, more than the configured {} (partitions cannot be removed)",
@@ -151,6 +166,7 @@ pub async fn ensure(
     connection: &BTreeMap<String, String>,
     cfg: &TopicsConfig,
     fix: bool,
+    add_partitions: bool,
 ) -> Result<Report, AdminError> {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", bootstrap);
@@ -163,7 +179,7 @@ pub async fn ensure(
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = Report::default();
     for spec in specs(cfg) {
-        for step in plan(&spec, observed.get(spec.name)) {
+        for step in plan(&spec, observed.get(spec.name), add_partitions) {
             let line = apply(&admin, &opts, &spec, &step, fix).await;
             match (&step, line) {
                 (Step::Drift(d), _) => {
@@ -341,22 +357,32 @@ mod tests {
     #[test]
     fn a_topic_as_configured_needs_nothing_and_a_missing_one_is_created() {
         for spec in specs(&cfg()) {
-            assert!(plan(&spec, Some(&observed_as(&spec))).is_empty());
-            assert_eq!(plan(&spec, None), [Step::Create]);
+            assert!(plan(&spec, Some(&observed_as(&spec)), false).is_empty());
+            assert_eq!(plan(&spec, None, false), [Step::Create]);
         }
     }
 
     #[test]
-    fn fewer_partitions_are_fixed_and_another_replication_factor_is_drift() {
+    fn fewer_partitions_are_added_only_when_asked_and_another_replication_factor_is_drift() {
         let spec = specs(&cfg()).remove(0);
         let mut o = observed_as(&spec);
         o.partitions = 3;
         o.replication_factor = 1;
         o.configs.insert("retention.ms".into(), "5".into());
-        let steps = plan(&spec, Some(&o));
+        let steps = plan(&spec, Some(&o), true);
         assert!(steps.contains(&Step::AddPartitions(12)));
         assert!(steps.iter().any(|s| matches!(s, Step::Drift(_))));
         assert!(steps.iter().any(|s| matches!(s, Step::AlterConfigs(_))));
+
+        o.replication_factor = spec.replication_factor;
+        let steps = plan(&spec, Some(&o), false);
+        assert!(!steps.iter().any(|s| matches!(s, Step::AddPartitions(_))));
+        assert!(
+            steps.iter().any(
+                |s| matches!(s, Step::Drift(d) if d.contains("has 3 partitions, configured 12"))
+            ),
+            "{steps:?}"
+        );
     }
 
     #[test]

@@ -79,10 +79,19 @@ fn topics_ensure_creates_then_checks_then_fixes_partitions_and_reports_replicati
         text(&again)
     );
 
-    let grown = bridge(
-        &["topics", "ensure"],
-        &config(dir.path(), kafka.bootstrap(), 4, 1, 2 * day)?,
-    )?;
+    // More partitions move keys: drift, until an operator asks for it.
+    let grown_config = config(dir.path(), kafka.bootstrap(), 4, 1, 2 * day)?;
+    let refused = bridge(&["topics", "ensure"], &grown_config)?;
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let out = String::from_utf8_lossy(&refused.stdout);
+    assert!(
+        out.contains("DRIFT retail.transactions.v1: has 2 partitions, configured 4"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!out.contains("partitions increased"), "{}", text(&refused));
+    assert!(out.contains("configs set"), "{}", text(&refused));
+    let grown = bridge(&["topics", "ensure", "--add-partitions"], &grown_config)?;
     assert!(grown.status.success(), "{}", text(&grown));
     let out = String::from_utf8_lossy(&grown.stdout);
     assert!(
@@ -90,7 +99,6 @@ fn topics_ensure_creates_then_checks_then_fixes_partitions_and_reports_replicati
         "{}",
         text(&grown)
     );
-    assert!(out.contains("configs set"), "{}", text(&grown));
 
     let drift = bridge(
         &["topics", "ensure"],
