@@ -115,7 +115,16 @@ impl EventKind {
     /// The newest version of this schema that this build can read. Readers
     /// accept every version up to it; a newer one goes to the dead-letter
     /// topic until the reader is upgraded.
-    pub fn current_version(&self) -> u16 {
+    pub fn readable_version(&self) -> u16 {
+        1
+    }
+
+    /// The version this build writes. It trails [`Self::readable_version`]
+    /// by a release when a schema gains a version: bridges that can read it
+    /// must be everywhere before agents write it (VERSIONING.md, rule 4),
+    /// or a store's events would be dead-lettered and, receipted as such,
+    /// leave its outbox.
+    pub fn written_version(&self) -> u16 {
         1
     }
 
@@ -267,7 +276,7 @@ impl Envelope {
         Envelope {
             id: EventId::new_v7(),
             schema,
-            schema_version: schema.current_version(),
+            schema_version: schema.written_version(),
             store_id: store_id.into(),
             region: region.into(),
             source,
@@ -335,11 +344,11 @@ pub(crate) fn check_header(
 ) -> Result<EventKind, EnvelopeError> {
     let kind = EventKind::from_schema_name(schema)
         .ok_or_else(|| EnvelopeError::UnknownSchema(schema.to_owned()))?;
-    if schema_version == 0 || schema_version > kind.current_version() {
+    if schema_version == 0 || schema_version > kind.readable_version() {
         return Err(EnvelopeError::UnsupportedVersion {
             schema: schema.to_owned(),
             version: schema_version,
-            supported: kind.current_version(),
+            supported: kind.readable_version(),
         });
     }
     let mut problems = Problems::default();

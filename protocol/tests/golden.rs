@@ -91,6 +91,24 @@ fn a_newer_schema_version_is_refused_with_a_reason() {
     assert_eq!(err.reason_code(), "unsupported_schema_version");
 }
 
+/// VERSIONING.md rule 4: no build writes a version its own bridge would
+/// dead-letter, and what it writes is what the samples hold.
+#[test]
+fn every_schema_is_written_at_a_version_readers_of_the_same_build_accept() {
+    for kind in EventKind::ALL {
+        assert!(
+            kind.written_version() <= kind.readable_version(),
+            "{kind} is written at v{} but read only up to v{}",
+            kind.written_version(),
+            kind.readable_version()
+        );
+        assert!(kind.written_version() >= 1, "{kind}");
+    }
+    for env in protocol::samples::envelopes("store-0042") {
+        assert_eq!(env.schema_version, env.schema.written_version());
+    }
+}
+
 /// Writes the golden files from `protocol::samples`. Run only when adding a
 /// new version's samples: `STORELINK_WRITE_GOLDEN=v1 cargo test -p storelink-protocol --test golden write_golden`.
 #[test]
