@@ -16,7 +16,10 @@
 # 4. policy      Pod Security "restricted" on every workload in the storelink
 #                namespaces (namespace labels, non-root, read-only root fs, no
 #                privilege escalation, drop ALL, seccomp RuntimeDefault, no
-#                hostPath/host namespaces/hostPort), every store object in
+#                hostPath/host namespaces/hostPort), a non-root pod's Secret
+#                volumes readable (fsGroup or a world-readable mode), every
+#                rendered kind whitelisted by the AppProject that syncs it,
+#                every store object in
 #                namespace storelink, and each store's consistency: directory
 #                name = store.toml [store].id = fleet.yaml store, region
 #                likewise, a known wave, squat.ai/serial = number of
@@ -251,6 +254,42 @@ renders = {}
 for f in sorted(work.glob("k3s_*.yaml")):
     renders[f.name] = [d for d in yaml.safe_load_all(f.read_text()) if d]
 
+def check_secret_access(obj, where):
+    # A Secret's files belong to root; a non-root pod reads them only as
+    # their group (fsGroup) or if the mode lets everyone (world-readable).
+    ps = pod_spec(obj)
+    if ps is None:
+        return
+    psc = ps.get("securityContext") or {}
+    if psc.get("fsGroup") is not None or psc.get("runAsUser") in (None, 0):
+        return
+    for v in ps.get("volumes") or []:
+        src = v.get("secret")
+        if src is not None and not int(src.get("defaultMode", 0o644)) & 0o004:
+            errors.append(f"{where}: {obj['kind']}/{obj['metadata']['name']}: secret volume "
+                          f"{v['name']} (mode {int(src.get('defaultMode', 0o644)):o}) unreadable: "
+                          f"runs as {psc.get('runAsUser')} without fsGroup")
+
+# Argo CD applies only the kinds a project whitelists.
+PROJECT_OF = {"k3s_cloud.yaml": "storelink-cloud",
+              "k3s_system_serial-device-plugin.yaml": "storelink-system"}
+projects = {d["metadata"]["name"]: d["spec"] for d in renders.get("k3s_fleet.yaml", [])
+            if d.get("kind") == "AppProject"}
+for fname, docs in renders.items():
+    project = PROJECT_OF.get(fname) or ("storelink-stores" if "_stores_" in fname else None)
+    if project is None:
+        continue
+    spec = projects.get(project)
+    if spec is None:
+        errors.append(f"{fname}: AppProject {project} not in k3s/fleet"); continue
+    allowed = {(w.get("group", ""), w["kind"]) for w in
+               (spec.get("namespaceResourceWhitelist") or []) + (spec.get("clusterResourceWhitelist") or [])}
+    for d in docs:
+        group = d["apiVersion"].split("/")[0] if "/" in d["apiVersion"] else ""
+        if (group, d["kind"]) not in allowed:
+            errors.append(f"{fname}: {d['kind']}/{d['metadata']['name']} ({group or 'core'}) "
+                          f"is not whitelisted in AppProject {project}: Argo CD would refuse the sync")
+
 n_workloads = 0
 for fname, docs in renders.items():
     for d in docs:
@@ -261,6 +300,7 @@ for fname, docs in renders.items():
         if ns in RESTRICTED_NS and pod_spec(d) is not None:
             n_workloads += 1
             check_restricted(d, fname)
+        check_secret_access(d, fname)
 
 # Stores.
 stores = sorted(pathlib.Path("k3s/overlays/regions").glob("*/stores/*"))
@@ -314,7 +354,7 @@ print(f"    policy: {n_workloads} restricted workloads, {len(stores)} stores che
 sys.exit(1 if errors else 0)
 PY
 then
-  pass "policy: restricted pod security, namespaces, store consistency, sync windows"
+  pass "policy: restricted pod security, secret access, project whitelists, namespaces, store consistency, sync windows"
 else
   fail "policy: see problems above"
 fi
