@@ -41,7 +41,7 @@ fi
 
 log "building $pkg for $triple in $CARGO_TARGET_DIR"
 t0=$SECONDS
-(cd "$src" && "$cargo" build --release --target "$triple" -p "$pkg")
+(cd "$src" && "$cargo" build --locked --release --target "$triple" -p "$pkg")
 log "cargo build took $((SECONDS - t0))s"
 
 built="$CARGO_TARGET_DIR/$triple/release/$bin"

@@ -78,8 +78,8 @@ cmd_install() {
 # A TCP port nobody listens on. Racy by nature (another process may take it
 # before Kafka binds), so ports are drawn at random from a wide range.
 free_port() {
-    local p i
-    for i in $(seq 1 200); do
+    local p
+    for _ in $(seq 1 200); do
         p=$((20000 + RANDOM % 40000))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
@@ -216,7 +216,8 @@ cmd_start() {
     # when that process is gone. All output goes to files so whoever reads our
     # stdout sees EOF as soon as this script exits.
     local watch="${KAFKA_WATCH_PID:-}" remove="${KAFKA_REMOVE_DIR_ON_WATCH_EXIT:-0}"
-    # shellcheck disable=SC2046
+    # The inner script's variables are its own ($1…): single quotes on purpose.
+    # shellcheck disable=SC2046,SC2016
     setsid bash -c '
         dir="$1"; watch="$2"; remove="$3"; shift 3
         "$@" >>"$dir/stdout.log" 2>&1 &
