@@ -26,13 +26,26 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 # tests make their certificates with the openssl command.
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# scripts/check-fleet.sh makes a venv for its validators.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
 if ((${#missing[@]})); then
     echo "install-deps: installing ${missing[*]}" >&2
-    SUDO=""
-    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# scripts/check-fleet.sh renders the manifests with `kubectl kustomize`.
+# Debian has no kubectl package; an apt source that carries one (Kubernetes'
+# or Google Cloud's) may. Only the fleet check needs it, so without it the
+# rest still installs and check-fleet says what is missing.
+if ! command -v kubectl >/dev/null 2>&1; then
+    if DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubectl >/dev/null 2>&1; then
+        echo "install-deps: installed kubectl" >&2
+    else
+        echo "install-deps: WARNING: no kubectl package in the configured apt sources; scripts/check-fleet.sh (part of scripts/test.sh) will fail until kubectl is on PATH" >&2
+    fi
 fi
 
 bash scripts/kafka.sh install
