@@ -122,6 +122,10 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(200);
 /// … up to this, with jitter, so replicas that lost the same broker do not
 /// all come back in the same instant.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// The waits start over only after a connection that held this long: one
+/// the broker accepts and drops at once (an ACL, a refused packet) would
+/// otherwise be retried every 200 ms for ever.
+const RECONNECT_STABLE: Duration = Duration::from_secs(30);
 
 fn reconnect_backoff() -> ExponentialBackoff {
     ExponentialBackoff {
@@ -209,6 +213,7 @@ pub async fn run_event_loop(
 ) {
     let Handoff { queue: tx, budget } = handoff;
     let mut reconnect = reconnect_backoff();
+    let mut connected_at: Option<Instant> = None;
     let mut intake = Intake::Open;
     loop {
         if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() && budget.has_room() {
@@ -233,7 +238,7 @@ pub async fn run_event_loop(
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                reconnect.reset();
+                connected_at = Some(Instant::now());
                 // A new connection: the broker resends what is unacked, in order.
                 intake = Intake::Open;
                 health.mqtt_connected.store(true, Ordering::Relaxed);
@@ -312,6 +317,12 @@ pub async fn run_event_loop(
                 health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
+                if connected_at
+                    .take()
+                    .is_some_and(|at| at.elapsed() >= RECONNECT_STABLE)
+                {
+                    reconnect.reset();
+                }
                 let pause = reconnect
                     .next_backoff()
                     .unwrap_or(RECONNECT_MAX)
