@@ -7,9 +7,11 @@
 //! Either a plain integer of raw ADC counts (`8850608`, surrounding
 //! whitespace allowed) or JSON `{"raw": 8850608, "ts": "2026-11-24T10:15:02Z"}`
 //! where `ts` (RFC 3339, optional) is when the sensor took the reading;
-//! without it the reading is stamped when the agent received it. Anything
-//! else is unparseable: counted, logged with the sensor id, and otherwise
-//! ignored (it still shows the sensor is alive).
+//! without it the reading is stamped when the agent received it. Other JSON
+//! fields are ignored, so a firmware update that adds one (a battery level)
+//! does not turn every reading of that sensor unparseable. Anything else is
+//! unparseable: counted, logged with the sensor id, and otherwise ignored (it
+//! still shows the sensor is alive).
 //!
 //! # Per reading
 //! 1. grams = (raw − zero_offset) / counts_per_gram, integer maths, rounded
@@ -58,7 +60,6 @@ pub enum PayloadError {
 }
 
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JsonReading {
     raw: i64,
     #[serde(default)]
@@ -393,6 +394,11 @@ mod tests {
             Some("2026-11-24T10:15:02+01:00")
         );
         assert_eq!(parse_payload(br#"{"raw": 5}"#).map(|r| r.raw), Ok(5));
+        // Fields a newer firmware adds are not the reading's business.
+        assert_eq!(
+            parse_payload(br#"{"raw": 5, "battery_pct": 87, "fw": "2.1"}"#).map(|r| r.raw),
+            Ok(5)
+        );
         assert_eq!(parse_payload(b""), Err(PayloadError::Empty));
         assert_eq!(parse_payload(b"\xff\xfe"), Err(PayloadError::NotUtf8));
         for bad in [
