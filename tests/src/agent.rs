@@ -373,6 +373,22 @@ port = {store_port}
         self.data_dir().join("outbox.db")
     }
 
+    /// Stops the agent with SIGTERM and fails unless it exits cleanly in 30 s.
+    pub fn stop_agent_cleanly(&mut self) -> Result<()> {
+        self.agent.sigterm()?;
+        let status = self
+            .agent
+            .wait_exit(Duration::from_secs(30))
+            .context("the agent did not stop within 30 s of SIGTERM")?;
+        if !status.success() {
+            bail!(
+                "the agent exited with {status} on SIGTERM; log tail:\n{}",
+                self.agent.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
     /// Starts the agent again on the same profile and data (after a kill).
     pub fn restart_agent(&mut self) -> Result<()> {
         self.spawn_agent_again()?;

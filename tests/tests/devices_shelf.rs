@@ -304,12 +304,7 @@ fn a_retained_reading_is_not_replayed_as_a_new_one_after_a_restart() {
     // Within the deadband of the reading just emitted: nothing new live.
     sensor.grams_retained(1005);
 
-    stack.agent.sigterm().expect("sigterm");
-    let status = stack
-        .agent
-        .wait_exit(Duration::from_secs(30))
-        .expect("agent exits on SIGTERM");
-    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    stack.stop_agent_cleanly().expect("clean stop");
     stack.restart_agent().expect("agent restarts");
     let retained =
         format!(r#"storelink_agent_shelf_readings_total{{sensor="{SENSOR}",result="retained"}}"#);

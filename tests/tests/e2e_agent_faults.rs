@@ -333,12 +333,7 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
 #[test]
 fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
     let mut stack = StoreStack::start("").expect("store stack");
-    stack.agent.sigterm().expect("sigterm");
-    let status = stack
-        .agent
-        .wait_exit(Duration::from_secs(30))
-        .expect("agent exits on SIGTERM");
-    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    stack.stop_agent_cleanly().expect("clean stop");
     std::fs::write(
         stack.outbox_path(),
         b"SQLite format 3\0 but then the card died: \xde\xad\xbe\xef",
@@ -532,11 +527,7 @@ fn an_agent_started_on_a_full_disk_keeps_its_outbox_and_delivers_it_once_space_r
             ("pos-01".to_owned(), seq),
         );
     }
-    stack.agent.sigterm().expect("sigterm");
-    stack
-        .agent
-        .wait_exit(Duration::from_secs(30))
-        .expect("the agent stops on SIGTERM");
+    stack.stop_agent_cleanly().expect("clean stop");
     let shm = data.join("outbox.db-shm");
     assert!(!shm.exists(), "a clean stop removes {}", shm.display());
 
