@@ -16,19 +16,14 @@
 //! profile names (TLS) exist: for linting fleet profiles away from the
 //! store, where certificates come from secrets mounted at run time.
 //!
-//! With the file checks on, the cloud TLS files are also parsed as PEM, the
-//! way the MQTT client will read them: a file that exists but holds the
-//! wrong thing (a DER file, the key where the certificate belongs, an
-//! encrypted key) passes a readability check and only fails at the first
-//! connection, after the installer has left.
+//! With the file checks on, `firmware_config::check` also parses the cloud
+//! TLS files as PEM, the way the MQTT client will read them.
 
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::Path;
 use std::process::ExitCode;
 
 use firmware_config::{CheckOptions, FlowControl, Parity, Problem, StoreProfile, Terminator};
-use rustls::pki_types::pem::{self, PemObject as _, SectionKind};
 
 /// Environment variable that turns the file checks off when set to `0`.
 pub const CHECK_FILES_ENV: &str = "STORELINK_CONFIG_CHECK_FILES";
@@ -61,13 +56,7 @@ pub fn run_check_with(path: &Path, json: bool, opts: &CheckOptions) -> ExitCode 
             return ExitCode::from(2);
         }
     };
-    let mut report = firmware_config::check(&text, opts);
-    if let (Some(profile), true) = (&report.profile, opts.check_files) {
-        report.problems.extend(tls_pem_problems(&text, profile));
-        report
-            .problems
-            .sort_by_key(|p| (p.line, p.column, p.severity));
-    }
+    let report = firmware_config::check(&text, opts);
     let errors = report.problems.iter().filter(|p| p.is_error()).count();
     let warnings = report.problems.len() - errors;
     if json {
@@ -97,154 +86,6 @@ pub fn run_check_with(path: &Path, json: bool, opts: &CheckOptions) -> ExitCode 
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// TLS files are a few kilobytes (a CA bundle a few hundred): reading
-/// stops here, so a path naming a device or a huge file cannot hang the check.
-const MAX_TLS_FILE_BYTES: u64 = 1024 * 1024;
-
-/// What the cloud TLS files hold that the MQTT client could not use.
-///
-/// Files that cannot be read are left out: `firmware_config::check` has
-/// already reported them.
-fn tls_pem_problems(text: &str, profile: &StoreProfile) -> Vec<Problem> {
-    let Some(tls) = &profile.cloud.tls else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for (key, file, want) in [
-        ("ca_file", &tls.ca_file, PemWant::Certificate),
-        ("cert_file", &tls.cert_file, PemWant::Certificate),
-        ("key_file", &tls.key_file, PemWant::PrivateKey),
-    ] {
-        let Ok(bytes) = read_capped(file) else {
-            continue;
-        };
-        if let Some((message, hint)) = pem_problem(&bytes, want) {
-            let mut p = Problem::error(
-                format!("cloud.tls.{key}"),
-                format!("`{}`: {message}", file.display()),
-            )
-            .with_hint(hint);
-            if let Some((line, column)) = locate_value(text, key) {
-                p.line = Some(line);
-                p.column = Some(column);
-            }
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn read_capped(file: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)?
-        .take(MAX_TLS_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-/// What a TLS file must hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PemWant {
-    /// At least one certificate (the CA file, the client certificate chain).
-    Certificate,
-    /// A private key in one of the unencrypted forms rustls reads.
-    PrivateKey,
-}
-
-/// Why `bytes` is not the PEM file wanted, with a hint, or `None` if it is.
-fn pem_problem(bytes: &[u8], want: PemWant) -> Option<(String, &'static str)> {
-    const PEM_HINT: &str =
-        "TLS files must be PEM text with `-----BEGIN …-----` / `-----END …-----` lines";
-    if bytes.len() as u64 > MAX_TLS_FILE_BYTES {
-        return Some((
-            format!("larger than {MAX_TLS_FILE_BYTES} bytes; not a PEM file"),
-            PEM_HINT,
-        ));
-    }
-    let mut kinds = Vec::new();
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
-        match section {
-            Ok((kind, _)) => kinds.push(kind),
-            Err(e) => return Some((format!("not valid PEM: {}", pem_error(&e)), PEM_HINT)),
-        }
-    }
-    let has_cert = kinds.contains(&SectionKind::Certificate);
-    let has_key = kinds.iter().any(|k| {
-        matches!(
-            k,
-            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey
-        )
-    });
-    match want {
-        PemWant::Certificate if has_cert => None,
-        PemWant::Certificate if has_key => Some((
-            "no PEM certificate found, only a private key".to_owned(),
-            "is this the key file? cert_file and ca_file hold `BEGIN CERTIFICATE` blocks",
-        )),
-        PemWant::Certificate => Some((
-            "no PEM certificate found".to_owned(),
-            "expected `-----BEGIN CERTIFICATE-----` blocks; convert a DER file with `openssl x509 -inform der -in FILE -out FILE.pem`",
-        )),
-        PemWant::PrivateKey if has_key => None,
-        PemWant::PrivateKey if contains(bytes, b"-----BEGIN ENCRYPTED PRIVATE KEY-----") => Some((
-            "the private key is encrypted; the agent cannot ask for a passphrase".to_owned(),
-            "decrypt it with `openssl pkey -in FILE -out FILE.key` and protect the file by its permissions",
-        )),
-        PemWant::PrivateKey if has_cert => Some((
-            "no PEM private key found, only a certificate".to_owned(),
-            "is this the certificate file? key_file holds the agent's private key",
-        )),
-        PemWant::PrivateKey => Some((
-            "no PEM private key found".to_owned(),
-            "expected `BEGIN PRIVATE KEY` (PKCS#8), `BEGIN RSA PRIVATE KEY` or `BEGIN EC PRIVATE KEY`",
-        )),
-    }
-}
-
-/// The PEM parser's errors, with byte strings shown as text.
-fn pem_error(e: &pem::Error) -> String {
-    match e {
-        pem::Error::MissingSectionEnd { end_marker } => {
-            // The parser gives the label alone (`CERTIFICATE`).
-            let label = String::from_utf8_lossy(end_marker);
-            format!("a section has no `-----END {}-----` line", label.trim())
-        }
-        pem::Error::IllegalSectionStart { line } => format!(
-            "malformed section start `{}`",
-            String::from_utf8_lossy(line).trim()
-        ),
-        pem::Error::Base64Decode(why) => format!("bad base64 in a section: {why}"),
-        other => other.to_string(),
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// 1-based line and column of the value of `key = value` in the profile
-/// text. Problems found here are located the way `firmware_config::check`
-/// locates its own (its span index is private to it), so an editor jumps
-/// to them; a key written some other way is simply not located.
-fn locate_value(text: &str, key: &str) -> Option<(usize, usize)> {
-    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    text.match_indices(key).find_map(|(at, _)| {
-        let line_start = text[..at].rfind('\n').map_or(0, |nl| nl + 1);
-        if text[..at].chars().next_back().is_some_and(is_key_char)
-            || text[line_start..at].contains('#')
-        {
-            return None;
-        }
-        let rest = &text[at + key.len()..];
-        let after_eq = rest.trim_start_matches([' ', '\t']).strip_prefix('=')?;
-        let value = after_eq.trim_start_matches([' ', '\t']);
-        let offset = text.len() - value.len();
-        let line = text[..offset].matches('\n').count() + 1;
-        let column = text[line_start..offset].chars().count() + 1;
-        Some((line, column))
-    })
 }
 
 /// `FILE:LINE:COL: error: PATH: message (hint: …)`.
@@ -422,23 +263,8 @@ mod tests {
     /// A throwaway self-signed P-256 certificate and its key (`openssl req
     /// -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1
     /// -subj /CN=t`), used for nothing but these tests.
-    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBbTCCAROgAwIBAgIUK0PgJ3YQeEk2gpmRHvU1YPa8tJkwCgYIKoZIzj0EAwIw
-DDEKMAgGA1UEAwwBdDAeFw0yNjExMjUxNTE4MDNaFw0yNjExMjYxNTE4MDNaMAwx
-CjAIBgNVBAMMAXQwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAARDla6cmiCAf3bO
-kmZGHeM2UIN5cqnGIgAp+ule5WZfcIM5zGzg9/hqF470oa5QCvJGgsiKUiiOGjKi
-AqNANVcIo1MwUTAdBgNVHQ4EFgQUWSIPLzkTgI02+u8ICxf/D6xli0swHwYDVR0j
-BBgwFoAUWSIPLzkTgI02+u8ICxf/D6xli0swDwYDVR0TAQH/BAUwAwEB/zAKBggq
-hkjOPQQDAgNIADBFAiEAgdvZl7TBbiZ+MSwTfRBBOVyqUke3xKyfiMNCohI+ifIC
-IBK1cjRy+gjd2L2R6m2Gx2BzepCOVgX4FxAQjq/AoZ0T
------END CERTIFICATE-----
-";
-    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgsmqMrg4GW7rL5887
-GSg1MRaU2PwPgMnfxiC/ht0spU6hRANCAARDla6cmiCAf3bOkmZGHeM2UIN5cqnG
-IgAp+ule5WZfcIM5zGzg9/hqF470oa5QCvJGgsiKUiiOGjKiAqNANVcI
------END PRIVATE KEY-----
-";
+    const TEST_CERT: &str = include_str!("../../firmware-config/testdata/test-cert.pem");
+    const TEST_KEY: &str = include_str!("../../firmware-config/testdata/test-key.pem");
 
     /// The small example store with its TLS files in `dir`, written with
     /// the given contents; returns the profile's path and text.
@@ -460,9 +286,11 @@ IgAp+ule5WZfcIM5zGzg9/hqF470oa5QCvJGgsiKUiiOGjKiAqNANVcI
 
     fn tls_problems(text: &str) -> Vec<String> {
         let report = firmware_config::check(text, &CheckOptions { check_files: true });
-        let profile = report.profile.expect("the profile itself is valid");
-        tls_pem_problems(text, &profile)
+        assert!(report.profile.is_some(), "the profile itself is valid");
+        report
+            .problems
             .iter()
+            .filter(|p| p.path.starts_with("cloud.tls."))
             .map(|p| render(Path::new("store.toml"), p))
             .collect()
     }
@@ -514,41 +342,6 @@ IgAp+ule5WZfcIM5zGzg9/hqF470oa5QCvJGgsiKUiiOGjKiAqNANVcI
         assert_eq!(
             run_check_with(&profile, true, &CheckOptions { check_files: false }),
             ExitCode::SUCCESS
-        );
-    }
-
-    #[test]
-    fn broken_or_unusable_pem_says_what_is_wrong() {
-        let why = |bytes: &str, want| pem_problem(bytes.as_bytes(), want).map(|(m, _)| m);
-        assert_eq!(why(TEST_CERT, PemWant::Certificate), None);
-        assert_eq!(why(TEST_KEY, PemWant::PrivateKey), None);
-        assert_eq!(
-            why(&format!("{TEST_KEY}{TEST_CERT}"), PemWant::Certificate),
-            None,
-            "a certificate after other blocks is found"
-        );
-        assert_eq!(
-            why("", PemWant::Certificate).as_deref(),
-            Some("no PEM certificate found")
-        );
-        assert_eq!(
-            why(TEST_KEY, PemWant::Certificate).as_deref(),
-            Some("no PEM certificate found, only a private key")
-        );
-        let torn = &TEST_CERT[..TEST_CERT.len() / 2];
-        assert_eq!(
-            why(torn, PemWant::Certificate).as_deref(),
-            Some("not valid PEM: a section has no `-----END CERTIFICATE-----` line")
-        );
-        let encrypted =
-            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert_eq!(
-            why(encrypted, PemWant::PrivateKey).as_deref(),
-            Some("the private key is encrypted; the agent cannot ask for a passphrase")
-        );
-        assert_eq!(
-            why("garbage", PemWant::PrivateKey).as_deref(),
-            Some("no PEM private key found")
         );
     }
 

@@ -19,6 +19,7 @@
 //!   up to date, and the unknown-key check walks the same schema, so editor
 //!   completion and the checker always agree on the keys.
 
+mod pem;
 mod profile;
 mod spans;
 pub mod tz;

@@ -125,7 +125,8 @@ pub enum ConfigError {
 /// What validation may look at besides the profile itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckOptions {
-    /// Check that files the profile names (TLS) exist and are readable.
+    /// Check that files the profile names exist and are readable, and that
+    /// the cloud TLS files hold the PEM certificates and key wanted.
     /// Off only where the files cannot exist, e.g. linting fleet profiles in
     /// CI whose certificates are mounted from secrets at the store.
     pub check_files: bool,
@@ -352,10 +353,11 @@ impl StoreProfile {
             " seconds",
         );
         if let (Some(tls), true) = (&c.tls, opts.check_files) {
-            for (key, file) in [
-                ("ca_file", &tls.ca_file),
-                ("cert_file", &tls.cert_file),
-                ("key_file", &tls.key_file),
+            use crate::pem::PemWant;
+            for (key, file, want) in [
+                ("ca_file", &tls.ca_file, PemWant::Certificate),
+                ("cert_file", &tls.cert_file, PemWant::Certificate),
+                ("key_file", &tls.key_file, PemWant::PrivateKey),
             ] {
                 if let Some(why) = unreadable(file) {
                     out.push(
@@ -364,6 +366,14 @@ impl StoreProfile {
                             format!("cannot read `{}`: {why}", file.display()),
                         )
                         .with_hint("TLS files must exist and be readable by the agent's user"),
+                    );
+                } else if let Some((message, hint)) = crate::pem::file_problem(file, want) {
+                    out.push(
+                        Problem::error(
+                            format!("cloud.tls.{key}"),
+                            format!("`{}`: {message}", file.display()),
+                        )
+                        .with_hint(hint),
                     );
                 }
             }

@@ -230,7 +230,8 @@ fn cloud_link_settings() {
 fn tls_files_must_exist_and_be_readable() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = dir.path().join("ca.crt");
-    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+    // Readable and a real certificate: only the other two files are wrong.
+    std::fs::write(&ca, include_str!("../testdata/test-cert.pem")).expect("write");
     let tls = format!(
         "client_id = \"store-0042-agent\"\ntls = {{ ca_file = \"{}\", cert_file = \"{}\", key_file = \"{}\" }}",
         ca.display(),
