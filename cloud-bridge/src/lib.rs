@@ -11,6 +11,7 @@
 //!   event in it is in Kafka (domain or dead-letter topic) and its receipt is
 //!   queued**.
 //! * [`topics_admin`] — `topics ensure`.
+//! * [`replay`] — `dead-letters replay`: dead letters through today's routing again.
 //! * [`metrics`], [`http`] — Prometheus, health and readiness.
 
 pub mod config;
@@ -24,6 +25,7 @@ pub mod mqtt_source;
 pub mod payload_budget;
 pub mod pipeline;
 pub mod receipts;
+pub mod replay;
 pub mod routing;
 pub mod topics_admin;
 

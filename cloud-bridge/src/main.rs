@@ -52,6 +52,37 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TopicsCmd,
     },
+    /// Work with the dead-letter topic.
+    DeadLetters {
+        #[command(subcommand)]
+        cmd: DeadLettersCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCmd {
+    /// Route the selected dead letters again with today's rules: what now
+    /// routes is published to its domain topic, what still fails stays
+    /// (exit 1 if any selected dead letter still fails). Progress is kept
+    /// in a Kafka consumer group, so a second run reads only newer ones.
+    Replay {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Dead-letter reason to replay (repeat for several), e.g.
+        /// unsupported_schema_version, undecodable_body, kafka_rejected.
+        #[arg(long = "reason", required = true)]
+        reasons: Vec<String>,
+        /// Only dead letters from this store's events topic.
+        #[arg(long)]
+        store: Option<String>,
+        /// Consumer group that keeps the progress [default: named after the
+        /// reasons and store].
+        #[arg(long)]
+        group: Option<String>,
+        /// Say what would be replayed; publish and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +198,63 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Cmd::DeadLetters {
+            cmd:
+                DeadLettersCmd::Replay {
+                    config,
+                    reasons,
+                    store,
+                    group,
+                    dry_run,
+                },
+        } => {
+            let cfg = cloud_bridge::config::load(&config)?;
+            let selection = cloud_bridge::replay::Selection { reasons, store };
+            let group = group.unwrap_or_else(|| selection.default_group());
+            let report = rt.block_on(async {
+                let cancel = CancellationToken::new();
+                let c = cancel.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    c.cancel();
+                });
+                cloud_bridge::replay::replay(&cfg, &selection, &group, dry_run, &cancel).await
+            })?;
+            print_replay(&report, dry_run);
+            Ok(if report.still_dead.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn print_replay(r: &cloud_bridge::replay::Report, dry_run: bool) {
+    let topic = protocol::topics::KafkaTopic::DeadLetters.name();
+    println!(
+        "read {} dead letters of {topic} for group {}; {} not selected",
+        r.read, r.group, r.not_selected
+    );
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    if r.replayed.is_empty() {
+        println!("{verb} nothing");
+    }
+    for (t, n) in &r.replayed {
+        println!("{verb} {n} to {t}");
+    }
+    for (reason, n) in &r.still_dead {
+        println!("still dead: {n} {reason} (left in {topic})");
+    }
+    if dry_run {
+        println!("dry run: nothing published, progress not committed");
+    } else {
+        let at: Vec<String> = r
+            .committed
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect();
+        println!("committed partition:offset {}", at.join(" "));
     }
 }
 

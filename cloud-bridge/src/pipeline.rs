@@ -727,7 +727,7 @@ impl Drop for InFlightGauge {
 
 /// The domain-topic record of an event: original bytes, partition key, headers.
 /// The key moves into the record (the event keeps its other fields).
-fn domain_record(ev: &mut PublishEvent, payload: &Bytes, store_id: &Bytes) -> OutRecord {
+pub(crate) fn domain_record(ev: &mut PublishEvent, payload: &Bytes, store_id: &Bytes) -> OutRecord {
     let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = ev.id.0.hyphenated().encode_lower(&mut id);
     OutRecord {

@@ -36,6 +36,12 @@ pub mod reason {
     pub const UNEXPECTED_TOPIC: &str = "unexpected_topic";
     /// Kafka refused the record permanently (e.g. larger than the topic allows).
     pub const KAFKA_REJECTED: &str = "kafka_rejected";
+    /// Not an envelope: [`protocol::EnvelopeError::Malformed`]'s code, for
+    /// bytes that never reach the envelope parser (not UTF-8).
+    pub const UNDECODABLE: &str = "undecodable";
+    /// The reasons whose dead letter holds a whole MQTT payload (a batch, or
+    /// what claimed to be one); every other reason's holds one event.
+    pub const WHOLE_MESSAGE: [&str; 2] = [UNDECODABLE_BATCH, UNEXPECTED_TOPIC];
 }
 
 /// An event to publish to its domain topic.
@@ -176,6 +182,39 @@ pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> Routed
         batch_id: Some(batch.batch_id),
         decisions,
     }
+}
+
+/// Routes the bytes of one event as if it had arrived alone on `mqtt_topic`,
+/// by the same per-event rules as [`route`]. A dead letter of one event holds
+/// only that event's bytes (not its batch), so this is how
+/// [`crate::replay`] sends it through today's rules again.
+pub fn route_one_event(mqtt_topic: &str, bytes: &[u8], max_event_bytes: usize) -> RoutedMessage {
+    let whole = |topic_store: Option<&str>, decision: Decision| RoutedMessage {
+        topic_store: topic_store.map(str::to_owned),
+        batch_id: None,
+        decisions: vec![decision],
+    };
+    let Some(topic_store) = topics::store_id_from_events_topic(mqtt_topic) else {
+        return whole(
+            None,
+            dead(
+                peek_id(bytes),
+                reason::UNEXPECTED_TOPIC,
+                format!("{mqtt_topic:?} is not a store events topic"),
+                0..bytes.len(),
+            ),
+        );
+    };
+    let decision = match std::str::from_utf8(bytes) {
+        Ok(text) => route_event(topic_store, text, 0..bytes.len(), max_event_bytes),
+        Err(e) => dead(
+            None,
+            reason::UNDECODABLE,
+            format!("not an envelope: not UTF-8 ({e})"),
+            0..bytes.len(),
+        ),
+    };
+    whole(Some(topic_store), decision)
 }
 
 fn route_event(

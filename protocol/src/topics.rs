@@ -135,6 +135,9 @@ pub mod headers {
     pub const DLQ_DETAIL: &str = "storelink.dlq.detail";
     pub const DLQ_SOURCE_TOPIC: &str = "storelink.dlq.source_topic";
     pub const DLQ_AT: &str = "storelink.dlq.at";
+    /// On a record that `cloud-bridge dead-letters replay` published: the
+    /// dead letter it came from, as `<topic>/<partition>/<offset>`.
+    pub const REPLAYED_FROM: &str = "storelink.replayed_from";
 }
 
 #[cfg(test)]
