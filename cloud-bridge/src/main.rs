@@ -1,4 +1,11 @@
-//! `cloud-bridge run --config bridge.toml` and `cloud-bridge topics ensure --config bridge.toml`.
+//! The `cloud-bridge` command:
+//! * `run --config bridge.toml` — the bridge, until SIGTERM/SIGINT;
+//! * `check --config bridge.toml [--skip-files]` — validate the config only;
+//! * `topics ensure --config bridge.toml [--check | --add-partitions]` —
+//!   create or check the Kafka topics, report drift (exit 1);
+//! * `dead-letters replay --config bridge.toml --reason R… [--store S]
+//!   [--group G] [--dry-run]` — route dead letters again (exit 1 if some
+//!   still fail).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
