@@ -444,6 +444,7 @@ mod tests {
         let payload = batch_of("store-a", &events);
         let r = route(&topics::store_events_topic("store-a"), &payload, MAX);
         let rs = reasons(&r);
+        assert_eq!(rs.len(), events.len(), "one decision per event");
         assert_eq!(rs[1], "store_mismatch");
         assert!(rs
             .iter()
@@ -456,6 +457,7 @@ mod tests {
         let events = sample_json("store-b");
         let payload = batch_of("store-b", &events);
         let r = route(&topics::store_events_topic("store-a"), &payload, MAX);
+        assert_eq!(r.decisions.len(), events.len(), "one decision per event");
         assert!(reasons(&r).iter().all(|r| *r == "store_mismatch"));
         assert!(r
             .decisions

@@ -143,6 +143,25 @@ mod tests {
             prop_assert!(s.parse::<Gtin>().is_ok());
         }
 
+        /// Against GS1's own description of the check digit, written out
+        /// here rather than calling `check_digit`: from the right, digits
+        /// weigh 3, 1, 3, 1…; the check digit rounds the sum up to a
+        /// multiple of ten.
+        #[test]
+        fn the_check_digit_is_gs1s_mod_10(body in proptest::collection::vec(0u8..10, 7..14usize)) {
+            let mut sum = 0u32;
+            let mut weight = 3;
+            for d in body.iter().rev() {
+                sum += u32::from(*d) * weight;
+                weight = 4 - weight;
+            }
+            let mut expected = 0u8;
+            while (sum + u32::from(expected)) % 10 != 0 {
+                expected += 1;
+            }
+            prop_assert_eq!(check_digit(&body), expected);
+        }
+
         #[test]
         fn any_single_digit_change_is_caught(body in proptest::collection::vec(0u8..10, 12..13usize), pos in 0usize..13, delta in 1u8..10) {
             let check = check_digit(&body);

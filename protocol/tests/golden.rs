@@ -108,27 +108,3 @@ fn every_schema_is_written_at_a_version_readers_of_the_same_build_accept() {
         assert_eq!(env.schema_version, env.schema.written_version());
     }
 }
-
-/// Writes the golden files from `protocol::samples`. Run only when adding a
-/// new version's samples: `STORELINK_WRITE_GOLDEN=v1 cargo test -p storelink-protocol --test golden write_golden`.
-#[test]
-fn write_golden() {
-    let Ok(version) = std::env::var("STORELINK_WRITE_GOLDEN") else {
-        return;
-    };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("samples")
-        .join(version);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for (i, env) in protocol::samples::envelopes("store-0042")
-        .into_iter()
-        .enumerate()
-    {
-        let name = match (env.schema, i) {
-            (EventKind::Sale, 1) => "sale_jpy".to_string(),
-            (k, _) => k.schema_name().trim_start_matches("storelink.").to_string(),
-        };
-        let json = serde_json::to_string_pretty(&env).expect("json");
-        std::fs::write(dir.join(format!("{name}.json")), json + "\n").expect("write");
-    }
-}

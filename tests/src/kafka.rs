@@ -328,6 +328,47 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
     Ok(())
 }
 
+/// A topic as the broker describes it: its partition count and the
+/// configs set on it explicitly (`DynamicTopicConfig`), by name.
+pub fn describe_topic(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(usize, std::collections::BTreeMap<String, String>)> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let md = admin
+        .inner()
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("fetching metadata of {topic}"))?;
+    let partitions = md
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .with_context(|| format!("topic {topic} does not exist"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a runtime for the admin client")?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let described = rt
+        .block_on(admin.describe_configs(&[rdkafka::admin::ResourceSpecifier::Topic(topic)], &opts))
+        .context("describing topic configs")?;
+    let resource = described
+        .into_iter()
+        .next()
+        .context("no answer for the topic")?
+        .map_err(|e| anyhow!("describing {topic}: {e}"))?;
+    let configs = resource
+        .entries
+        .into_iter()
+        .filter(|e| e.source == rdkafka::admin::ConfigSource::DynamicTopic)
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    Ok((partitions, configs))
+}
+
 /// One consumed Kafka record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

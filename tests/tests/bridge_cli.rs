@@ -74,7 +74,7 @@ fn topics_ensure_creates_then_checks_then_fixes_partitions_and_reports_replicati
         String::from_utf8_lossy(&again.stdout)
             .matches(": ok")
             .count(),
-        5,
+        protocol::topics::KafkaTopic::ALL.len(),
         "{}",
         text(&again)
     );
@@ -98,6 +98,35 @@ fn topics_ensure_creates_then_checks_then_fixes_partitions_and_reports_replicati
         out.contains("partitions increased to 4"),
         "{}",
         text(&grown)
+    );
+    // What the broker has, not what the command said it did.
+    for t in protocol::topics::KafkaTopic::ALL {
+        let (partitions, configs) = harness::kafka::describe_topic(kafka.bootstrap(), t.name())?;
+        assert_eq!(partitions, 4, "{}", t.name());
+        if t != protocol::topics::KafkaTopic::DeadLetters {
+            assert_eq!(
+                configs.get("retention.ms").map(String::as_str),
+                Some((2 * day).to_string().as_str()),
+                "{}: {configs:?}",
+                t.name()
+            );
+        }
+        assert_eq!(
+            configs.get("min.insync.replicas").map(String::as_str),
+            Some("1"),
+            "{}: {configs:?}",
+            t.name()
+        );
+    }
+    let settled = bridge(&["topics", "ensure", "--check"], &grown_config)?;
+    assert!(settled.status.success(), "{}", text(&settled));
+    assert_eq!(
+        String::from_utf8_lossy(&settled.stdout)
+            .matches(": ok")
+            .count(),
+        protocol::topics::KafkaTopic::ALL.len(),
+        "{}",
+        text(&settled)
     );
 
     let drift = bridge(

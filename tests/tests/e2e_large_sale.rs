@@ -82,6 +82,10 @@ fn a_sale_larger_than_a_batch_is_dead_lettered_whole_and_the_sales_after_it_stil
         Some(900_000),
         "the dead letter keeps the sale's bytes"
     );
+    assert!(
+        value["body"] == serde_json::to_value(&large).expect("json"),
+        "the dead letter holds the sale as posted, every field"
+    );
 
     // Receipts came back for everything, the large sale's batch included.
     assert_eq!(

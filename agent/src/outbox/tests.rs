@@ -169,26 +169,28 @@ async fn a_full_outbox_refuses_sales_and_sheds_telemetry_with_a_count() {
         "telemetry stays within its share: {}",
         stats.rows()
     );
-    // Sales still fit in the reserved share …
-    for seq in 1..=19 {
-        let (env, key) = sale(seq);
-        assert_eq!(
-            h.append(env, key).await.expect("sale fits"),
-            AppendOutcome::Stored
-        );
-    }
-    // … until the outbox is really full; then they are refused, never dropped.
+    // Sales still fit in the reserved share (the first 19 must) until the
+    // outbox is really full; then they are refused, never dropped.
     let mut refused = 0;
-    for seq in 20..=80 {
+    let mut stored_ids: Vec<_> = Vec::new();
+    for seq in 1..=80 {
         let (env, key) = sale(seq);
+        let id = env.id;
         match h.append(env, key).await {
-            Ok(AppendOutcome::Stored) => {}
-            Err(OutboxError::Full { .. }) => refused += 1,
-            other => panic!("unexpected {other:?}"),
+            Ok(AppendOutcome::Stored) => stored_ids.push(id),
+            Err(OutboxError::Full { .. }) if seq >= 20 => refused += 1,
+            other => panic!("sale {seq}: unexpected {other:?}"),
         }
     }
     assert!(refused > 0, "a full outbox must refuse sales");
     let events = all_events(&h).await;
+    // Refused, never dropped: every sale that was stored is still there.
+    let sale_ids: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::Sale.schema_name())
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(sale_ids, stored_ids, "the stored sales, in order");
     let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
     assert!(
         kinds.contains(&EventKind::AgentNotice.schema_name()),
