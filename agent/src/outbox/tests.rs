@@ -141,6 +141,50 @@ async fn a_transaction_posted_again_returns_its_original_id_even_after_delivery(
     assert_eq!(all_events(&h).await.len(), 0);
 }
 
+/// The shed notice obeys the cap like any event: an outbox full of sales
+/// whose link is down does not grow by a notice every ten seconds; the
+/// count waits (durably) and is reported once deliveries make room.
+#[tokio::test]
+async fn the_shed_report_waits_for_room_and_then_counts_everything() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outbox = open(dir.path(), 1 << 30, 10);
+    let h = outbox.handle();
+    let mut sales = Vec::new();
+    for seq in 1..=10 {
+        let (env, key) = sale(seq);
+        sales.push(env.id);
+        assert_eq!(
+            h.append(env, key).await.expect("fits"),
+            AppendOutcome::Stored
+        );
+    }
+    for i in 0..5 {
+        let outcome = h
+            .append(reading("shelf-1", i), None)
+            .await
+            .expect("reading");
+        assert_eq!(outcome, AppendOutcome::Shed);
+    }
+    h.housekeep().await.expect("housekeep");
+    let events = all_events(&h).await;
+    assert_eq!(events.len(), 10, "nothing beyond the cap: {events:?}");
+    assert_eq!(h.stats().shed_total.load(Ordering::Relaxed), 5);
+
+    // Receipts for three sales make room; that commit writes the report.
+    assert_eq!(h.delete(sales[..3].to_vec()).await.expect("delete"), 3);
+    let events = all_events(&h).await;
+    let notices: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::AgentNotice.schema_name())
+        .map(|e| serde_json::from_slice(&e.payload).expect("json"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["body"]["code"], "telemetry_shed");
+    assert_eq!(notices[0]["body"]["count"], 5);
+    assert_eq!(events.len(), 8);
+    outbox.close().await;
+}
+
 #[tokio::test]
 async fn a_full_outbox_refuses_sales_and_sheds_telemetry_with_a_count() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -668,6 +712,14 @@ impl Model {
             None => (true, true),
             Some((lo, hi)) => (elapsed(sent, hi), elapsed(done, lo)),
         };
+        // The notice obeys the cap: it is written only when it fits. Its
+        // size is known but for the two timestamps' fractions (0–9 digits
+        // and a dot each).
+        let notice = super::writer::shed_notice(&store(), self.unreported)
+            .to_json()
+            .len() as u64;
+        let must = must && !self.over(1.0, notice + 20);
+        let may = may && !self.over(1.0, notice.saturating_sub(20));
         if stored.len() > self.live.len() {
             let e = stored.last().expect("one more");
             let v: serde_json::Value = serde_json::from_slice(&e.payload).expect("json");

@@ -163,14 +163,22 @@ impl Writer {
             return Ok(());
         }
         let before = (self.stats.rows(), self.stats.bytes());
-        let result = (|| -> Result<(), OutboxError> {
+        let result = (|| -> Result<bool, OutboxError> {
             let tx = self.conn.transaction()?;
-            write_shed_report(&tx, &self.store, &self.stats, self.unreported_shed)?;
+            let written = write_shed_report(
+                &tx,
+                &self.store,
+                &self.stats,
+                &self.config,
+                self.unreported_shed,
+            )?;
             tx.commit()?;
-            Ok(())
+            Ok(written)
         })();
         match result {
-            Ok(()) => {
+            // No room: the count is already stored and waits.
+            Ok(false) => Ok(()),
+            Ok(true) => {
                 self.unreported_shed = 0;
                 self.last_shed_report = Some(Instant::now());
                 Ok(())
@@ -291,8 +299,14 @@ impl Writer {
                 && self
                     .last_shed_report
                     .is_none_or(|t| t.elapsed() >= SHED_REPORT_EVERY)
+                && write_shed_report(
+                    &tx,
+                    &self.store,
+                    &self.stats,
+                    &self.config,
+                    self.unreported_shed,
+                )?
             {
-                write_shed_report(&tx, &self.store, &self.stats, self.unreported_shed)?;
                 reported = true;
             } else if self.unreported_shed != unreported_before {
                 // Held back by the throttle: kept with the deletions it counts.
@@ -440,30 +454,41 @@ fn notice_envelope(store: &StoreIdentity, notice: AgentNotice) -> Envelope {
     )
 }
 
-/// The `telemetry_shed` notice for `count` readings, and the durable count
-/// back to zero, in the caller's transaction.
-fn write_shed_report(
-    tx: &Transaction<'_>,
-    store: &StoreIdentity,
-    stats: &OutboxStats,
-    count: u64,
-) -> Result<(), OutboxError> {
+/// The event reporting `count` shed readings.
+pub(super) fn shed_notice(store: &StoreIdentity, count: u64) -> Envelope {
     let notice = AgentNotice {
         code: NoticeCode::TelemetryShed,
         message: format!("outbox full: {count} shelf readings compacted or shed"),
         count,
     };
-    insert(
-        tx,
-        stats,
-        &PreparedEvent::new(&notice_envelope(store, notice)),
-    )?;
+    notice_envelope(store, notice)
+}
+
+/// The `telemetry_shed` notice for `count` readings, and the durable count
+/// back to zero, in the caller's transaction. `false` (nothing written) while
+/// the outbox has no room for the notice itself: the notice obeys the cap
+/// like every event (else a full outbox whose link is down grew by a notice
+/// every [`SHED_REPORT_EVERY`] for as long as readings kept coming), and the
+/// count waits, durable in `shed_unreported`, for the room that deliveries
+/// make.
+fn write_shed_report(
+    tx: &Transaction<'_>,
+    store: &StoreIdentity,
+    stats: &OutboxStats,
+    config: &OutboxConfig,
+    count: u64,
+) -> Result<bool, OutboxError> {
+    let ev = PreparedEvent::new(&shed_notice(store, count));
+    if over(stats, config, 1.0, ev.payload.len() as u64) {
+        return Ok(false);
+    }
+    insert(tx, stats, &ev)?;
     set_shed_unreported(tx, 0)?;
     tracing::warn!(
         shed = count,
         "telemetry shed while the outbox is full; reported"
     );
-    Ok(())
+    Ok(true)
 }
 
 fn set_shed_unreported(tx: &Transaction<'_>, count: u64) -> Result<(), OutboxError> {
