@@ -304,8 +304,23 @@ pub async fn replay(
         let msg = tokio::select! {
             _ = cancel.cancelled() => return Err(SinkError::Cancelled.into()),
             r = tokio::time::timeout(STALL, consumer.recv()) => match r {
-                Err(_) => return Err(ReplayError::Stalled(STALL)),
                 Ok(r) => r.map_err(read)?,
+                Err(_) => {
+                    // Offsets that hold no record (a transaction marker, a
+                    // record deleted meanwhile) move the position without a
+                    // message: done if the position has reached the end.
+                    let position = consumer.position().map_err(read)?;
+                    for e in position.elements_for_topic(topic) {
+                        if let Offset::Offset(o) = e.offset() {
+                            let n = next.entry(e.partition()).or_insert(o);
+                            *n = (*n).max(o);
+                        }
+                    }
+                    if unfinished(&next) {
+                        return Err(ReplayError::Stalled(STALL));
+                    }
+                    break;
+                }
             },
         };
         let (p, offset) = (msg.partition(), msg.offset());
