@@ -6,12 +6,13 @@
 //! read their own records ([`StoreStack::consume`] filters on the
 //! `storelink.store_id` header).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::kafka::{self, Record};
 use crate::mosquitto::{free_port, BrokerTls, Mosquitto, MosquittoOptions};
@@ -425,6 +426,45 @@ port = {store_port}
         all.into_iter().filter(|r| mine(r)).collect()
     }
 
+    /// Every record of this store on `topics`, read from the beginning up to
+    /// the end each partition has now (its high watermark when this is
+    /// called): unlike [`StoreStack::consume`], which stops as soon as its
+    /// condition holds, nothing written before the call is left unread, so
+    /// duplicates can be counted on the result. Call it once the events of
+    /// interest are in Kafka (for instance once the outbox is empty: a
+    /// receipt is only sent once Kafka has the event). Fails if the end is
+    /// not reached within `timeout`.
+    pub fn consume_to_end(&self, topics: &[&str], timeout: Duration) -> Result<Vec<Record>> {
+        let ends = high_watermarks(&self.kafka_bootstrap, topics)?;
+        let reached = |rs: &[Record]| -> Vec<(String, i32, i64)> {
+            ends.iter()
+                .filter(|((topic, partition), high)| {
+                    !rs.iter().any(|r| {
+                        &r.topic == topic && r.partition == *partition && r.offset >= **high - 1
+                    })
+                })
+                .map(|((t, p), h)| (t.clone(), *p, *h))
+                .collect()
+        };
+        let all = kafka::consume_topics(
+            &self.kafka_bootstrap,
+            topics,
+            |rs| reached(rs).is_empty(),
+            timeout,
+        )?;
+        let short = reached(&all);
+        ensure!(
+            short.is_empty(),
+            "{topics:?} not read to the end within {timeout:?}: (topic, partition, high watermark) \
+             not reached: {short:?}"
+        );
+        let store = self.store_id.as_str();
+        Ok(all
+            .into_iter()
+            .filter(|r| r.header_str(protocol::topics::headers::STORE_ID).as_deref() == Some(store))
+            .collect())
+    }
+
     /// Waits until every event id in `want` is among this store's records
     /// on the transactions topic, or `timeout` passes; returns the ids still
     /// missing and how many duplicate records arrived.
@@ -484,11 +524,29 @@ port = {store_port}
         Ok(())
     }
 
-    /// The agent's `/metrics` text.
+    /// The agent's `/metrics` text ("" if the agent does not answer; see
+    /// [`StoreStack::try_agent_metrics`] and [`StoreStack::agent_metric`] for
+    /// an error instead).
     pub fn agent_metrics(&self) -> String {
-        reqwest::blocking::get(format!("{}/metrics", self.http_base))
+        self.try_agent_metrics().unwrap_or_default()
+    }
+
+    /// The agent's `/metrics` text; an error if it does not answer 200.
+    pub fn try_agent_metrics(&self) -> Result<String> {
+        let url = format!("{}/metrics", self.http_base);
+        reqwest::blocking::get(&url)
+            .and_then(|r| r.error_for_status())
             .and_then(|r| r.text())
-            .unwrap_or_default()
+            .with_context(|| format!("GET {url}"))
+    }
+
+    /// The value of the agent's sample `series` (name with its label set as
+    /// written); an error if `/metrics` does not answer or has no such
+    /// sample, so a renamed metric fails a test instead of reading as 0.
+    pub fn agent_metric(&self, series: &str) -> Result<f64> {
+        let text = self.try_agent_metrics()?;
+        metric_value(&text, series)
+            .ok_or_else(|| anyhow!("the agent's /metrics has no sample {series}:\n{text}"))
     }
 
     /// The agent's `/v1/outbox` statistics.
@@ -524,6 +582,109 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
     })
 }
 
+/// The high watermark (offset of the next record) of every partition of
+/// `topics` that holds records.
+fn high_watermarks(bootstrap: &str, topics: &[&str]) -> Result<BTreeMap<(String, i32), i64>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .context("creating a Kafka client")?;
+    let mut ends = BTreeMap::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("fetching metadata of {topic}"))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == *topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .with_context(|| format!("fetching the watermarks of {topic}/{p}"))?;
+            if high > low {
+                ends.insert(((*topic).to_owned(), p), high);
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// Checks ARCHITECTURE.md promise 5 ("Order") on one store's records of the
+/// transactions topic, read in full: each carries the store's partition key
+/// (`protocol::topics::partition_key`: a store's transactions share one
+/// key), all lie in one partition, and per terminal the sales, each taken
+/// at the first occurrence of its event id in offset order (a resend after
+/// a rewind may add a later copy), come in the order that terminal posted
+/// them: its sequence numbers strictly increase. This holds for terminals
+/// that post one sale at a time and number them in posting order.
+///
+/// Returns each terminal's sequence numbers in that order.
+pub fn sales_in_posting_order(
+    store_id: &str,
+    records: &[Record],
+) -> Result<BTreeMap<String, Vec<u64>>> {
+    let mut partitions: BTreeMap<i32, usize> = BTreeMap::new();
+    for r in records {
+        ensure!(
+            r.key.as_deref() == Some(store_id),
+            "transaction record {}/{} has key {:?}, not the store's {store_id:?}",
+            r.partition,
+            r.offset,
+            r.key
+        );
+        *partitions.entry(r.partition).or_default() += 1;
+    }
+    ensure!(
+        partitions.len() <= 1,
+        "store {store_id}'s transactions are spread over partitions (partition → records): {partitions:?}"
+    );
+    let mut in_offset_order: Vec<&Record> = records.iter().collect();
+    in_offset_order.sort_by_key(|r| r.offset);
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut per_terminal: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for r in in_offset_order {
+        let env: serde_json::Value = serde_json::from_slice(&r.value)
+            .with_context(|| format!("record {}/{} is not JSON", r.partition, r.offset))?;
+        let id = env["id"]
+            .as_str()
+            .with_context(|| format!("record {}/{} has no id: {env}", r.partition, r.offset))?;
+        if !seen.insert(id.to_owned()) {
+            continue;
+        }
+        let terminal = env["body"]["terminal_id"]
+            .as_str()
+            .with_context(|| format!("record {id} has no terminal_id: {env}"))?;
+        let seq = env["body"]["sequence_number"]
+            .as_u64()
+            .with_context(|| format!("record {id} has no sequence_number: {env}"))?;
+        per_terminal
+            .entry(terminal.to_owned())
+            .or_default()
+            .push((seq, r.offset));
+    }
+    for (terminal, sales) in &per_terminal {
+        if let Some(w) = sales.windows(2).find(|w| w[1].0 <= w[0].0) {
+            bail!(
+                "terminal {terminal}'s sales are out of posting order in Kafka: sequence number {} \
+                 (first at offset {}) comes after {} (offset {})",
+                w[1].0,
+                w[1].1,
+                w[0].0,
+                w[0].1
+            );
+        }
+    }
+    Ok(per_terminal
+        .into_iter()
+        .map(|(t, sales)| (t, sales.into_iter().map(|(seq, _)| seq).collect()))
+        .collect())
+}
+
 /// POSTs the sample sale of `terminal` numbered `seq` to the agent at `http_base`.
 pub fn post_sale(
     client: &reqwest::blocking::Client,
@@ -538,4 +699,53 @@ pub fn post_sale(
         .header("content-type", "application/json")
         .body(body)
         .send()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale(partition: i32, offset: i64, id: &str, terminal: &str, seq: u64) -> Record {
+        Record {
+            topic: "retail.transactions.v1".into(),
+            partition,
+            offset,
+            key: Some("s1".into()),
+            headers: Vec::new(),
+            value: serde_json::to_vec(&serde_json::json!({
+                "id": id,
+                "body": {"terminal_id": terminal, "sequence_number": seq},
+            }))
+            .expect("json"),
+        }
+    }
+
+    #[test]
+    fn first_copies_in_posting_order_pass_and_later_copies_are_ignored() {
+        let rs = [
+            sale(1, 10, "a", "pos-01", 1),
+            sale(1, 11, "x", "pos-02", 1),
+            sale(1, 12, "b", "pos-01", 2),
+            // A resend after a rewind: a second copy of `a`, later.
+            sale(1, 13, "a", "pos-01", 1),
+            sale(1, 14, "c", "pos-01", 3),
+        ];
+        let order = sales_in_posting_order("s1", &rs).expect("in order");
+        assert_eq!(order["pos-01"], [1, 2, 3]);
+        assert_eq!(order["pos-02"], [1]);
+    }
+
+    #[test]
+    fn sales_out_of_order_another_partition_or_another_key_fail() {
+        let swapped = [sale(0, 1, "b", "pos-01", 2), sale(0, 2, "a", "pos-01", 1)];
+        assert!(sales_in_posting_order("s1", &swapped).is_err());
+        let spread = [sale(0, 1, "a", "pos-01", 1), sale(2, 1, "b", "pos-01", 2)];
+        assert!(sales_in_posting_order("s1", &spread).is_err());
+        let mut other_key = sale(0, 1, "a", "pos-01", 1);
+        other_key.key = Some("s1/pos-01".into());
+        assert!(sales_in_posting_order("s1", &[other_key]).is_err());
+        // The same sale recorded twice under two ids is not in order either.
+        let twice = [sale(0, 1, "a", "pos-01", 1), sale(0, 2, "b", "pos-01", 1)];
+        assert!(sales_in_posting_order("s1", &twice).is_err());
+    }
 }

@@ -31,6 +31,45 @@ fn wait_receipts_for_batch(store: &FakeStore, payload: &[u8], n: usize) -> Resul
     Ok(())
 }
 
+/// The two receipts of the batch `payload` of `events`, each checked to
+/// name exactly the batch's event ids, once each, with one outcome for all
+/// of them; returns (first receipt's outcome, second receipt's outcome) in
+/// the order they arrived.
+fn receipt_outcomes(
+    store: &FakeStore,
+    payload: &[u8],
+    events: &[protocol::Envelope],
+) -> Result<(DeliveryOutcome, DeliveryOutcome)> {
+    let batch = protocol::batch::RawBatch::parse(payload)?.batch_id;
+    let mut want: Vec<EventId> = events.iter().map(|e| e.id).collect();
+    want.sort();
+    let receipts: Vec<_> = store
+        .receipts()
+        .into_iter()
+        .filter(|r| r.batch_id == batch)
+        .collect();
+    if receipts.len() != 2 {
+        bail!("batch {batch}: want 2 receipts, got {receipts:?}");
+    }
+    let mut outcomes = Vec::new();
+    for r in &receipts {
+        let mut named: Vec<EventId> = r.events.iter().map(|e| e.id).collect();
+        named.sort();
+        if named != want {
+            bail!(
+                "a receipt of batch {batch} does not name exactly its {} events: {r:?}",
+                want.len()
+            );
+        }
+        let outcome = r.events[0].outcome;
+        if r.events.iter().any(|e| e.outcome != outcome) {
+            bail!("a receipt of batch {batch} mixes outcomes: {r:?}");
+        }
+        outcomes.push(outcome);
+    }
+    Ok((outcomes[0], outcomes[1]))
+}
+
 #[test]
 fn a_republished_batch_shows_up_once_in_kafka_and_is_receipted_duplicate() -> Result<()> {
     let kafka = harness::kafka::shared();
@@ -55,19 +94,33 @@ fn a_republished_batch_shows_up_once_in_kafka_and_is_receipted_duplicate() -> Re
     store.publish_payload(&p2)?;
     wait_receipts_for_batch(&store, &p2, 2)?;
 
-    let b1 = protocol::batch::RawBatch::parse(&p1)?.batch_id;
-    let receipts = store.receipts();
-    let resend = receipts
-        .iter()
-        .filter(|r| r.batch_id == b1)
-        .nth(1)
-        .expect("second receipt of batch 1");
-    assert!(
-        resend
-            .events
-            .iter()
-            .all(|e| e.outcome == DeliveryOutcome::Duplicate),
-        "the resend must be receipted Duplicate: {resend:?}"
+    // The resend after the receipt: its receipt names exactly the batch's
+    // events, every one `Duplicate` (the first copy's receipt, every one
+    // `Delivered`).
+    let (first_receipt, resend) = receipt_outcomes(&store, &p1, &first)?;
+    assert_eq!(
+        first_receipt,
+        DeliveryOutcome::Delivered,
+        "the first copy of batch 1 must be receipted Delivered"
+    );
+    assert_eq!(
+        resend,
+        DeliveryOutcome::Duplicate,
+        "the resend of batch 1 must be receipted Duplicate"
+    );
+
+    // The racing resend: the bridge checks a message's ids against the
+    // window under one lock, in arrival order, so the copy that arrives
+    // first reserves every id and is produced, and the other waits for it
+    // and is receipted `Duplicate`. Its receipt may go out first, so the
+    // order of the two receipts is not fixed; their outcomes are.
+    let (a, b) = receipt_outcomes(&store, &p2, &second)?;
+    let mut outcomes = [a, b];
+    outcomes.sort_by_key(|o| *o != DeliveryOutcome::Delivered);
+    assert_eq!(
+        outcomes,
+        [DeliveryOutcome::Delivered, DeliveryOutcome::Duplicate],
+        "of two racing copies of batch 2, one is receipted all Delivered and the other all Duplicate"
     );
 
     let ids: HashSet<EventId> = first.iter().chain(&second).map(|e| e.id).collect();

@@ -47,6 +47,12 @@ fn one_of_two_replicas_killed_mid_stream_loses_nothing() -> Result<()> {
             .collect();
         std::thread::sleep(Duration::from_secs(4));
         let a_before = a.metric("storelink_bridge_receipts_published_total")?;
+        // b must have held traffic when it dies, or the kill proves nothing.
+        let b_before = b.metric("storelink_bridge_receipts_published_total")?;
+        anyhow::ensure!(
+            b_before > 0.0,
+            "replica b took no share of the traffic before the kill; the test would prove nothing"
+        );
         b.process.kill9()?;
         std::thread::sleep(Duration::from_secs(4));
         let a_after = a.metric("storelink_bridge_receipts_published_total")?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use bridge_support::{Bridge, BridgeOptions};
-use harness::agent::{metric_value, post_sale, StackOptions, StoreStack, TERMINALS};
+use harness::agent::{post_sale, sales_in_posting_order, StackOptions, StoreStack, TERMINALS};
 
 const SESSION_EXPIRY_S: u64 = 3;
 /// Long enough that a slow moment of Kafka's on a busy machine is not
@@ -63,8 +63,10 @@ fn run_terminal(
     Ok(())
 }
 
-fn resends(stack: &StoreStack) -> f64 {
-    metric_value(&stack.agent_metrics(), "storelink_agent_resends_total").unwrap_or(0.0)
+/// The agent's resend count; an error if the agent does not answer or no
+/// longer exposes it (a missing metric must not read as an unchanged 0).
+fn resends(stack: &StoreStack) -> Result<f64> {
+    stack.agent_metric("storelink_agent_resends_total")
 }
 
 #[test]
@@ -101,6 +103,12 @@ fn a_replica_lost_for_good_strands_nothing_once_its_session_expires() -> Result<
         .collect();
 
     std::thread::sleep(Duration::from_secs(3));
+    // b must hold a share of the traffic when it dies, or the test proves nothing.
+    let b_receipts = b.metric("storelink_bridge_receipts_published_total")?;
+    ensure!(
+        b_receipts > 0.0,
+        "replica b took no share of the store's batches before the kill; the test would prove nothing"
+    );
     b.process.kill9()?;
     let killed = Instant::now();
     // The session expires SESSION_EXPIRY_S after the kill (Mosquitto checks
@@ -109,10 +117,10 @@ fn a_replica_lost_for_good_strands_nothing_once_its_session_expires() -> Result<
     let settled = Duration::from_secs(SESSION_EXPIRY_S + 2 * RECEIPT_TIMEOUT_S + 2);
     std::thread::sleep(settled.saturating_sub(killed.elapsed()));
     let expired = stack.cloud_mqtt.log_tail(400);
-    let resends_before = resends(&stack);
+    let resends_before = resends(&stack)?;
     let a_before = a.metric("storelink_bridge_receipts_published_total")?;
     std::thread::sleep(WINDOW);
-    let resends_after = resends(&stack);
+    let resends_after = resends(&stack)?;
     let a_after = a.metric("storelink_bridge_receipts_published_total")?;
     stop.store(true, Ordering::Relaxed);
     for t in terminals {
@@ -145,10 +153,34 @@ fn a_replica_lost_for_good_strands_nothing_once_its_session_expires() -> Result<
         a_after > a_before,
         "the surviving replica receipted nothing after the session expired"
     );
+    // The dead replica's session held batches until it expired, so some
+    // were resent: without that, the check below would be vacuous.
+    assert!(
+        resends_before > 0.0,
+        "no batch was resent after replica b was killed: nothing was stranded in its \
+         session, so this test proves nothing about its expiry (b had receipted {b_receipts} batches)"
+    );
     assert_eq!(
         resends_after, resends_before,
         "after the dead replica's session expired, batches still went unreceipted \
          and were resent: a share of new messages is still routed to it"
+    );
+    // Promise 5 (order) across replicas: one batch in flight per store, so
+    // each terminal's sales (first copies: a resend may reach the other
+    // replica's window and Kafka again) are in Kafka in posting order.
+    ensure!(
+        stack.wait_outbox_empty(Duration::from_secs(60)) == Some(0),
+        "the agent's outbox did not drain"
+    );
+    let records = stack.consume_to_end(
+        &[protocol::topics::KafkaTopic::Transactions.name()],
+        Duration::from_secs(90),
+    )?;
+    let order = sales_in_posting_order(&stack.store_id, &records)?;
+    println!(
+        "order: {} records, first copies in posting order for {:?}",
+        records.len(),
+        order.iter().map(|(t, s)| (t, s.len())).collect::<Vec<_>>()
     );
     Ok(())
 }

@@ -7,15 +7,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::agent::{metric_value, post_sale, StackOptions, StoreStack, TERMINALS};
+use harness::agent::{post_sale, sales_in_posting_order, StackOptions, StoreStack, TERMINALS};
 use protocol::topics::KafkaTopic;
 use rand::Rng;
 
 /// event id → (terminal, sequence number)
 type Acked = Arc<Mutex<HashMap<String, (String, u64)>>>;
 
-/// A terminal that keeps its own journal: it retries the same sale until the
-/// agent answers 2xx, then moves on. Returns the ids the agent acknowledged.
+/// A terminal that keeps its own journal: it retries the same sale while
+/// the agent is unreachable (down after a kill, not yet listening, the
+/// connection dropped mid-answer) or answers `503` with `Retry-After`
+/// (outbox full, restarting), then moves on once it is answered 2xx. Any
+/// other answer fails the test with its status and body: an agent that
+/// answers `500` or `422` after a restart must not pass as "still down".
+/// Records the ids the agent acknowledged.
 fn run_terminal(
     base: String,
     terminal: &'static str,
@@ -39,26 +44,83 @@ fn run_terminal(
                 .body(body.clone())
                 .send()
             {
+                // Connection refused or reset, or no answer in time: the
+                // agent is down or restarting. Keep the sale and retry.
+                Err(_) => {}
                 Ok(r) if r.status().is_success() => {
-                    let v: serde_json::Value = r.json().expect("json answer");
-                    let id = v["event_id"].as_str().expect("event_id").to_owned();
-                    acked
-                        .lock()
-                        .expect("lock")
-                        .insert(id, (terminal.to_owned(), seq));
-                    break;
-                }
-                // 503 (outbox full / restarting) or the agent is down: keep it and retry.
-                _ => {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
+                    let status = r.status();
+                    // The body can be cut short by a kill mid-answer: retry,
+                    // and the answer to the retry names the same event.
+                    if let Ok(bytes) = r.bytes() {
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                                panic!(
+                                    "{terminal} sale {seq}: {status} with a body that is not JSON ({e}): {}",
+                                    String::from_utf8_lossy(&bytes)
+                                )
+                            });
+                        let id = v["event_id"]
+                            .as_str()
+                            .unwrap_or_else(|| {
+                                panic!("{terminal} sale {seq}: {status} without event_id: {v}")
+                            })
+                            .to_owned();
+                        acked
+                            .lock()
+                            .expect("lock")
+                            .insert(id, (terminal.to_owned(), seq));
+                        break;
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(
+                        r.headers().contains_key(reqwest::header::RETRY_AFTER),
+                        "{terminal} sale {seq}: 503 without Retry-After: {}",
+                        r.text().unwrap_or_default()
+                    );
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    panic!(
+                        "{terminal} sale {seq} answered {status}: {}",
+                        r.text()
+                            .unwrap_or_else(|e| format!("(body unreadable: {e})"))
+                    );
                 }
             }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(pace);
     }
+}
+
+/// Once the outbox is empty (every event receipted, so in Kafka), reads
+/// this store's transactions to the end and checks promise 5 ("Order"):
+/// one partition, and per terminal the first copy of each sale in posting
+/// order (a resend after a crash or a reconnect may add a later copy).
+fn assert_sales_in_posting_order(stack: &StoreStack) {
+    assert_eq!(
+        stack.wait_outbox_empty(Duration::from_secs(120)),
+        Some(0),
+        "the outbox drains"
+    );
+    let records = stack
+        .consume_to_end(&[KafkaTopic::Transactions.name()], Duration::from_secs(120))
+        .expect("reading the transactions topic to its end");
+    let order = sales_in_posting_order(&stack.store_id, &records).expect(
+        "a store's sales are in one partition, each terminal's first copies in posting order",
+    );
+    let distinct: usize = order.values().map(Vec::len).sum();
+    println!(
+        "order: {} records ({} duplicate copies, counted on the whole topic), \
+         first copies in posting order for {:?}",
+        records.len(),
+        records.len() - distinct,
+        order.iter().map(|(t, s)| (t, s.len())).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -103,6 +165,7 @@ fn every_acknowledged_sale_reaches_kafka_through_twenty_kill_9s_under_load() {
         "acknowledged sales lost: {:?}",
         &missing[..missing.len().min(5)]
     );
+    assert_sales_in_posting_order(&stack);
 }
 
 #[test]
@@ -192,6 +255,7 @@ fn a_one_minute_cloud_broker_outage_loses_nothing_and_terminals_are_served_throu
         Some(0),
         "backlog drained"
     );
+    assert_sales_in_posting_order(&stack);
 }
 
 const SENSOR: &str = r#"
@@ -206,6 +270,50 @@ restocked_at = 6
 deadband_grams = 0
 offline_after_secs = 600
 "#;
+
+/// Readings of `sensor` the agent has finished with, by its counters: each
+/// one is counted once its outcome (sent to the outbox and stored, shed, or
+/// compacted; within the deadband; dropped; unparseable) is committed.
+fn readings_processed(stack: &StoreStack, sensor: &str) -> u64 {
+    let m = stack.try_agent_metrics().expect("agent metrics");
+    let by_result = format!("storelink_agent_shelf_readings_total{{sensor=\"{sensor}\",");
+    let unparseable = format!("storelink_agent_shelf_unparseable_total{{sensor=\"{sensor}\"}}");
+    m.lines()
+        .filter(|l| l.starts_with(&by_result) || l.starts_with(&unparseable))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Waits until the agent has processed `published` readings of `sensor`
+/// (every one since it started), so its shed and compaction counters are final.
+fn wait_readings_processed(stack: &StoreStack, sensor: &str, published: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = readings_processed(stack, sensor);
+        if done >= published {
+            assert_eq!(
+                done,
+                published,
+                "more readings processed than published:\n{}",
+                stack.agent_metrics()
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {published} readings processed after 60 s:\n{}",
+            stack.agent_metrics()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Compacted plus shed readings, by the outbox statistics.
+fn shed_so_far(stack: &StoreStack) -> u64 {
+    let stats = stack.outbox_stats().expect("stats");
+    stats["shed_total"].as_u64().expect("shed_total")
+        + stats["compacted_total"].as_u64().expect("compacted_total")
+}
 
 #[test]
 fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained() {
@@ -227,7 +335,7 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    std::thread::sleep(Duration::from_secs(2));
+    wait_readings_processed(&stack, "shelf-a1", 600);
     let client = reqwest::blocking::Client::new();
     let base = stack.http_base.clone();
     let post = |seq: u64| post_sale(&client, &base, "pos-01", seq).expect("agent answers");
@@ -259,10 +367,14 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
         shed > 0,
         "telemetry must have been compacted or shed: {stats}"
     );
-    let metrics = stack.agent_metrics();
+    let metric = |series: &str| {
+        stack
+            .agent_metric(series)
+            .unwrap_or_else(|e| panic!("{series}: {e:#}"))
+    };
     assert!(
-        metric_value(&metrics, "storelink_agent_telemetry_shed_total").unwrap_or(0.0)
-            + metric_value(&metrics, "storelink_agent_telemetry_compacted_total").unwrap_or(0.0)
+        metric("storelink_agent_telemetry_shed_total")
+            + metric("storelink_agent_telemetry_compacted_total")
             > 0.0,
         "shedding is counted in metrics"
     );
@@ -283,10 +395,9 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
             .publish_shelf_reading("shelf-a1", raw)
             .expect("sensor reading published");
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let stats = stack.outbox_stats().expect("stats");
-    let shed =
-        stats["shed_total"].as_u64().unwrap_or(0) + stats["compacted_total"].as_u64().unwrap_or(0);
+    // The count is final only once the agent is done with every reading.
+    wait_readings_processed(&stack, "shelf-a1", 620);
+    let shed = shed_so_far(&stack);
     stack.agent.kill9().expect("kill -9");
     stack
         .restart_agent()
@@ -307,22 +418,31 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
     }
     // Every compacted or shed reading is in a telemetry_shed notice in
     // Kafka, those counted before the kill included: no more, no fewer.
-    let reported = |rs: &[harness::kafka::Record]| -> u64 {
-        rs.iter()
-            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).ok())
-            .filter(|v| v["body"]["code"] == "telemetry_shed")
-            .filter_map(|v| v["body"]["count"].as_u64())
-            .sum()
-    };
-    let notices = stack.consume(
-        KafkaTopic::Devices.name(),
-        |rs| reported(rs) >= shed,
-        Duration::from_secs(60),
-    );
+    // Once the outbox is empty every notice is in Kafka; the devices topic
+    // read to its end then holds them all.
     assert_eq!(
-        reported(&notices),
-        shed,
-        "telemetry_shed notices in Kafka must count every compacted or shed reading"
+        stack.wait_outbox_empty(Duration::from_secs(120)),
+        Some(0),
+        "the backlog drains"
+    );
+    let notices: Vec<serde_json::Value> = stack
+        .consume_to_end(&[KafkaTopic::Devices.name()], Duration::from_secs(120))
+        .expect("reading the devices topic to its end")
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).ok())
+        .filter(|v| v["body"]["code"] == "telemetry_shed")
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut reported = 0u64;
+    for n in &notices {
+        // A notice resent after the kill may be in Kafka twice: count it once.
+        if ids.insert(n["id"].as_str().expect("notice id").to_owned()) {
+            reported += n["body"]["count"].as_u64().expect("notice count");
+        }
+    }
+    assert_eq!(
+        reported, shed,
+        "telemetry_shed notices in Kafka must count every compacted or shed reading: {notices:?}"
     );
     println!(
         "{shed} readings compacted or shed, all reported in {} notices across a kill -9",
@@ -540,10 +660,22 @@ fn an_agent_started_on_a_full_disk_keeps_its_outbox_and_delivers_it_once_space_r
         while f.write_all(&chunk).is_ok() {}
         let _ = f.sync_all();
     }
+    // What this start logs, not the earlier ones (the log is appended to).
+    let log_path = stack.agent.log_path().to_owned();
+    let log_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
     stack.spawn_agent_again().expect("spawn");
-    let outcome = match stack.agent.wait_exit(Duration::from_secs(15)) {
-        Ok(status) => format!("exited ({status})"),
-        Err(_) => "kept running".to_owned(),
+    // ARCHITECTURE.md promise 7: a file that cannot be opened for the
+    // machine's sake stays where it is and the agent exits with the cause.
+    let status = stack
+        .agent
+        .wait_exit(Duration::from_secs(60))
+        .expect("an agent that cannot open its outbox on a full disk exits");
+    let log = {
+        let bytes = std::fs::read(&log_path).expect("agent log");
+        let from = usize::try_from(log_from)
+            .expect("log offset")
+            .min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
     };
     let set_aside: Vec<String> = std::fs::read_dir(&data)
         .expect("data dir")
@@ -552,8 +684,27 @@ fn an_agent_started_on_a_full_disk_keeps_its_outbox_and_delivers_it_once_space_r
         .filter(|n| n.contains(".damaged-"))
         .collect();
     println!(
-        "start on a full disk: the agent {outcome}; files set aside: {set_aside:?}; log tail:\n{}",
-        stack.agent.log_tail(3)
+        "start on a full disk: the agent exited ({status}); files set aside: {set_aside:?}; its log:\n{log}"
+    );
+    assert!(
+        !status.success(),
+        "the agent exited with {status}, not with a failure; its log:\n{log}"
+    );
+    // The cause, as `recovery::open_or_recover` words it: which file, that
+    // it is kept, what to do; and SQLite's own reason.
+    for says in [
+        "cannot open outbox",
+        "outbox.db",
+        "the file is kept as it is: free disk space",
+    ] {
+        assert!(
+            log.contains(says),
+            "the agent's log does not say {says:?}; its log:\n{log}"
+        );
+    }
+    assert!(
+        log.contains("disk is full") || log.contains("disk I/O error"),
+        "the agent's log does not name a full disk (or the I/O error it causes) as the cause; its log:\n{log}"
     );
     assert!(
         set_aside.is_empty(),
@@ -563,8 +714,6 @@ fn an_agent_started_on_a_full_disk_keeps_its_outbox_and_delivers_it_once_space_r
 
     // Space returns; the agent starts on the same file and sends it all.
     std::fs::remove_file(&ballast).expect("remove ballast");
-    let _ = stack.agent.sigterm();
-    let _ = stack.agent.wait_exit(Duration::from_secs(30));
     stack.cloud_mqtt.start_again().expect("cloud broker back");
     stack
         .restart_agent()

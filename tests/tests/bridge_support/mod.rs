@@ -195,21 +195,36 @@ max_age_s = {dedupe_age}
         Ok(body)
     }
 
-    /// The value of an unlabelled or labelled sample line, 0 if absent.
+    /// The value of an unlabelled or labelled sample line (`series` is the
+    /// name with its label set as written). An error if `/metrics` does not
+    /// answer or has no such sample: a renamed metric must fail the test,
+    /// not read as 0 and make an assertion on it vacuous. (Every unlabelled
+    /// bridge metric is exposed from the start, at 0 until it counts.)
     pub fn metric(&self, series: &str) -> Result<f64> {
         let text = self.metrics()?;
-        Ok(metric_value(&text, series))
+        metric_sample(&text, series).with_context(|| {
+            format!(
+                "bridge {} exposes no sample {series} on /metrics:\n{text}",
+                self.opts.replica
+            )
+        })
     }
 }
 
+/// The value of sample `series` (name with its label set as written) in
+/// the text exposition `text`, `None` if there is no such sample.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// [`metric_sample`] of a sample the caller expects to be there; panics
+/// naming it if it is not (a missing series never reads as 0).
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    metric_sample(text, series)
+        .unwrap_or_else(|| panic!("no sample {series} in these metrics:\n{text}"))
 }
 
 /// A process that exits at once, standing in until the real one is launched.
