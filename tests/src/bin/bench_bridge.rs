@@ -5,10 +5,15 @@
 //! target/release/bench_bridge [EVENTS] [EVENTS_PER_BATCH]
 //! ```
 //!
+//! For experiments: `BENCH_ROUNDS`, `BENCH_LINGER_MS` (both sides' linger),
+//! `BENCH_RECEIVE_MAXIMUM` (the bridge's MQTT Receive Maximum, the broker's
+//! in-flight limit twice that), `BENCH_PERF_OUT`, `BENCH_BRIDGE_LOG`.
+//!
 //! 1. Ceiling: `org.apache.kafka.tools.ProducerPerformance` (same jars as the
 //!    broker) writes EVENTS sale events (the same JSON the bridge forwards,
 //!    from a payload file) with the bridge's producer settings: acks=all,
-//!    idempotence, lz4, linger 5 ms, to a topic with as many partitions.
+//!    idempotence, lz4, the bridge's linger (5 ms; `BENCH_LINGER_MS`), to a
+//!    topic with as many partitions.
 //! 2. Bridge: Mosquitto holds EVENTS events as batches pre-loaded into the
 //!    bridge's persistent session (the bridge is stopped meanwhile); then the
 //!    bridge starts and drains them. Rate = events / (last − first publish),
@@ -20,6 +25,10 @@
 //!    gives both 300,000 and 900,000).
 //! 4. CPU cost of routing one event (envelope parse + header check + full
 //!    typed body decode) in this process, to show what the decode costs.
+//! 5. CPU per record of every process in each phase (the tool's JVM and
+//!    the broker; the bridge, Mosquitto and the broker), from /proc: the
+//!    ratio compares whole systems on 2 shared cores, and this says which
+//!    part of which system the difference is.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -33,6 +42,15 @@ use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 
 const PARTITIONS: i32 = 6;
 const STORES: usize = 50;
+
+/// `linger.ms` of both the ceiling and the bridge: the bridge's default
+/// (`kafka.linger_ms`, 5) unless `BENCH_LINGER_MS` says otherwise.
+fn linger_ms() -> u64 {
+    std::env::var("BENCH_LINGER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
 
 fn main() -> Result<()> {
     harness::process::stop_children_on_signal()?;
@@ -84,9 +102,29 @@ fn main() -> Result<()> {
         let ceiling =
             producer_performance(&kafka, &format!("bench.ceiling.{round}"), events, &sales)?;
         println!("ProducerPerformance: {}", ceiling.summary);
+        let per_record = |s: f64| s * 1e6 / events as f64;
+        let (client_us, broker_us) = (
+            per_record(ceiling.client_cpu_s),
+            per_record(ceiling.broker_cpu_s),
+        );
         let ceiling = ceiling.rate;
         println!("ceiling (ProducerPerformance, acks=all, idempotent, lz4): {ceiling:.0} events/s");
-        let bridge = bridge_rate(&kafka, events, per_batch)?;
+        let run = bridge_rate(&kafka, events, per_batch)?;
+        let bridge = run.rate;
+        // Where the two phases spend the machine's 2 cores: a ratio that
+        // stays low because the broker costs more per keyed record than per
+        // ceiling record is not the bridge's own CPU.
+        println!(
+            "CPU per record: ceiling {:.2} µs (ProducerPerformance JVM {client_us:.2} incl. start-up, kafka {broker_us:.2}); \
+             bridge phase {:.2} µs ({})",
+            client_us + broker_us,
+            run.cpu_us.iter().map(|(_, us)| us).sum::<f64>(),
+            run.cpu_us
+                .iter()
+                .map(|(name, us)| format!("{name} {us:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!(
             "bridge (MQTT → Kafka, acks=all, idempotent, lz4, receipts, acks): {bridge:.0} events/s"
         );
@@ -149,6 +187,10 @@ fn routing_cost(sales: &[Vec<u8>]) -> (f64, f64) {
 struct ProducerRun {
     rate: f64,
     summary: String,
+    /// CPU seconds of the tool's JVM (start-up and JIT included) and of
+    /// the broker while the tool ran.
+    client_cpu_s: f64,
+    broker_cpu_s: f64,
 }
 
 /// Kafka's own producer tool, with the bridge's producer settings.
@@ -167,6 +209,7 @@ fn producer_performance(
         text.push(b'\n');
     }
     std::fs::write(&payloads, text)?;
+    let (children0, broker0) = (children_cpu_seconds(), cpu_seconds(kafka.pid()));
     let out = Command::new("bash")
         .arg(harness::kafka::script_path())
         .args(["run", "org.apache.kafka.tools.ProducerPerformance"])
@@ -180,11 +223,15 @@ fn producer_performance(
             "acks=all",
             "enable.idempotence=true",
             "compression.type=lz4",
-            "linger.ms=5",
+            &format!("linger.ms={}", linger_ms()),
             "batch.size=1000000",
         ])
         .output()
         .context("running ProducerPerformance")?;
+    let (client_cpu_s, broker_cpu_s) = (
+        children_cpu_seconds() - children0,
+        cpu_seconds(kafka.pid()) - broker0,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -207,12 +254,26 @@ fn producer_performance(
     Ok(ProducerRun {
         rate,
         summary: last.to_owned(),
+        client_cpu_s,
+        broker_cpu_s,
     })
 }
 
-fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<f64> {
+/// What one drain measured: its rate, and the CPU each process spent per
+/// event during it (µs).
+struct BridgeRun {
+    rate: f64,
+    cpu_us: Vec<(&'static str, f64)>,
+}
+
+fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<BridgeRun> {
+    // BENCH_RECEIVE_MAXIMUM: the bridge's MQTT Receive Maximum (default 100),
+    // with the broker's own in-flight limit kept above it.
+    let receive_maximum: Option<u16> = std::env::var("BENCH_RECEIVE_MAXIMUM")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let mut mosquitto = Mosquitto::start_with(MosquittoOptions {
-        max_inflight_messages: 200,
+        max_inflight_messages: receive_maximum.map_or(200, |r| 2 * u32::from(r)),
         max_queued_messages: 0,
         autosave_interval_s: 3600,
         ..MosquittoOptions::default()
@@ -227,10 +288,11 @@ fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<f64> {
 http_listen = "127.0.0.1:{http}"
 [mqtt]
 port = {mqtt}
+{receive_maximum}
 [kafka]
 bootstrap = "{bootstrap}"
 compression = "lz4"
-linger_ms = 5
+linger_ms = {linger}
 [topics]
 partitions = {PARTITIONS}
 replication_factor = 1
@@ -241,6 +303,10 @@ max_messages_in_flight = 1000
 "#,
             mqtt = mosquitto.port(),
             bootstrap = kafka.bootstrap(),
+            linger = linger_ms(),
+            receive_maximum = receive_maximum
+                .map(|r| format!("receive_maximum = {r}"))
+                .unwrap_or_default(),
         ),
     )?;
     // BENCH_BRIDGE_LOG=file keeps the bridge's log after the run.
@@ -322,10 +388,14 @@ max_messages_in_flight = 1000
             .status();
         let _ = perf.wait();
     }
-    let cpu: Vec<String> = pids
+    let spent: Vec<(&'static str, f64)> = pids
         .iter()
         .zip(&cpu0)
-        .map(|((name, p), c0)| format!("{name} {:.0} %", 100.0 * (cpu_seconds(*p) - c0) / secs))
+        .map(|((name, p), c0)| (*name, cpu_seconds(*p) - c0))
+        .collect();
+    let cpu: Vec<String> = spent
+        .iter()
+        .map(|(name, s)| format!("{name} {:.0} %", 100.0 * s / secs))
         .collect();
     println!(
         "CPU during the drain (100 % = one core): {}",
@@ -339,7 +409,13 @@ max_messages_in_flight = 1000
     );
     drop(b);
     mosquitto.stop()?;
-    Ok(events as f64 / secs)
+    Ok(BridgeRun {
+        rate: events as f64 / secs,
+        cpu_us: spent
+            .into_iter()
+            .map(|(name, s)| (name, s * 1e6 / events as f64))
+            .collect(),
+    })
 }
 
 fn preload(port: u16, events: usize, per_batch: usize) -> Result<()> {
@@ -404,14 +480,26 @@ fn preload(port: u16, events: usize, per_batch: usize) -> Result<()> {
 /// User + system CPU seconds of a process (from /proc; 0 if unknown).
 fn cpu_seconds(pid: Option<u32>) -> f64 {
     let Some(pid) = pid else { return 0.0 };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    stat_seconds(&format!("/proc/{pid}/stat"), 11)
+}
+
+/// User + system CPU seconds of this process's children that have been
+/// waited for (the ProducerPerformance JVM, once its run is over).
+fn children_cpu_seconds() -> f64 {
+    stat_seconds("/proc/self/stat", 13)
+}
+
+/// The sum of two adjacent tick counts of a `stat` file, in seconds:
+/// `at` 11 is utime + stime, 13 is cutime + cstime (counted from the field
+/// after the command name, which may contain spaces).
+fn stat_seconds(path: &str, at: usize) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0.0;
     };
-    // Fields after the command name (which may contain spaces): utime is 14th, stime 15th overall.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    (ticks(at) + ticks(at + 1)) / 100.0
 }
 
 fn metrics(port: u16) -> Result<String> {
