@@ -6,11 +6,13 @@
 
 /// `BENCH_ROUNDS`, default 3, at least 1.
 pub fn rounds() -> usize {
-    std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
-        .max(1)
+    env_number("BENCH_ROUNDS").unwrap_or(3).max(1)
+}
+
+/// A number from the environment variable `name`; `None` if unset or not
+/// a number of that type.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
 }
 
 /// The median of each column of `(ceiling, system, ratio)` rows (for an
@@ -34,12 +36,27 @@ pub fn medians(rows: &[(f64, f64, f64)]) -> (f64, f64, f64) {
 /// `/proc/PID/stat`; `None` if the process is gone. Tick resolution (10 ms
 /// at the usual 100 Hz), so measure phases of seconds.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // utime and stime are fields 14 and 15 of the whole line.
+    stat_seconds(&format!("/proc/{pid}/stat"), 11)
+}
+
+/// CPU time (user + system) of this process's children that have exited
+/// and been waited for, in seconds (`cutime` and `cstime`): what a tool
+/// run with `Command::output` cost, as the difference across the run.
+pub fn children_cpu_seconds() -> Option<f64> {
+    // cutime and cstime are fields 16 and 17 of the whole line.
+    stat_seconds("/proc/self/stat", 13)
+}
+
+/// The sum of the tick counts at `at` and `at + 1` (counted from the field
+/// after the command name) of a `stat` file, in seconds.
+fn stat_seconds(path: &str, at: usize) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the parenthesised command name, which may contain spaces.
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let ticks: u64 =
+        fields.get(at)?.parse::<u64>().ok()? + fields.get(at + 1)?.parse::<u64>().ok()?;
     Some(ticks as f64 / clock_ticks_per_second())
 }
 
@@ -58,7 +75,28 @@ fn clock_ticks_per_second() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::medians;
+    use super::{children_cpu_seconds, cpu_seconds, medians};
+
+    #[test]
+    fn a_waited_child_counts_as_children_cpu_not_as_our_own() {
+        let (children0, own0) = (
+            children_cpu_seconds().expect("readable"),
+            cpu_seconds(std::process::id()).expect("readable"),
+        );
+        // The child spins while this process only waits for it.
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done"])
+            .status()
+            .expect("sh runs");
+        assert!(status.success());
+        let children = children_cpu_seconds().expect("readable") - children0;
+        let own = cpu_seconds(std::process::id()).expect("readable") - own0;
+        assert!(
+            children >= 0.1,
+            "the child's CPU was not counted: {children} s"
+        );
+        assert!(own < children, "own {own} s, children {children} s");
+    }
 
     #[test]
     fn medians_of_odd_and_even_counts() {

@@ -46,10 +46,7 @@ const STORES: usize = 50;
 /// `linger.ms` of both the ceiling and the bridge: the bridge's default
 /// (`kafka.linger_ms`, 5) unless `BENCH_LINGER_MS` says otherwise.
 fn linger_ms() -> u64 {
-    std::env::var("BENCH_LINGER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+    harness::bench::env_number("BENCH_LINGER_MS").unwrap_or(5)
 }
 
 fn main() -> Result<()> {
@@ -269,9 +266,7 @@ struct BridgeRun {
 fn bridge_rate(kafka: &Kafka, events: usize, per_batch: usize) -> Result<BridgeRun> {
     // BENCH_RECEIVE_MAXIMUM: the bridge's MQTT Receive Maximum (default 100),
     // with the broker's own in-flight limit kept above it.
-    let receive_maximum: Option<u16> = std::env::var("BENCH_RECEIVE_MAXIMUM")
-        .ok()
-        .and_then(|v| v.parse().ok());
+    let receive_maximum: Option<u16> = harness::bench::env_number("BENCH_RECEIVE_MAXIMUM");
     let mut mosquitto = Mosquitto::start_with(MosquittoOptions {
         max_inflight_messages: receive_maximum.map_or(200, |r| 2 * u32::from(r)),
         max_queued_messages: 0,
@@ -477,29 +472,14 @@ fn preload(port: u16, events: usize, per_batch: usize) -> Result<()> {
     Ok(())
 }
 
-/// User + system CPU seconds of a process (from /proc; 0 if unknown).
+/// CPU seconds of a process so far (0 if unknown).
 fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let Some(pid) = pid else { return 0.0 };
-    stat_seconds(&format!("/proc/{pid}/stat"), 11)
+    pid.and_then(harness::bench::cpu_seconds).unwrap_or(0.0)
 }
 
-/// User + system CPU seconds of this process's children that have been
-/// waited for (the ProducerPerformance JVM, once its run is over).
+/// CPU seconds of this process's waited-for children so far (0 if unknown).
 fn children_cpu_seconds() -> f64 {
-    stat_seconds("/proc/self/stat", 13)
-}
-
-/// The sum of two adjacent tick counts of a `stat` file, in seconds:
-/// `at` 11 is utime + stime, 13 is cutime + cstime (counted from the field
-/// after the command name, which may contain spaces).
-fn stat_seconds(path: &str, at: usize) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(path) else {
-        return 0.0;
-    };
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(at) + ticks(at + 1)) / 100.0
+    harness::bench::children_cpu_seconds().unwrap_or(0.0)
 }
 
 fn metrics(port: u16) -> Result<String> {
