@@ -199,9 +199,19 @@ pub fn client(cfg: &MqttConfig) -> (AsyncClient, EventLoop) {
     AsyncClient::new(o, cfg.request_channel_capacity)
 }
 
-/// Drives the event loop until `stop` is cancelled and the loop has sent
-/// its DISCONNECT (or `stop` plus a short grace passes). Reconnects with a
-/// capped backoff and subscribes again on every CONNACK.
+/// How long a stopping loop waits for the broker to close the connection
+/// after the DISCONNECT queued before `stop`.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Drives the event loop until `stop` is cancelled and the broker has closed
+/// the connection after the DISCONNECT queued before it (or `stop` plus
+/// [`STOP_GRACE`] passes).
+/// Reconnects with a capped backoff and subscribes again on every CONNACK.
+///
+/// A `poll()` in progress is never dropped, not for `stop` nor for the
+/// deferral's drain checks: rumqttc takes a request off its channel before
+/// it writes it, so a poll cancelled while the socket is full loses that
+/// request, and a lost ack means a message redelivered although Kafka has it.
 pub async fn run_event_loop(
     mut eventloop: EventLoop,
     client: AsyncClient,
@@ -215,32 +225,59 @@ pub async fn run_event_loop(
     let mut reconnect = reconnect_backoff();
     let mut connected_at: Option<Instant> = None;
     let mut intake = Intake::Open;
-    loop {
-        if intake == Intake::Deferring && tx.capacity() == tx.max_capacity() && budget.has_room() {
-            intake = Intake::Reconnecting;
-            tracing::info!("received queue and payload budget drained; reconnecting so the broker redelivers the deferred messages");
-            // Queued behind the receipts and acks already requested.
-            let c = client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = c.disconnect().await {
-                    tracing::warn!(error = %e, "could not queue the MQTT reconnect");
+    // Set once `stop` is cancelled: the deadline for the DISCONNECT.
+    let mut stopping: Option<tokio::time::Instant> = None;
+    'run: loop {
+        let polled = {
+            let mut poll = std::pin::pin!(eventloop.poll());
+            loop {
+                if intake == Intake::Deferring && tx.is_closed() {
+                    intake = Intake::Closed;
                 }
-            });
-        }
-        let polled = tokio::select! {
-            _ = stop.cancelled() => {
-                // Give the DISCONNECT queued by the shutdown path a moment to go out.
-                let _ = tokio::time::timeout(Duration::from_secs(2), drain_until_disconnect(&mut eventloop)).await;
-                break;
+                if intake == Intake::Deferring
+                    && tx.capacity() == tx.max_capacity()
+                    && budget.has_room()
+                {
+                    intake = Intake::Reconnecting;
+                    tracing::info!("received queue and payload budget drained; reconnecting so the broker redelivers the deferred messages");
+                    // Queued behind the receipts and acks already requested.
+                    let c = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = c.disconnect().await {
+                            tracing::warn!(error = %e, "could not queue the MQTT reconnect");
+                        }
+                    });
+                }
+                let deadline = stopping.unwrap_or_else(tokio::time::Instant::now);
+                tokio::select! {
+                    p = &mut poll => break p,
+                    _ = stop.cancelled(), if stopping.is_none() => {
+                        stopping = Some(tokio::time::Instant::now() + STOP_GRACE);
+                    }
+                    _ = tokio::time::sleep_until(deadline), if stopping.is_some() => {
+                        tracing::warn!("the broker did not close the connection after the DISCONNECT in time; closing it");
+                        break 'run;
+                    }
+                    _ = tokio::time::sleep(DRAIN_CHECK), if intake == Intake::Deferring => {}
+                }
             }
-            p = eventloop.poll() => p,
-            _ = tokio::time::sleep(DRAIN_CHECK), if intake == Intake::Deferring => continue,
         };
+        if stopping.is_some() && polled.is_err() {
+            // The broker closed the connection after our DISCONNECT (or it
+            // was lost). Not at our own DISCONNECT already: closing a socket
+            // with unread bytes (the broker's PUBACKs, messages it kept
+            // sending) makes Linux reset the connection, and a reset can
+            // discard what the broker had not yet read of our last receipts
+            // and acks.
+            break;
+        }
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 connected_at = Some(Instant::now());
                 // A new connection: the broker resends what is unacked, in order.
-                intake = Intake::Open;
+                if intake != Intake::Closed {
+                    intake = Intake::Open;
+                }
                 health.mqtt_connected.store(true, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, "connected to MQTT");
                 if health.leaving.load(Ordering::Relaxed) {
@@ -301,13 +338,24 @@ pub async fn run_event_loop(
                             "received queue full; deferring messages to the broker until it drains"
                         );
                     }
-                    // Pipeline gone: we are shutting down; unacked messages stay with the broker.
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    // Shutting down: this and later messages stay with the
+                    // broker, unacked. Keep polling: messages still settling
+                    // send their receipts and acks through this loop.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        intake = Intake::Closed;
+                        metrics.mqtt_messages_deferred.inc();
+                        tracing::info!(
+                            "the pipeline takes no more messages; later ones stay with the broker"
+                        );
+                    }
                 }
             }
             Ok(_) => {}
             Err(e) if intake == Intake::Reconnecting => {
-                // Our own DISCONNECT: reconnect at once.
+                // Our own DISCONNECT: reconnect at once, this once. Should
+                // that attempt fail too (the broker restarting), the next
+                // error takes the backoff below instead of spinning.
+                intake = Intake::Open;
                 health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
@@ -417,15 +465,11 @@ enum Intake {
     /// Drained; a DISCONNECT is on its way. Leave everything to the next
     /// connection, on which the broker resends it all in order.
     Reconnecting,
-}
-
-async fn drain_until_disconnect(eventloop: &mut EventLoop) {
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
+    /// The pipeline takes nothing more (shutting down). Publishes stay
+    /// unacked for the session's next connection, but the loop keeps
+    /// running until `stop`: the receipts and acks of the messages still
+    /// settling go out through it, and so does the final DISCONNECT.
+    Closed,
 }
 
 #[cfg(test)]

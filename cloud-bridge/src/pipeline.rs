@@ -70,6 +70,14 @@ pub struct Pipeline {
     fatal: Mutex<Option<String>>,
 }
 
+/// A message's share of the in-flight bounds, held (for their `Drop`)
+/// until it is settled.
+struct Permits {
+    _message: tokio::sync::OwnedSemaphorePermit,
+    _events: tokio::sync::OwnedSemaphorePermit,
+    _gauge: InFlightGauge,
+}
+
 /// What one event still needs after dispatch.
 enum Job {
     /// Handed to librdkafka as record `idx` of the message's
@@ -174,12 +182,17 @@ impl Pipeline {
                             continue;
                         }
                     };
-                    tokio::select! {
+                    // Stopping may interrupt the wait for permits, when
+                    // nothing of the message is in Kafka yet, but not the
+                    // produce calls: a message half produced and never
+                    // acked would reach Kafka again after a restart.
+                    let permits = tokio::select! {
                         biased;
                         _ = intake.cancelled() => break,
                         _ = self.abort.cancelled() => break,
-                        _ = self.dispatch(received, topic, routed) => {}
-                    }
+                        p = self.permits(&routed) => p,
+                    };
+                    self.dispatch(received, topic, routed, permits).await;
                 }
                 m = rx.recv(), if source_open && routing.len() < ROUTE_AHEAD => match m {
                     Some(received) => {
@@ -225,26 +238,39 @@ impl Pipeline {
         pending + abandoned
     }
 
-    /// Routes one message and hands its records to Kafka, in order; spawns
-    /// the task that waits for delivery, receipts and acks.
-    async fn dispatch(self: &Arc<Self>, received: Received, topic: String, routed: RoutedMessage) {
+    /// Waits for the message's share of the in-flight bounds: `None` only
+    /// if a semaphore was closed, which nothing does.
+    async fn permits(&self, routed: &RoutedMessage) -> Option<Permits> {
+        let n = routed
+            .event_count()
+            .clamp(1, self.cfg.limits.max_events_in_flight);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let message = self.messages.clone().acquire_owned().await.ok()?;
+        let events = self.events.clone().acquire_many_owned(n).await.ok()?;
+        Some(Permits {
+            _message: message,
+            _events: events,
+            _gauge: InFlightGauge::new(&self.metrics, n),
+        })
+    }
+
+    /// Hands a routed message's records to Kafka, in order; spawns the task
+    /// that waits for delivery, receipts and acks.
+    async fn dispatch(
+        self: &Arc<Self>,
+        received: Received,
+        topic: String,
+        routed: RoutedMessage,
+        permits: Option<Permits>,
+    ) {
         let Received {
             publish,
             held,
             connection,
         } = received;
-        let n = routed
-            .event_count()
-            .clamp(1, self.cfg.limits.max_events_in_flight);
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        // Semaphores are never closed, so acquiring cannot fail.
-        let Ok(msg_permit) = self.messages.clone().acquire_owned().await else {
+        let Some(permits) = permits else {
             return;
         };
-        let Ok(ev_permit) = self.events.clone().acquire_many_owned(n).await else {
-            return;
-        };
-        let gauge = InFlightGauge::new(&self.metrics, n);
 
         let payload: Bytes = publish.payload.clone();
         let store = routed.topic_store.clone();
@@ -363,9 +389,7 @@ impl Pipeline {
                     )
                     .await;
                 }
-                drop(gauge);
-                drop(ev_permit);
-                drop(msg_permit);
+                drop(permits);
                 drop(held);
             }
             .instrument(span),
