@@ -254,13 +254,24 @@ impl Forwarder {
         }
         // Receipts of batches from before a rewind or a restart still mean
         // Kafka has those events: delete them all the same.
-        match self.outbox.delete(ids).await {
-            Ok(n) => tracing::debug!(batch = %r.batch_id, deleted = n, "receipt applied"),
-            Err(e) => {
-                tracing::error!(error = %e, "could not delete receipted events; they will be resent")
+        let applied = match self.outbox.delete(ids).await {
+            Ok(n) => {
+                tracing::debug!(batch = %r.batch_id, deleted = n, "receipt applied");
+                true
             }
-        }
+            Err(e) => {
+                tracing::error!(error = %e, "could not delete receipted events; they will be resent");
+                false
+            }
+        };
         self.window.receipted(r.batch_id);
+        if !applied {
+            // The cursor is past these events: only a rewind sends them
+            // again, and the bridge's `duplicate` receipt for them brings
+            // the delete back. Without it, delivered events would hold
+            // capacity and the restart gate until the next reconnect.
+            self.rewind("a receipt could not be applied");
+        }
         METRICS.batches_in_flight.set(self.window.batches() as i64);
     }
 

@@ -124,26 +124,41 @@ impl IntoResponse for Problem {
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     // The fast path for the valid bodies that are nearly all traffic; the
     // path-tracking decoder runs again only to name the failing field.
-    if let Ok(value) = serde_json::from_slice(body) {
-        return Ok(value);
-    }
+    let first_error = match serde_json::from_slice(body) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            let mut p = Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                format!("{field}: {inner}"),
-            );
-            p.errors
-                .push(FieldError::new(field, "invalid_field", inner.to_string()));
-            p
-        } else {
-            Problem::new(StatusCode::BAD_REQUEST, "malformed_json", inner.to_string())
+    let e = match serde_path_to_error::deserialize::<_, T>(&mut *de) {
+        Ok(_) => {
+            // A value, then more (`{…}x`, two sales back to back): the path
+            // decoder stops after the value; only the first error says so.
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                first_error.to_string(),
+            ));
         }
-    })
+        Err(e) => e,
+    };
+    let field = e.path().to_string();
+    let inner = e.into_inner();
+    if inner.is_data() {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("{field}: {inner}"),
+        );
+        p.errors
+            .push(FieldError::new(field, "invalid_field", inner.to_string()));
+        Err(p)
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            inner.to_string(),
+        ))
+    }
 }
 
 /// A body that could not be read at all: over the size limit (413), or
@@ -633,6 +648,25 @@ mod tests {
             Some("application/problem+json")
         );
         assert_eq!(p["code"], "malformed_json");
+
+        // A whole sale followed by more: refused, not stored as its first part.
+        let one = serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", 5)).expect("json");
+        let two = serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", 6)).expect("json");
+        for (what, body) in [
+            ("trailing bytes", [one.as_slice(), b"x"].concat()),
+            (
+                "two sales back to back",
+                [one.as_slice(), two.as_slice()].concat(),
+            ),
+        ] {
+            let (status, _, p) = call(&f.app, "POST", "/v1/sales", body, None).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {p}");
+            assert_eq!(p["code"], "malformed_json", "{what}: {p}");
+            assert!(
+                p["detail"].as_str().is_some_and(|d| d.contains("trailing")),
+                "{what}: {p}"
+            );
+        }
 
         let mut v =
             serde_json::to_value(protocol::samples::sale_numbered("pos-01", 2)).expect("json");

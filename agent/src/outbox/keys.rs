@@ -58,16 +58,36 @@ impl KeyIndex {
         let mut index = KeyIndex::default();
         let mut stmt = conn.prepare("SELECT key, event_id, body_crc FROM idempotency_keys")?;
         let mut rows = stmt.query([])?;
+        // A row damaged on disk in a way SQLite's own check lets pass (a
+        // flipped bit turning the key's TEXT into a BLOB, or into invalid
+        // UTF-8) is skipped, not a reason to refuse to start: the agent
+        // must not crash-loop on its storage, and a lost key costs at most
+        // a second copy of that one sale if its terminal retries.
+        let mut skipped = 0u64;
         while let Some(row) = rows.next()? {
-            let key: String = row.get(0)?;
-            let id: Vec<u8> = row.get(1)?;
-            let crc: i64 = row.get(2)?;
-            index.committed.insert(
-                key.into_boxed_str(),
-                KeyEntry {
-                    event_id: event_id(&id),
-                    body_crc: crc as u32,
-                },
+            let decoded = (|| {
+                let key = std::str::from_utf8(row.get_ref(0).ok()?.as_bytes().ok()?).ok()?;
+                let id = row.get_ref(1).ok()?.as_bytes().ok()?;
+                let crc = row.get_ref(2).ok()?.as_i64().ok()?;
+                Some((key.into(), event_id(id), crc))
+            })();
+            match decoded {
+                Some((key, event_id, crc)) => {
+                    index.committed.insert(
+                        key,
+                        KeyEntry {
+                            event_id,
+                            body_crc: crc as u32,
+                        },
+                    );
+                }
+                None => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "idempotency keys damaged on disk were skipped; a retry of those sales may be stored twice"
             );
         }
         Ok(index)

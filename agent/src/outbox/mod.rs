@@ -104,6 +104,10 @@ pub enum OutboxError {
     TooLarge { bytes: usize, limit: usize },
     #[error("outbox is closed")]
     Closed,
+    /// SQLite rolled back a group's whole transaction (it does so on some
+    /// I/O and full-disk errors); nothing of the group was stored.
+    #[error("the outbox transaction was rolled back by SQLite; nothing of this group was stored")]
+    TransactionLost,
     #[error("cannot open outbox {path}: {reason}")]
     Open { path: PathBuf, reason: String },
 }
@@ -203,6 +207,12 @@ pub(crate) enum Command {
     Housekeep,
     Shutdown {
         reply: oneshot::Sender<()>,
+    },
+    /// Tests only: the group's transaction is rolled back under the writer,
+    /// as SQLite does on some I/O and full-disk errors.
+    #[cfg(test)]
+    RollbackForTest {
+        reply: oneshot::Sender<Result<(), OutboxError>>,
     },
 }
 

@@ -112,7 +112,11 @@ pub(crate) fn read_after(
     let mut out = Vec::new();
     let mut bytes = 0usize;
     while let Some(row) = rows.next()? {
-        let payload: Vec<u8> = row.get(3)?;
+        // Columns are read as whatever bytes they hold: a value damaged on
+        // disk in a way SQLite's check lets pass (a BLOB whose type bit
+        // flipped to TEXT, invalid UTF-8) must reach the checksum and be
+        // quarantined, not fail every read at this row and stall forwarding.
+        let payload = any_bytes(row, 3).to_vec();
         // The separator joining this event to the previous one in a batch.
         let separator = if out.is_empty() {
             0
@@ -123,17 +127,29 @@ pub(crate) fn read_after(
             break;
         }
         bytes += separator + payload.len();
-        let id: Vec<u8> = row.get(1)?;
-        let id = uuid::Uuid::from_slice(&id)
+        let crc32 = match row.get_ref(4)?.as_i64() {
+            Ok(c) => c as u32,
+            // Not an integer any more: a checksum no payload matches.
+            Err(_) => !crc32fast::hash(&payload),
+        };
+        let id = uuid::Uuid::from_slice(any_bytes(row, 1))
             .map(EventId)
             .unwrap_or(EventId(uuid::Uuid::nil()));
         out.push(StoredEvent {
             seq: row.get(0)?,
             id,
-            kind: row.get(2)?,
+            kind: String::from_utf8_lossy(any_bytes(row, 2)).into_owned(),
             payload,
-            crc32: row.get::<_, i64>(4)? as u32,
+            crc32,
         });
     }
     Ok(out)
+}
+
+/// A column's bytes whether stored as BLOB or TEXT; empty for any other type.
+fn any_bytes<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> &'r [u8] {
+    row.get_ref(i)
+        .ok()
+        .and_then(|v| v.as_bytes().ok())
+        .unwrap_or_default()
 }

@@ -1012,3 +1012,145 @@ async fn an_event_larger_than_the_contract_allows_is_refused_and_nothing_else_is
         .all(|e| e.payload.len() <= protocol::batch::MAX_EVENT_BYTES));
     outbox.close().await;
 }
+
+/// A group of requests run straight through the writer, as one batch.
+fn append_command(
+    env: &Envelope,
+    key: Option<String>,
+) -> (
+    Command,
+    tokio::sync::oneshot::Receiver<Result<AppendOutcome, OutboxError>>,
+) {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let cmd = Command::Append {
+        event: PreparedEvent::new(env),
+        key,
+        reply,
+    };
+    (cmd, rx)
+}
+
+#[test]
+fn a_group_whose_transaction_sqlite_rolled_back_fails_as_a_whole_and_stores_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = OutboxConfig::new(dir.path().join("outbox.db"), 1 << 30, 1_000_000);
+    let conn = schema::open_writer(&config.path).expect("open");
+    let stats = Arc::new(OutboxStats::default());
+    let mut writer = writer::Writer::new(
+        conn,
+        config.clone(),
+        store(),
+        stats.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .expect("writer");
+    let (a, a_key) = sale(1);
+    let (b, b_key) = sale(2);
+
+    // Sale A, then SQLite rolls the transaction back under the writer, then
+    // sale B, then a shutdown: B must not run in autocommit mode (stored
+    // while its terminal is told it failed), and the shutdown must be kept.
+    let (cmd_a, mut reply_a) = append_command(&a, a_key.clone());
+    let (rollback, mut reply_rollback) = tokio::sync::oneshot::channel();
+    let (cmd_b, mut reply_b) = append_command(&b, b_key.clone());
+    let (shutdown, _) = tokio::sync::oneshot::channel();
+    let mut group = vec![
+        cmd_a,
+        Command::RollbackForTest { reply: rollback },
+        cmd_b,
+        Command::Shutdown { reply: shutdown },
+    ];
+    let kept = writer.process(&mut group);
+    assert!(kept.is_some(), "the shutdown request was dropped");
+    assert!(
+        reply_a.try_recv().expect("A answered").is_err(),
+        "A was rolled back with the group but told it was stored"
+    );
+    assert!(reply_rollback.try_recv().expect("answered").is_err());
+    assert!(
+        matches!(
+            reply_b.try_recv().expect("B answered"),
+            Err(OutboxError::TransactionLost)
+        ),
+        "B must fail with the group, not run on its own"
+    );
+    let stored = |writer_db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(writer_db)
+            .expect("open")
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count")
+    };
+    assert_eq!(
+        stored(&config.path),
+        0,
+        "something of the failed group was stored"
+    );
+    assert_eq!(stats.rows(), 0);
+    assert_eq!(stats.pending_transactions(), 0);
+
+    // The terminals retry: each sale is stored once, not answered as a
+    // duplicate of something that was never stored.
+    let (cmd_a, mut reply_a) = append_command(&a, a_key);
+    let (cmd_b, mut reply_b) = append_command(&b, b_key);
+    let mut retry = vec![cmd_a, cmd_b];
+    assert!(writer.process(&mut retry).is_none());
+    assert!(matches!(
+        reply_a.try_recv().expect("A"),
+        Ok(AppendOutcome::Stored)
+    ));
+    assert!(matches!(
+        reply_b.try_recv().expect("B"),
+        Ok(AppendOutcome::Stored)
+    ));
+    assert_eq!(stored(&config.path), 2);
+    assert_eq!(stats.rows(), 2);
+    assert_eq!(stats.pending_transactions(), 2);
+}
+
+#[tokio::test]
+async fn columns_damaged_past_sqlites_check_are_quarantined_or_skipped_never_a_stall_or_a_failed_start(
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("outbox.db");
+    {
+        let outbox = open(dir.path(), 1 << 30, 1000);
+        let h = outbox.handle();
+        for seq in 1..=3 {
+            let (env, key) = sale(seq);
+            h.append(env, key).await.expect("append");
+        }
+        outbox.close().await;
+    }
+    {
+        // What one flipped bit can do that `quick_check` lets pass: a BLOB
+        // read back as TEXT (here also not UTF-8), a TEXT column holding
+        // invalid UTF-8, an idempotency key no longer a string.
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.execute_batch(
+            "UPDATE events SET payload = CAST(x'ff' || payload AS TEXT) WHERE seq = 1;
+             UPDATE events SET kind = CAST(x'73ff' AS TEXT) WHERE seq = 2;
+             UPDATE idempotency_keys SET key = x'ff' WHERE rowid = (SELECT min(rowid) FROM idempotency_keys);",
+        )
+        .expect("damage");
+    }
+    // The agent starts: a damaged key is skipped, not a reason to exit.
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    // Every row reads: the damaged payload fails its checksum and is
+    // quarantined; the damaged kind does not stop its intact event.
+    let events = all_events(&h).await;
+    assert_eq!(events.len(), 3);
+    assert!(!events[0].checksum_ok());
+    assert!(events[1].checksum_ok() && events[2].checksum_ok());
+    h.quarantine(events[0].seq, "crc32 mismatch before send".into())
+        .await
+        .expect("quarantine");
+    let after: Vec<i64> = all_events(&h).await.iter().map(|e| e.seq).collect();
+    assert_eq!(&after[..2], &[events[1].seq, events[2].seq]);
+    // The sales whose keys survived are still answered as duplicates.
+    let (env, key) = sale(3);
+    assert!(matches!(
+        h.append(env, key).await.expect("append"),
+        AppendOutcome::Duplicate(_)
+    ));
+}

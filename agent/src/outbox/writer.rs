@@ -225,75 +225,108 @@ impl Writer {
 
     /// Runs one group of commands: all writes in one transaction, replies
     /// after the commit. Returns the shutdown reply if one was requested.
-    fn process(&mut self, batch: &mut Vec<Command>) -> Option<tokio::sync::oneshot::Sender<()>> {
+    ///
+    /// Each write runs under a savepoint, so one that fails (a sale over the
+    /// cap, disk full between an event and its key) leaves nothing behind
+    /// and the rest of the group commits. Some errors make SQLite roll back
+    /// the whole transaction instead (`SQLITE_FULL`, `SQLITE_IOERR`; see
+    /// "Response To Errors Within A Transaction" in SQLite's documentation):
+    /// then the group is over. The commands not yet run are failed rather
+    /// than run in autocommit mode, where each would commit on its own while
+    /// its requester is told the group failed (a sale stored, refused, and
+    /// stored again when the terminal retries).
+    pub(super) fn process(
+        &mut self,
+        batch: &mut Vec<Command>,
+    ) -> Option<tokio::sync::oneshot::Sender<()>> {
         let mut shutdown = None;
         let mut replies: Vec<Reply> = Vec::new();
         let mut housekeep = false;
         let mut disk_full_seen = false;
-        let snapshot = (
-            self.stats.rows(),
-            self.stats.bytes(),
-            self.stats.pending_transactions(),
-        );
-        let unreported_before = self.unreported_shed;
+        let snapshot = Counters::take(&self.stats, self.unreported_shed);
         let mut reported = false;
         let started = Instant::now();
+        let mut commands = batch.drain(..);
         let result = (|| -> Result<(), OutboxError> {
             let tx = self.conn.transaction()?;
-            for cmd in batch.drain(..) {
-                match cmd {
+            for cmd in commands.by_ref() {
+                let step = match cmd {
                     Command::Append { event, key, reply } => {
-                        let outcome = if self.disk_full {
-                            Err(OutboxError::DiskFull)
+                        let step = if self.disk_full {
+                            Ok(Err(OutboxError::DiskFull))
                         } else {
-                            // A savepoint per append: one that fails halfway
-                            // (disk full between the event and its key) leaves
-                            // nothing behind, and the rest of the group commits.
-                            let before = (
-                                self.stats.rows(),
-                                self.stats.bytes(),
-                                self.stats.pending_transactions(),
-                                self.unreported_shed,
-                            );
-                            run_cached(&tx, "SAVEPOINT append")?;
-                            let outcome = append(
-                                &tx,
-                                &self.config,
-                                &self.stats,
-                                &mut self.keys,
-                                &event,
-                                key.as_deref(),
-                                &mut self.unreported_shed,
-                            );
-                            if outcome.is_err() {
-                                run_cached(&tx, "ROLLBACK TO append")?;
-                                self.stats.rows.store(before.0, Ordering::Relaxed);
-                                self.stats.bytes.store(before.1, Ordering::Relaxed);
-                                self.stats
-                                    .pending_transactions
-                                    .store(before.2, Ordering::Relaxed);
-                                // Its compactions were rolled back with it.
-                                self.unreported_shed = before.3;
-                            }
-                            run_cached(&tx, "RELEASE append")?;
-                            outcome
+                            let (config, keys) = (&self.config, &mut self.keys);
+                            in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |shed| {
+                                append(&tx, config, &self.stats, keys, &event, key.as_deref(), shed)
+                            })
                         };
-                        if outcome.as_ref().err().is_some_and(super::is_disk_full) {
-                            disk_full_seen = true;
+                        match step {
+                            Ok(outcome) => {
+                                if outcome.as_ref().err().is_some_and(super::is_disk_full) {
+                                    disk_full_seen = true;
+                                }
+                                replies.push(Reply::Append(Pending { reply, outcome }));
+                                Ok(())
+                            }
+                            Err(e) => {
+                                replies.push(Reply::Append(Pending::failed(reply, &e)));
+                                Err(e)
+                            }
                         }
-                        replies.push(Reply::Append(Pending { reply, outcome }));
                     }
                     Command::Delete { ids, reply } => {
-                        let outcome = delete(&tx, &self.stats, &ids);
-                        replies.push(Reply::Delete(Pending { reply, outcome }));
+                        match in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                            delete(&tx, &self.stats, &ids)
+                        }) {
+                            Ok(outcome) => {
+                                replies.push(Reply::Delete(Pending { reply, outcome }));
+                                Ok(())
+                            }
+                            Err(e) => {
+                                replies.push(Reply::Delete(Pending::failed(reply, &e)));
+                                Err(e)
+                            }
+                        }
                     }
                     Command::Quarantine { seq, reason, reply } => {
-                        let outcome = quarantine(&tx, &self.store, &self.stats, seq, &reason);
-                        replies.push(Reply::Quarantine(Pending { reply, outcome }));
+                        match in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                            quarantine(&tx, &self.store, &self.stats, seq, &reason)
+                        }) {
+                            Ok(outcome) => {
+                                replies.push(Reply::Quarantine(Pending { reply, outcome }));
+                                Ok(())
+                            }
+                            Err(e) => {
+                                replies.push(Reply::Quarantine(Pending::failed(reply, &e)));
+                                Err(e)
+                            }
+                        }
                     }
-                    Command::Housekeep => housekeep = true,
-                    Command::Shutdown { reply } => shutdown = Some(reply),
-                }
+                    #[cfg(test)]
+                    Command::RollbackForTest { reply } => {
+                        match in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                            Ok(tx.execute_batch("ROLLBACK")?)
+                        }) {
+                            Ok(outcome) => {
+                                replies.push(Reply::Test(Pending { reply, outcome }));
+                                Ok(())
+                            }
+                            Err(e) => {
+                                replies.push(Reply::Test(Pending::failed(reply, &e)));
+                                Err(e)
+                            }
+                        }
+                    }
+                    Command::Housekeep => {
+                        housekeep = true;
+                        Ok(())
+                    }
+                    Command::Shutdown { reply } => {
+                        shutdown = Some(reply);
+                        Ok(())
+                    }
+                };
+                step?;
             }
             if self.unreported_shed > 0
                 && self
@@ -308,13 +341,39 @@ impl Writer {
                 )?
             {
                 reported = true;
-            } else if self.unreported_shed != unreported_before {
+            } else if self.unreported_shed != snapshot.unreported_shed {
                 // Held back by the throttle: kept with the deletions it counts.
                 set_shed_unreported(&tx, self.unreported_shed)?;
             }
             tx.commit()?;
             Ok(())
         })();
+        // What the group did not get to, when its transaction was lost:
+        // failed, never dropped (a dropped reply reads as a closed outbox,
+        // and a dropped shutdown would leave `Outbox::close` waiting).
+        if let Err(e) = &result {
+            for cmd in commands {
+                match cmd {
+                    Command::Append { reply, .. } => {
+                        replies.push(Reply::Append(Pending::failed(reply, e)))
+                    }
+                    Command::Delete { reply, .. } => {
+                        replies.push(Reply::Delete(Pending::failed(reply, e)))
+                    }
+                    Command::Quarantine { reply, .. } => {
+                        replies.push(Reply::Quarantine(Pending::failed(reply, e)))
+                    }
+                    Command::Housekeep => housekeep = true,
+                    Command::Shutdown { reply } => shutdown = Some(reply),
+                    #[cfg(test)]
+                    Command::RollbackForTest { reply } => {
+                        replies.push(Reply::Test(Pending::failed(reply, e)))
+                    }
+                }
+            }
+        } else {
+            drop(commands);
+        }
         self.stats.commits_total.fetch_add(1, Ordering::Relaxed);
         let commit_err = result.err();
         if commit_err.is_some() {
@@ -332,12 +391,7 @@ impl Writer {
         if let Some(e) = &commit_err {
             // Nothing of this group is durable: restore the counters and
             // fail every request in it.
-            self.unreported_shed = unreported_before;
-            self.stats.rows.store(snapshot.0, Ordering::Relaxed);
-            self.stats.bytes.store(snapshot.1, Ordering::Relaxed);
-            self.stats
-                .pending_transactions
-                .store(snapshot.2, Ordering::Relaxed);
+            self.unreported_shed = snapshot.restore(&self.stats);
             tracing::error!(error = %e, "outbox commit failed; requests in this group are refused");
         } else {
             self.appended.notify_one();
@@ -400,6 +454,17 @@ struct Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// A request its group could not run: answered with the group's error.
+    fn failed(
+        reply: tokio::sync::oneshot::Sender<Result<T, OutboxError>>,
+        e: &OutboxError,
+    ) -> Self {
+        Pending {
+            reply,
+            outcome: Err(clone_err(e)),
+        }
+    }
+
     fn finish(self, commit_err: Option<&OutboxError>) {
         let result = match (commit_err, self.outcome) {
             (Some(e), Ok(_)) => Err(clone_err(e)),
@@ -414,6 +479,8 @@ enum Reply {
     Append(Pending<AppendOutcome>),
     Delete(Pending<u64>),
     Quarantine(Pending<()>),
+    #[cfg(test)]
+    Test(Pending<()>),
 }
 
 impl Reply {
@@ -422,6 +489,8 @@ impl Reply {
             Reply::Append(p) => p.finish(commit_err),
             Reply::Delete(p) => p.finish(commit_err),
             Reply::Quarantine(p) => p.finish(commit_err),
+            #[cfg(test)]
+            Reply::Test(p) => p.finish(commit_err),
         }
     }
 }
@@ -434,6 +503,7 @@ fn clone_err(e: &OutboxError) -> OutboxError {
         },
         OutboxError::Closed => OutboxError::Closed,
         OutboxError::DiskFull => OutboxError::DiskFull,
+        OutboxError::TransactionLost => OutboxError::TransactionLost,
         other => OutboxError::Open {
             path: "outbox commit".into(),
             reason: other.to_string(),
@@ -535,6 +605,78 @@ fn over(stats: &OutboxStats, config: &OutboxConfig, share: f64, extra_bytes: u64
 /// Runs a statement without results from the connection's statement cache:
 /// the savepoint around every append was parsed afresh each time
 /// (`execute_batch`), which showed in the writer's profile.
+/// The counters a rolled-back write must give back.
+#[derive(Clone, Copy)]
+struct Counters {
+    rows: u64,
+    bytes: u64,
+    pending_transactions: u64,
+    shed_total: u64,
+    compacted_total: u64,
+    quarantined_total: u64,
+    unreported_shed: u64,
+}
+
+impl Counters {
+    fn take(stats: &OutboxStats, unreported_shed: u64) -> Counters {
+        Counters {
+            rows: stats.rows(),
+            bytes: stats.bytes(),
+            pending_transactions: stats.pending_transactions(),
+            shed_total: stats.shed_total.load(Ordering::Relaxed),
+            compacted_total: stats.compacted_total.load(Ordering::Relaxed),
+            quarantined_total: stats.quarantined_total.load(Ordering::Relaxed),
+            unreported_shed,
+        }
+    }
+
+    /// Puts the counters back; returns the unreported shed count to keep.
+    fn restore(&self, stats: &OutboxStats) -> u64 {
+        stats.rows.store(self.rows, Ordering::Relaxed);
+        stats.bytes.store(self.bytes, Ordering::Relaxed);
+        stats
+            .pending_transactions
+            .store(self.pending_transactions, Ordering::Relaxed);
+        stats.shed_total.store(self.shed_total, Ordering::Relaxed);
+        stats
+            .compacted_total
+            .store(self.compacted_total, Ordering::Relaxed);
+        stats
+            .quarantined_total
+            .store(self.quarantined_total, Ordering::Relaxed);
+        self.unreported_shed
+    }
+}
+
+/// Runs one request's writes under a savepoint. The inner result is the
+/// request's own outcome: on an error its writes and counter changes are
+/// undone and the group goes on. The outer error means the transaction
+/// itself is gone (SQLite rolled all of it back, or the savepoint could not
+/// be used): the group must fail as a whole.
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    stats: &OutboxStats,
+    unreported_shed: &mut u64,
+    write: impl FnOnce(&mut u64) -> Result<T, OutboxError>,
+) -> Result<Result<T, OutboxError>, OutboxError> {
+    let before = Counters::take(stats, *unreported_shed);
+    run_cached(tx, "SAVEPOINT request")?;
+    let outcome = write(unreported_shed);
+    if tx.is_autocommit() {
+        // Counters are restored by the group's failure path.
+        return Err(match outcome {
+            Err(e) => e,
+            Ok(_) => OutboxError::TransactionLost,
+        });
+    }
+    if outcome.is_err() {
+        run_cached(tx, "ROLLBACK TO request")?;
+        *unreported_shed = before.restore(stats);
+    }
+    run_cached(tx, "RELEASE request")?;
+    Ok(outcome)
+}
+
 fn run_cached(tx: &rusqlite::Transaction<'_>, sql: &str) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(sql)?.execute([])?;
     Ok(())
