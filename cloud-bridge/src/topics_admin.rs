@@ -7,7 +7,7 @@
 //! | fewer partitions | **drift**; with `--add-partitions`, `create_partitions` |
 //! | more partitions | noted; partitions cannot be removed |
 //! | other replication factor | **drift** (needs a reassignment, not done here) |
-//! | other `min.insync.replicas` / `retention.ms` / `max.message.bytes` | altered |
+//! | other `min.insync.replicas` / `retention.ms` / `max.message.bytes` | altered; other settings made on the topic are kept |
 //!
 //! Adding partitions moves keys to other partitions: a store's void could
 //! then be read before its sale, which was still in the old partition. So
@@ -15,6 +15,13 @@
 //! does it on its own: raising `topics.partitions` is reported as drift until
 //! an operator runs it with `--add-partitions` (with producers stopped and
 //! consumers caught up), or, better, moves to a new topic (VERSIONING.md).
+//!
+//! Altering goes through Kafka's AlterConfigs, the one rdkafka offers, which
+//! *replaces* a topic's settings: whatever was set on the topic and is not
+//! in the request returns to the broker default. So the request carries the
+//! topic's other settings as observed (an operator's `cleanup.policy` or
+//! `segment.ms` survives), and a topic with a sensitive setting, whose value
+//! Kafka does not return, is reported rather than altered.
 //!
 //! The comparison ([`plan`]) is pure; only [`ensure`] talks to Kafka.
 
@@ -24,8 +31,8 @@ use std::time::Duration;
 
 use protocol::topics::KafkaTopic;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -56,14 +63,22 @@ pub struct TopicSpec {
 pub struct Observed {
     pub partitions: i32,
     pub replication_factor: i32,
+    /// Our settings ([`TopicSpec::configs`]' keys) as the topic has them.
     pub configs: HashMap<String, String>,
+    /// Every other setting made on the topic itself; `None` for a
+    /// sensitive one, whose value Kafka does not return.
+    pub other_overrides: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Create,
     AddPartitions(i32),
-    AlterConfigs(Vec<(&'static str, String)>),
+    /// Our settings, with the topic's other settings to keep.
+    AlterConfigs {
+        set: Vec<(&'static str, String)>,
+        keep: Vec<(String, String)>,
+    },
     Note(String),
     Drift(String),
 }
@@ -125,7 +140,29 @@ pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool)
         .iter()
         .any(|(k, v)| o.configs.get(*k).map(String::as_str) != Some(v.as_str()));
     if differs {
-        steps.push(Step::AlterConfigs(spec.configs.clone()));
+        let sensitive: Vec<&str> = o
+            .other_overrides
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if sensitive.is_empty() {
+            steps.push(Step::AlterConfigs {
+                set: spec.configs.clone(),
+                keep: o
+                    .other_overrides
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                    .collect(),
+            });
+        } else {
+            steps.push(Step::Drift(format!(
+                "settings differ from the configuration, but altering them would reset the \
+                 topic's sensitive settings {sensitive:?}, whose values Kafka does not return; \
+                 set {:?} by hand",
+                spec.configs
+            )));
+        }
     }
     steps
 }
@@ -253,9 +290,12 @@ async fn apply(
                 None => Err("create_partitions: no result".to_owned()),
             }
         }
-        Step::AlterConfigs(cfgs) => {
+        Step::AlterConfigs { set, keep } => {
             let mut a = AlterConfig::new(ResourceSpecifier::Topic(spec.name));
-            for (k, v) in cfgs {
+            for (k, v) in keep {
+                a = a.set(k, v);
+            }
+            for (k, v) in set {
                 a = a.set(k, v);
             }
             let r = admin
@@ -263,7 +303,10 @@ async fn apply(
                 .await
                 .map_err(|e| e.to_string())?;
             match r.into_iter().next() {
-                Some(Ok(_)) => Ok(format!("configs set: {cfgs:?}")),
+                Some(Ok(_)) => Ok(format!(
+                    "configs set: {set:?}; other settings kept: {:?}",
+                    keep.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
+                )),
                 Some(Err((_, code))) => Err(format!("altering configs failed: {code}")),
                 None => Err("alter_configs: no result".to_owned()),
             }
@@ -273,7 +316,10 @@ async fn apply(
     }
 }
 
-/// Partitions, replication factor and our configs of the domain topics that exist.
+/// The topic settings [`specs`] sets.
+const OUR_CONFIGS: [&str; 3] = ["min.insync.replicas", "retention.ms", "max.message.bytes"];
+
+/// Partitions, replication factor and settings of the domain topics that exist.
 async fn observe(
     admin: Arc<AdminClient<AdminContext>>,
 ) -> Result<HashMap<String, Observed>, AdminError> {
@@ -300,6 +346,7 @@ async fn observe(
                 partitions: i32::try_from(t.partitions().len()).unwrap_or(i32::MAX),
                 replication_factor: i32::try_from(rf).unwrap_or(i32::MAX),
                 configs: HashMap::new(),
+                other_overrides: BTreeMap::new(),
             },
         );
     }
@@ -316,11 +363,20 @@ async fn observe(
         for (name, r) in names.iter().zip(res) {
             let r = r.map_err(|code| AdminError::Failed(format!("describe {name}: {code}")))?;
             if let Some(o) = out.get_mut(name) {
-                for key in ["min.insync.replicas", "retention.ms", "max.message.bytes"] {
+                for key in OUR_CONFIGS {
                     if let Some(v) = r.get(key).and_then(|e| e.value.clone()) {
                         o.configs.insert(key.to_owned(), v);
                     }
                 }
+                o.other_overrides = r
+                    .entries
+                    .iter()
+                    .filter(|e| {
+                        e.source == ConfigSource::DynamicTopic
+                            && !OUR_CONFIGS.contains(&e.name.as_str())
+                    })
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect();
             }
         }
     }
@@ -351,6 +407,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
+            other_overrides: BTreeMap::new(),
         }
     }
 
@@ -372,7 +429,7 @@ mod tests {
         let steps = plan(&spec, Some(&o), true);
         assert!(steps.contains(&Step::AddPartitions(12)));
         assert!(steps.iter().any(|s| matches!(s, Step::Drift(_))));
-        assert!(steps.iter().any(|s| matches!(s, Step::AlterConfigs(_))));
+        assert!(steps.iter().any(|s| matches!(s, Step::AlterConfigs { .. })));
 
         o.replication_factor = spec.replication_factor;
         let steps = plan(&spec, Some(&o), false);
@@ -383,6 +440,33 @@ mod tests {
             ),
             "{steps:?}"
         );
+    }
+
+    #[test]
+    fn altering_our_settings_keeps_the_topics_other_settings_or_refuses_to_reset_them() {
+        let spec = specs(&cfg()).remove(0);
+        let mut o = observed_as(&spec);
+        o.configs.insert("retention.ms".into(), "5".into());
+        o.other_overrides
+            .insert("cleanup.policy".into(), Some("compact,delete".into()));
+        assert_eq!(
+            plan(&spec, Some(&o), false),
+            [Step::AlterConfigs {
+                set: spec.configs.clone(),
+                keep: vec![("cleanup.policy".into(), "compact,delete".into())],
+            }]
+        );
+        // A setting whose value Kafka hides would be reset: not altered.
+        o.other_overrides.insert("some.secret".into(), None);
+        let steps = plan(&spec, Some(&o), false);
+        assert!(
+            matches!(&steps[..], [Step::Drift(d)] if d.contains("some.secret")),
+            "{steps:?}"
+        );
+        // As configured: nothing to do, whatever else the topic has.
+        let mut o = observed_as(&spec);
+        o.other_overrides.insert("some.secret".into(), None);
+        assert!(plan(&spec, Some(&o), false).is_empty());
     }
 
     #[test]

@@ -328,6 +328,33 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
     Ok(())
 }
 
+/// Sets a topic's configs the way an operator's tool might, through the
+/// (legacy, replacing) AlterConfigs: every config set on the topic and not
+/// named here returns to the broker default.
+pub fn replace_topic_configs(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
+        .create()
+        .context("creating a Kafka admin client")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building a runtime for the admin client")?;
+    let mut alter =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(topic));
+    for (k, v) in configs {
+        alter = alter.set(k, v);
+    }
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let result = rt
+        .block_on(admin.alter_configs([&alter], &opts))
+        .context("altering topic configs")?;
+    match result.into_iter().next() {
+        Some(Ok(_)) => Ok(()),
+        Some(Err((_, code))) => bail!("altering {topic}: {code}"),
+        None => bail!("altering {topic}: no answer"),
+    }
+}
+
 /// A topic as the broker describes it: its partition count and the
 /// configs set on it explicitly (`DynamicTopicConfig`), by name.
 pub fn describe_topic(

@@ -129,6 +129,30 @@ fn topics_ensure_creates_then_checks_then_fixes_partitions_and_reports_replicati
         text(&settled)
     );
 
+    // An operator set a topic's segment size with a tool that replaces its
+    // settings (ours went back to the broker defaults). Fixing ours keeps
+    // theirs: rdkafka's AlterConfigs would otherwise reset it in turn.
+    let topic = protocol::topics::KafkaTopic::Transactions.name();
+    harness::kafka::replace_topic_configs(kafka.bootstrap(), topic, &[("segment.ms", "3600000")])?;
+    let fixed = bridge(&["topics", "ensure"], &grown_config)?;
+    assert!(fixed.status.success(), "{}", text(&fixed));
+    assert!(
+        String::from_utf8_lossy(&fixed.stdout).contains("other settings kept: [\"segment.ms\"]"),
+        "{}",
+        text(&fixed)
+    );
+    let (_, configs) = harness::kafka::describe_topic(kafka.bootstrap(), topic)?;
+    assert_eq!(
+        configs.get("segment.ms").map(String::as_str),
+        Some("3600000"),
+        "{configs:?}"
+    );
+    assert_eq!(
+        configs.get("retention.ms").map(String::as_str),
+        Some((2 * day).to_string().as_str()),
+        "{configs:?}"
+    );
+
     let drift = bridge(
         &["topics", "ensure"],
         &config(dir.path(), kafka.bootstrap(), 4, 2, 2 * day)?,
