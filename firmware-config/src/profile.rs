@@ -363,6 +363,27 @@ pub struct Scanner {
     #[serde(default = "default_reconnect_max_backoff_ms")]
     #[schemars(range(min = 100, max = 600_000))]
     pub reconnect_max_backoff_ms: u64,
+    /// What an 8-digit read without an AIM symbology identifier is: `ean8`
+    /// (the default) or `upc_e`, for a scanner that sends UPC-E unexpanded,
+    /// as most do out of the box. The digits alone cannot tell them apart.
+    /// With identifiers on, this does not matter: EAN-8 arrives as `]E4`,
+    /// UPC-E expanded to 13 digits as `]E0`.
+    #[serde(default)]
+    pub eight_digit_reads: EightDigitReads,
+}
+
+/// How a scanner's unprefixed 8-digit reads are decoded.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum EightDigitReads {
+    /// An EAN-8 (GTIN-8).
+    #[default]
+    Ean8,
+    /// A UPC-E (number system 0 or 1, six digits, check digit), expanded to
+    /// its UPC-A GTIN-12.
+    UpcE,
 }
 
 fn default_baud() -> u32 {

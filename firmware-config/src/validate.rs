@@ -615,17 +615,33 @@ impl StoreProfile {
                 " ms",
             );
             if let Terminator::Byte(b) = s.terminator {
+                const CONTROL_BYTE: &str =
+                    "use a control byte the scanner sends only at the end, e.g. 3 (ETX) or 4 (EOT)";
                 let why = match b {
-                    0x1D => Some("is GS, the GS1 FNC1 separator inside element strings".to_owned()),
-                    0x20..=0x7E => {
-                        Some(format!("(`{}`) can appear in barcode data", char::from(b)))
-                    }
+                    0x1D => Some((
+                        "is GS, the GS1 FNC1 separator inside element strings".to_owned(),
+                        CONTROL_BYTE,
+                    )),
+                    // As a byte, the other half of a CR LF ending would
+                    // start every next read as noise; the named endings
+                    // accept either.
+                    0x0D | 0x0A => Some((
+                        format!(
+                            "is {}: as a byte terminator, the other half of a CR LF ending would begin every next read",
+                            if b == 0x0D { "CR" } else { "LF" }
+                        ),
+                        "use `cr`, `lf` or `crlf`, which accept either line ending",
+                    )),
+                    0x20..=0x7E => Some((
+                        format!("(`{}`) can appear in barcode data", char::from(b)),
+                        CONTROL_BYTE,
+                    )),
                     _ => None,
                 };
-                if let Some(why) = why {
+                if let Some((why, hint)) = why {
                     out.push(
                         Problem::error(format!("{p}.terminator"), format!("byte 0x{b:02X} {why}"))
-                            .with_hint("use a control byte the scanner sends only at the end, e.g. 3 (ETX) or 4 (EOT)"),
+                            .with_hint(hint),
                     );
                 }
             }

@@ -342,6 +342,10 @@ fn terminators_are_named_or_a_control_byte() {
         &["27:14: error: scanners[0].terminator: byte 0x1D is GS, the GS1 FNC1 separator inside element strings (hint: use a control byte the scanner sends only at the end, e.g. 3 (ETX) or 4 (EOT))"],
     );
     assert_problems(
+        &[("lane = \"lane-1\"", "lane = \"lane-1\"\nterminator = 13")],
+        &["27:14: error: scanners[0].terminator: byte 0x0D is CR: as a byte terminator, the other half of a CR LF ending would begin every next read (hint: use `cr`, `lf` or `crlf`, which accept either line ending)"],
+    );
+    assert_problems(
         &[("lane = \"lane-2\"", "lane = \"lane-2\"\nterminator = 65")],
         &["32:14: error: scanners[1].terminator: byte 0x41 (`A`) can appear in barcode data (hint: use a control byte the scanner sends only at the end, e.g. 3 (ETX) or 4 (EOT))"],
     );

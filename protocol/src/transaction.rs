@@ -498,8 +498,20 @@ impl Return {
         }
         if let Some(orig) = &self.original {
             check_id(&mut p, || "original.terminal_id".into(), &orig.terminal_id);
+            check_reference_sequence(&mut p, "original.sequence_number", orig);
         }
         p.into_result()
+    }
+}
+
+/// A reference names a transaction, and no transaction has number 0.
+fn check_reference_sequence(p: &mut Problems, field: &str, r: &TransactionRef) {
+    if r.sequence_number == 0 {
+        p.push(FieldError::new(
+            field,
+            "out_of_range",
+            "must be at least 1: it names a transaction",
+        ));
     }
 }
 
@@ -521,6 +533,7 @@ impl Void {
             || "voided.terminal_id".into(),
             &self.voided.terminal_id,
         );
+        check_reference_sequence(&mut p, "voided.sequence_number", &self.voided);
         if self.sequence_number == 0 {
             p.push(FieldError::new(
                 "sequence_number",
@@ -707,6 +720,34 @@ mod tests {
             .err()
             .map(|p| p.iter().map(|e| e.code).collect::<Vec<_>>());
         assert_eq!(p, Some(vec!["self_reference"]));
+    }
+
+    #[test]
+    fn a_void_or_return_cannot_name_transaction_number_0() {
+        let fields = |r: Result<(), Problems>| {
+            r.err().map(|p| {
+                p.iter()
+                    .map(|e| (e.field.clone(), e.code))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let mut v = samples::void();
+        v.voided.sequence_number = 0;
+        assert_eq!(
+            fields(v.validate()),
+            Some(vec![("voided.sequence_number".to_owned(), "out_of_range")])
+        );
+        let mut r = samples::return_();
+        if let Some(original) = r.original.as_mut() {
+            original.sequence_number = 0;
+        }
+        assert_eq!(
+            fields(r.validate()),
+            Some(vec![(
+                "original.sequence_number".to_owned(),
+                "out_of_range"
+            )])
+        );
     }
 
     #[test]

@@ -16,9 +16,11 @@
 //!   `]J1` GS1 DotCode: GS1 element strings.
 //! * Any other well-formed identifier (`]A0` Code 39, `]C0` Code 128, `]Q1`
 //!   QR…): valid, data kept as sent, nothing interpreted.
-//! * No identifier: 8/12/13/14 digits are a GTIN (check digit verified); data
-//!   with a GS byte, or starting `01` with 16+ characters, is a GS1 element
-//!   string; anything else is kept as plain data.
+//! * No identifier: 8/12/13/14 digits are a GTIN (check digit verified; 8
+//!   digits are an EAN-8, or a UPC-E expanded to its GTIN-12 for a scanner
+//!   whose profile says `eight_digit_reads = "upc_e"`); data with a GS byte,
+//!   or starting `01` with 16+ characters, is a GS1 element string; anything
+//!   else is kept as plain data.
 //!
 //! # GS1 element strings
 //! AIs come from a table ([`ai_spec`]) with fixed or variable lengths and
@@ -30,6 +32,7 @@
 //! an AI repeated with a different value is an error. Other requirement
 //! rules of the dictionary are not enforced.
 
+use firmware_config::EightDigitReads;
 use protocol::device::Gs1Element;
 use protocol::gtin::{check_digit, GtinError};
 use protocol::Gtin;
@@ -153,6 +156,12 @@ fn render(bytes: &[u8]) -> String {
 
 /// Decodes one frame (terminator already removed).
 pub fn decode(frame: &[u8]) -> Decoded {
+    decode_with(frame, EightDigitReads::Ean8)
+}
+
+/// [`decode`], with unprefixed 8-digit reads taken as `eight` says (a
+/// scanner profile's `eight_digit_reads`).
+pub fn decode_with(frame: &[u8], eight: EightDigitReads) -> Decoded {
     let (symbology, body, content) = match frame {
         [b']', code, modifier, rest @ ..]
             if code.is_ascii_alphabetic() && modifier.is_ascii_alphanumeric() =>
@@ -228,7 +237,9 @@ pub fn decode(frame: &[u8]) -> Decoded {
         Content::Plain => Ok((None, vec![])),
         Content::Guess => {
             let all_digits = text.bytes().all(|b| b.is_ascii_digit());
-            if all_digits && matches!(text.len(), 8 | 12 | 13 | 14) {
+            if all_digits && text.len() == 8 && eight == EightDigitReads::UpcE {
+                upc_e(&text).map(|g| (Some(g), vec![]))
+            } else if all_digits && matches!(text.len(), 8 | 12 | 13 | 14) {
                 gtin_of(&text, text.len(), "GTIN").map(|g| (Some(g), vec![]))
             } else if text.contains(char::from(GS)) || (text.starts_with("01") && text.len() >= 16)
             {
@@ -256,6 +267,43 @@ pub fn decode_truncated(frame: &[u8], max_len: usize) -> Decoded {
     d.elements.clear();
     d.error = Some(ReadError::Truncated { max_len });
     d
+}
+
+/// A UPC-E as scanners send it unexpanded (number system, six digits,
+/// check digit: 8 ASCII digits), as its UPC-A GTIN-12. The check digit is
+/// the UPC-A's, so it is verified on the expanded number.
+fn upc_e(text: &str) -> Result<Gtin, ReadError> {
+    let d: Vec<u8> = text.bytes().map(|b| b.wrapping_sub(b'0')).collect();
+    let [ns, d1, d2, d3, d4, d5, d6, _check] = d[..] else {
+        return Err(ReadError::BadLength(format!(
+            "UPC-E carries 8 digits, got {}",
+            text.len()
+        )));
+    };
+    if ns > 1 {
+        return Err(ReadError::BadValue(format!(
+            "UPC-E `{text}`: the number system must be 0 or 1, not {ns}"
+        )));
+    }
+    // GS1 General Specifications, UPC-E zero suppression, by the last of
+    // the six digits.
+    let body: [u8; 10] = match d6 {
+        0..=2 => [d1, d2, d6, 0, 0, 0, 0, d3, d4, d5],
+        3 => [d1, d2, d3, 0, 0, 0, 0, 0, d4, d5],
+        4 => [d1, d2, d3, d4, 0, 0, 0, 0, 0, d5],
+        _ => [d1, d2, d3, d4, d5, 0, 0, 0, 0, d6],
+    };
+    let upc_a: String = std::iter::once(ns)
+        .chain(body)
+        .chain(std::iter::once(d[7]))
+        .map(|x| char::from(b'0' + x))
+        .collect();
+    gtin_of(&upc_a, 12, "UPC-E").map_err(|e| match e {
+        ReadError::BadCheckDigit(detail) => {
+            ReadError::BadCheckDigit(format!("UPC-E `{text}` as UPC-A {detail}"))
+        }
+        other => other,
+    })
 }
 
 fn gtin_of(text: &str, len: usize, what: &str) -> Result<Gtin, ReadError> {
@@ -554,6 +602,38 @@ mod tests {
             ai: ai.into(),
             value: value.into(),
         }
+    }
+
+    #[test]
+    fn unprefixed_upc_e_is_expanded_when_the_profile_says_so() {
+        let upc_e = |frame: &[u8]| decode_with(frame, EightDigitReads::UpcE);
+        let reason_of = |d: &Decoded| d.error.as_ref().map(ToString::to_string);
+        // Each rule of the zero suppression (last digit 0-2, 3, 4, 5-9).
+        for (sent, gtin) in [
+            ("04252614", "042100005264"),
+            ("01234565", "012345000065"),
+            ("01234531", "012300000451"),
+            ("01234543", "012340000053"),
+            ("01234572", "012345000072"),
+            ("11234562", "112345000062"),
+        ] {
+            let d = upc_e(sent.as_bytes());
+            assert_eq!(d.error, None, "{sent}");
+            assert_eq!(d.gtin.as_ref().map(|g| g.as_str()), Some(gtin), "{sent}");
+            assert_eq!(d.data, sent, "the read is kept as sent");
+        }
+        // The check digit is verified on the expansion.
+        assert!(reason_of(&upc_e(b"04252615"))
+            .is_some_and(|r| r.starts_with("bad_check_digit: UPC-E `04252615`")));
+        // Only number systems 0 and 1 have a UPC-E.
+        assert!(reason_of(&upc_e(b"24252614")).is_some_and(|r| r.starts_with("bad_value:")));
+        // Other lengths and identified reads are not affected.
+        assert_eq!(upc_e(b"4006381333931").gtin, decode(b"4006381333931").gtin);
+        assert_eq!(upc_e(b"]E496385074").gtin, decode(b"]E496385074").gtin);
+        // And by default 8 digits stay an EAN-8: `04252614` fails its
+        // GTIN-8 check, `96385074` passes it.
+        assert!(reason_of(&decode(b"04252614")).is_some_and(|r| r.starts_with("bad_check_digit")));
+        assert_eq!(decode(b"96385074").error, None);
     }
 
     #[test]

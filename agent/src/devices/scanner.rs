@@ -18,6 +18,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+#[cfg(test)]
+use firmware_config::EightDigitReads;
 use firmware_config::{FlowControl, Parity, Scanner};
 use protocol::device::{DeviceState, DeviceStatus, Scan};
 use protocol::{EventBody, Source, SourceKind};
@@ -34,12 +36,13 @@ use crate::reconnect::Reconnect;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The scan event body for one frame.
-pub fn scan_of(frame: &Frame, lane: &str, max_frame_len: usize) -> Scan {
+pub fn scan_of(frame: &Frame, cfg: &Scanner) -> Scan {
     let d = if frame.truncated {
-        gs1::decode_truncated(&frame.bytes, max_frame_len)
+        gs1::decode_truncated(&frame.bytes, cfg.max_frame_len)
     } else {
-        gs1::decode(&frame.bytes)
+        gs1::decode_with(&frame.bytes, cfg.eight_digit_reads)
     };
+    let lane = &cfg.lane;
     Scan {
         lane: lane.to_owned(),
         valid: d.error.is_none(),
@@ -162,7 +165,7 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
 }
 
 async fn handle_frame(cfg: &Scanner, source: &Source, submitter: &Submitter, frame: &Frame) {
-    let scan = scan_of(frame, &cfg.lane, cfg.max_frame_len);
+    let scan = scan_of(frame, cfg);
     submitter.metrics.scanner_read(&cfg.id, scan.valid);
     if frame.truncated {
         submitter.metrics.truncated(&cfg.id);
@@ -184,6 +187,7 @@ pub(crate) fn status_body(state: DeviceState, detail: Option<String>) -> EventBo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firmware_config::EightDigitReads;
 
     fn frame(bytes: &[u8], truncated: bool) -> Frame {
         Frame {
@@ -192,9 +196,27 @@ mod tests {
         }
     }
 
+    fn profile(max_frame_len: usize, eight_digit_reads: EightDigitReads) -> Scanner {
+        Scanner {
+            id: "s".into(),
+            port: "/dev/null".into(),
+            lane: "lane-1".into(),
+            baud_rate: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow_control: FlowControl::None,
+            terminator: firmware_config::Terminator::Cr,
+            max_frame_len,
+            reconnect_max_backoff_ms: 400,
+            eight_digit_reads,
+        }
+    }
+
     #[test]
     fn frames_become_scan_bodies() {
-        let s = scan_of(&frame(b"]E04006381333931", false), "lane-1", 256);
+        let p = profile(256, EightDigitReads::Ean8);
+        let s = scan_of(&frame(b"]E04006381333931", false), &p);
         assert!(s.valid);
         assert_eq!(s.lane, "lane-1");
         assert_eq!(s.symbology.as_deref(), Some("]E0"));
@@ -202,18 +224,33 @@ mod tests {
             s.gtin.map(|g| g.to_string()).as_deref(),
             Some("4006381333931")
         );
-        let s = scan_of(&frame(b"]E04006381333932", false), "lane-1", 256);
+        let s = scan_of(&frame(b"]E04006381333932", false), &p);
         assert!(!s.valid);
         assert_eq!(
             s.invalid_reason.as_deref(),
             Some("bad_check_digit: 4006381333932: check digit is 2 but should be 1")
         );
-        let s = scan_of(&frame(b"]E04006381333931", true), "lane-1", 16);
+        let s = scan_of(
+            &frame(b"]E04006381333931", true),
+            &profile(16, EightDigitReads::Ean8),
+        );
         assert!(!s.valid && s.truncated && s.gtin.is_none());
         assert_eq!(
             s.invalid_reason.as_deref(),
             Some("truncated: read longer than 16 bytes was cut")
         );
+        // The profile says how 8 unprefixed digits read.
+        let upc_e = scan_of(
+            &frame(b"04252614", false),
+            &profile(256, EightDigitReads::UpcE),
+        );
+        assert!(upc_e.valid, "{upc_e:?}");
+        assert_eq!(
+            upc_e.gtin.map(|g| g.to_string()).as_deref(),
+            Some("042100005264")
+        );
+        let ean8 = scan_of(&frame(b"04252614", false), &p);
+        assert!(!ean8.valid && ean8.gtin.is_none(), "{ean8:?}");
     }
 
     #[test]
@@ -230,6 +267,7 @@ mod tests {
             terminator: firmware_config::Terminator::Cr,
             max_frame_len: 256,
             reconnect_max_backoff_ms: 400,
+            eight_digit_reads: EightDigitReads::Ean8,
         };
         let mut b = reconnect_policy(&cfg);
         let now = tokio::time::Instant::now();
@@ -389,6 +427,7 @@ mod pty_tests {
             terminator: firmware_config::Terminator::Cr,
             max_frame_len: 24,
             reconnect_max_backoff_ms: 300,
+            eight_digit_reads: EightDigitReads::UpcE,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(
@@ -456,12 +495,15 @@ mod pty_tests {
             statuses(e) == ["online", "offline", "online"]
         })
         .await;
-        write(&feeder, b"]E496385074\r");
-        let evs = wait_for(&handle, "a scan after the reconnect", |e| {
-            scans(e).len() >= 10
+        // Then a UPC-E without identifier, as this profile says it sends.
+        write(&feeder, b"]E496385074\r04252614\r");
+        let evs = wait_for(&handle, "scans after the reconnect", |e| {
+            scans(e).len() >= 11
         })
         .await;
         assert_eq!(scans(&evs)[9]["gtin"], "96385074");
+        assert_eq!(scans(&evs)[10]["gtin"], "042100005264");
+        assert_eq!(scans(&evs)[10]["data"], "04252614");
 
         let mut text = String::new();
         let mut reg = prometheus_client::registry::Registry::with_prefix("storelink_agent");
@@ -469,7 +511,7 @@ mod pty_tests {
         prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
         assert!(
             text.contains(
-                r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="valid"} 6"#
+                r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="valid"} 7"#
             ),
             "{text}"
         );
