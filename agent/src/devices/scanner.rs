@@ -255,20 +255,7 @@ mod tests {
 
     #[test]
     fn backoff_is_capped_by_the_profile() {
-        let mut cfg = Scanner {
-            id: "s".into(),
-            port: "/dev/null".into(),
-            lane: "l".into(),
-            baud_rate: 9600,
-            data_bits: 8,
-            parity: Parity::None,
-            stop_bits: 1,
-            flow_control: FlowControl::None,
-            terminator: firmware_config::Terminator::Cr,
-            max_frame_len: 256,
-            reconnect_max_backoff_ms: 400,
-            eight_digit_reads: EightDigitReads::Ean8,
-        };
+        let mut cfg = profile(256, EightDigitReads::Ean8);
         let mut b = reconnect_policy(&cfg);
         let now = tokio::time::Instant::now();
         let waits: Vec<Duration> = (0..12).map(|_| b.down(now)).collect();

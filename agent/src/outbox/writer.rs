@@ -260,62 +260,32 @@ impl Writer {
                                 append(&tx, config, &self.stats, keys, &event, key.as_deref(), shed)
                             })
                         };
-                        match step {
-                            Ok(outcome) => {
-                                if outcome.as_ref().err().is_some_and(super::is_disk_full) {
-                                    disk_full_seen = true;
-                                }
-                                replies.push(Reply::Append(Pending { reply, outcome }));
-                                Ok(())
-                            }
-                            Err(e) => {
-                                replies.push(Reply::Append(Pending::failed(reply, &e)));
-                                Err(e)
-                            }
+                        if matches!(&step, Ok(Err(e)) if super::is_disk_full(e)) {
+                            disk_full_seen = true;
                         }
+                        queue_reply(&mut replies, reply, step, Reply::Append)
                     }
                     Command::Delete { ids, reply } => {
-                        match in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
-                            delete(&tx, &self.stats, &ids)
-                        }) {
-                            Ok(outcome) => {
-                                replies.push(Reply::Delete(Pending { reply, outcome }));
-                                Ok(())
-                            }
-                            Err(e) => {
-                                replies.push(Reply::Delete(Pending::failed(reply, &e)));
-                                Err(e)
-                            }
-                        }
+                        let step =
+                            in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                                delete(&tx, &self.stats, &ids)
+                            });
+                        queue_reply(&mut replies, reply, step, Reply::Delete)
                     }
                     Command::Quarantine { seq, reason, reply } => {
-                        match in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
-                            quarantine(&tx, &self.store, &self.stats, seq, &reason)
-                        }) {
-                            Ok(outcome) => {
-                                replies.push(Reply::Quarantine(Pending { reply, outcome }));
-                                Ok(())
-                            }
-                            Err(e) => {
-                                replies.push(Reply::Quarantine(Pending::failed(reply, &e)));
-                                Err(e)
-                            }
-                        }
+                        let step =
+                            in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                                quarantine(&tx, &self.store, &self.stats, seq, &reason)
+                            });
+                        queue_reply(&mut replies, reply, step, Reply::Quarantine)
                     }
                     #[cfg(test)]
                     Command::RollbackForTest { reply } => {
-                        match in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
-                            Ok(tx.execute_batch("ROLLBACK")?)
-                        }) {
-                            Ok(outcome) => {
-                                replies.push(Reply::Test(Pending { reply, outcome }));
-                                Ok(())
-                            }
-                            Err(e) => {
-                                replies.push(Reply::Test(Pending::failed(reply, &e)));
-                                Err(e)
-                            }
-                        }
+                        let step =
+                            in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                                Ok(tx.execute_batch("ROLLBACK")?)
+                            });
+                        queue_reply(&mut replies, reply, step, Reply::Test)
                     }
                     Command::Housekeep => {
                         housekeep = true;
@@ -605,6 +575,26 @@ fn over(stats: &OutboxStats, config: &OutboxConfig, share: f64, extra_bytes: u64
 /// Runs a statement without results from the connection's statement cache:
 /// the savepoint around every append was parsed afresh each time
 /// (`execute_batch`), which showed in the writer's profile.
+/// Queues a request's reply with its outcome; a lost transaction fails the
+/// request and is passed on, to end the group.
+fn queue_reply<T>(
+    replies: &mut Vec<Reply>,
+    reply: tokio::sync::oneshot::Sender<Result<T, OutboxError>>,
+    step: Result<Result<T, OutboxError>, OutboxError>,
+    wrap: fn(Pending<T>) -> Reply,
+) -> Result<(), OutboxError> {
+    match step {
+        Ok(outcome) => {
+            replies.push(wrap(Pending { reply, outcome }));
+            Ok(())
+        }
+        Err(e) => {
+            replies.push(wrap(Pending::failed(reply, &e)));
+            Err(e)
+        }
+    }
+}
+
 /// The counters a rolled-back write must give back.
 #[derive(Clone, Copy)]
 struct Counters {
