@@ -29,7 +29,14 @@ impl Reconnect {
     /// come back in the same instant.
     pub fn new(initial: Duration, max: Duration, jitter: f64) -> Reconnect {
         let max = max.max(Duration::from_millis(1));
-        let initial = initial.min(max);
+        let jitter = jitter.clamp(0.0, 0.99);
+        // The crate caps the interval first and randomizes it after, by up
+        // to `jitter` either way. Capped at `max` itself, half of all waits
+        // at the cap would come out above it and be clipped to exactly
+        // `max`: stores that lost the same broker would come back in step.
+        // Capped lower, every wait is spread and none passes `max`.
+        let interval_cap = max.div_f64(1.0 + jitter);
+        let initial = initial.min(interval_cap);
         Reconnect {
             backoff: ExponentialBackoff {
                 // Both: the struct starts from `current_interval`.
@@ -37,7 +44,7 @@ impl Reconnect {
                 initial_interval: initial,
                 randomization_factor: jitter,
                 multiplier: 2.0,
-                max_interval: max,
+                max_interval: interval_cap,
                 max_elapsed_time: None,
                 ..ExponentialBackoff::default()
             },
@@ -82,10 +89,30 @@ mod tests {
         );
         assert!(waits.iter().all(|w| *w <= Duration::from_secs(15)));
         assert!(
-            waits[15..]
-                .iter()
-                .all(|w| *w >= Duration::from_millis(7_500)),
-            "after a few attempts the waits sit near the cap: {waits:?}"
+            waits[15..].iter().all(|w| *w >= Duration::from_secs(5)),
+            "after a few attempts the waits sit in the top two thirds below the cap: {waits:?}"
+        );
+    }
+
+    #[test]
+    fn waits_at_the_cap_stay_spread_and_do_not_pile_up_on_it() {
+        let cap = Duration::from_secs(15);
+        let mut r = Reconnect::new(Duration::from_millis(200), cap, 0.5);
+        let now = Instant::now();
+        let waits: Vec<Duration> = (0..1_000).map(|_| r.down(now)).skip(20).collect();
+        let at_cap = waits.iter().filter(|w| **w >= cap).count();
+        assert!(
+            at_cap < waits.len() / 20,
+            "{at_cap} of {} waits were exactly the cap: stores would reconnect in step",
+            waits.len()
+        );
+        let (lo, hi) = (
+            waits.iter().min().copied().unwrap_or_default(),
+            waits.iter().max().copied().unwrap_or_default(),
+        );
+        assert!(
+            hi - lo >= Duration::from_secs(8),
+            "waits at the cap spread over {lo:?}..{hi:?} only"
         );
     }
 
@@ -103,7 +130,7 @@ mod tests {
             now += w;
         }
         assert!(
-            waits[7] >= Duration::from_millis(7_500),
+            waits[7] >= Duration::from_secs(5),
             "a link dropped right after it came up is not retried every 200 ms: {waits:?}"
         );
         // A link that held for the stable period starts over.

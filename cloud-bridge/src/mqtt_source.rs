@@ -127,14 +127,19 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// otherwise be retried every 200 ms for ever.
 const RECONNECT_STABLE: Duration = Duration::from_secs(30);
 
+/// How far each wait is spread either way.
+const RECONNECT_JITTER: f64 = 0.3;
+
 fn reconnect_backoff() -> ExponentialBackoff {
     ExponentialBackoff {
         // Both: the struct starts from `current_interval` (default 500 ms).
         current_interval: RECONNECT_FIRST,
         initial_interval: RECONNECT_FIRST,
-        randomization_factor: 0.3,
+        randomization_factor: RECONNECT_JITTER,
         multiplier: 2.0,
-        max_interval: RECONNECT_MAX,
+        // The crate randomizes after capping: capped at RECONNECT_MAX, half
+        // the waits at the cap would be clipped to exactly it, in step.
+        max_interval: RECONNECT_MAX.div_f64(1.0 + RECONNECT_JITTER),
         max_elapsed_time: None,
         ..ExponentialBackoff::default()
     }
@@ -490,8 +495,12 @@ mod tests {
         assert!(
             waits[10..]
                 .iter()
-                .all(|w| *w >= Duration::from_millis(3_500)),
-            "later waits sit near the cap: {waits:?}"
+                .all(|w| *w >= Duration::from_millis(2_600)),
+            "later waits sit in the top half below the cap: {waits:?}"
+        );
+        assert!(
+            waits[10..].iter().filter(|w| **w >= RECONNECT_MAX).count() <= 1,
+            "later waits are spread, not clipped to the cap in step: {waits:?}"
         );
         // A connection that came up starts the waits over.
         b.reset();
