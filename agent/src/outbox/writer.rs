@@ -226,9 +226,10 @@ impl Writer {
     /// Runs one group of commands: all writes in one transaction, replies
     /// after the commit. Returns the shutdown reply if one was requested.
     ///
-    /// Each write runs under a savepoint, so one that fails (a sale over the
-    /// cap, disk full between an event and its key) leaves nothing behind
-    /// and the rest of the group commits. Some errors make SQLite roll back
+    /// Each append and quarantine runs under a savepoint, so one that fails
+    /// (a sale over the cap, disk full between an event and its key) leaves
+    /// nothing behind and the rest of the group commits (a receipt's delete
+    /// needs none; see there). Some errors make SQLite roll back
     /// the whole transaction instead (`SQLITE_FULL`, `SQLITE_IOERR`; see
     /// "Response To Errors Within A Transaction" in SQLite's documentation):
     /// then the group is over. The commands not yet run are failed rather
@@ -580,9 +581,6 @@ fn over(stats: &OutboxStats, config: &OutboxConfig, share: f64, extra_bytes: u64
     stats.rows() + 1 > max_rows || stats.bytes() + extra_bytes > max_bytes
 }
 
-/// Runs a statement without results from the connection's statement cache:
-/// the savepoint around every append was parsed afresh each time
-/// (`execute_batch`), which showed in the writer's profile.
 /// Queues a request's reply with its outcome; a lost transaction fails the
 /// request and is passed on, to end the group.
 fn queue_reply<T>(
@@ -675,6 +673,9 @@ fn in_savepoint<T>(
     Ok(outcome)
 }
 
+/// Runs a statement without results from the connection's statement cache:
+/// the savepoint around every append was parsed afresh each time
+/// (`execute_batch`), which showed in the writer's profile.
 fn run_cached(tx: &rusqlite::Transaction<'_>, sql: &str) -> Result<(), rusqlite::Error> {
     tx.prepare_cached(sql)?.execute([])?;
     Ok(())
