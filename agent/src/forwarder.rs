@@ -18,6 +18,10 @@
 //! * Events are sent in `seq` order over one MQTT topic per store, which the
 //!   broker delivers in order; after a rewind, events are re-sent in the same
 //!   order, so per-stream order by first delivery is preserved.
+//! * Each connection gets a client and event loop of its own. A batch the
+//!   forwarder queued just as a connection dropped dies with it: sent on the
+//!   next connection ahead of the rewind's resends, it would overtake older
+//!   batches a broker that forgot the session had lost, and break order.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,7 +29,9 @@ use std::time::Duration;
 use protocol::batch::encode_batch;
 use protocol::receipt::{DeliveryOutcome, DeliveryReceipt};
 use protocol::topics;
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +52,12 @@ pub struct ForwarderConfig {
 /// What the connection task tells the forwarder.
 #[derive(Debug)]
 pub enum Link {
-    Connected { session_present: bool },
+    /// A new connection and the client that publishes on it; the client of
+    /// any earlier connection is dead.
+    Connected {
+        session_present: bool,
+        client: AsyncClient,
+    },
     Disconnected(String),
     Receipt(DeliveryReceipt),
 }
@@ -134,11 +145,27 @@ impl SendWindow {
     }
 }
 
-/// Polls the MQTT event loop until `shutdown`; never blocks on the forwarder
-/// for long (the link channel is sized for the whole window).
+/// How to reach the cloud broker; a client and event loop are made from it
+/// for every connection.
+#[derive(Clone)]
+pub struct CloudLink {
+    pub options: MqttOptions,
+    pub network: NetworkOptions,
+    /// The request channel's capacity (rumqttc's `cap`).
+    pub capacity: usize,
+}
+
+/// How one connection ended.
+enum Ended {
+    Lost(rumqttc::ConnectionError),
+    Shutdown,
+}
+
+/// Connects, reconnects and polls until `shutdown`, then disconnects
+/// cleanly; never blocks on the forwarder for long (the link channel is
+/// sized for the whole window).
 pub async fn run_connection(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
+    cloud: CloudLink,
     store_id: String,
     link: mpsc::Sender<Link>,
     shutdown: CancellationToken,
@@ -146,39 +173,24 @@ pub async fn run_connection(
     let receipts = topics::store_receipts_topic(&store_id);
     let mut reconnect = reconnect_policy();
     loop {
-        let event = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ev = eventloop.poll() => ev,
-        };
-        match event {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                reconnect.up(Instant::now());
-                METRICS.mqtt_connected.set(1);
-                tracing::info!(
-                    session_present = ack.session_present,
-                    "connected to cloud broker"
-                );
-                // Subscribing on every connect is idempotent and covers a
-                // broker that lost the session.
-                if let Err(e) = client.try_subscribe(&receipts, QoS::AtLeastOnce) {
-                    tracing::warn!(error = %e, "could not queue receipts subscription");
-                }
-                let _ = link
-                    .send(Link::Connected {
-                        session_present: ack.session_present,
-                    })
-                    .await;
-            }
-            Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == receipts => {
-                match serde_json::from_slice::<DeliveryReceipt>(&p.payload) {
-                    Ok(r) => {
-                        let _ = link.send(Link::Receipt(r)).await;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "unreadable delivery receipt ignored"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
+        // A fresh client and event loop per connection: requests queued on
+        // the last one (a publish racing the drop, rumqttc's retransmits)
+        // are dropped with it. The forwarder resends from SQLite after
+        // every reconnect, in order; a stale batch sent first would not be.
+        let (client, mut eventloop) = AsyncClient::new(cloud.options.clone(), cloud.capacity);
+        eventloop.set_network_options(cloud.network.clone());
+        match serve(
+            &mut eventloop,
+            &client,
+            &receipts,
+            &link,
+            &mut reconnect,
+            &shutdown,
+        )
+        .await
+        {
+            Ended::Shutdown => return disconnect(&mut eventloop, &client).await,
+            Ended::Lost(e) => {
                 METRICS.mqtt_connected.set(0);
                 let _ = link.send(Link::Disconnected(e.to_string())).await;
                 let wait = reconnect.down(Instant::now());
@@ -192,6 +204,73 @@ pub async fn run_connection(
     }
 }
 
+/// Connects `eventloop` and polls it until the connection fails or
+/// `shutdown`.
+async fn serve(
+    eventloop: &mut EventLoop,
+    client: &AsyncClient,
+    receipts: &str,
+    link: &mpsc::Sender<Link>,
+    reconnect: &mut Reconnect,
+    shutdown: &CancellationToken,
+) -> Ended {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                reconnect.up(Instant::now());
+                METRICS.mqtt_connected.set(1);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "connected to cloud broker"
+                );
+                // Subscribing on every connect is idempotent and covers a
+                // broker that lost the session.
+                if let Err(e) = client.try_subscribe(receipts, QoS::AtLeastOnce) {
+                    tracing::warn!(error = %e, "could not queue receipts subscription");
+                }
+                let _ = link
+                    .send(Link::Connected {
+                        session_present: ack.session_present,
+                        client: client.clone(),
+                    })
+                    .await;
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == receipts => {
+                match serde_json::from_slice::<DeliveryReceipt>(&p.payload) {
+                    Ok(r) => {
+                        let _ = link.send(Link::Receipt(r)).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "unreadable delivery receipt ignored"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Ended::Lost(e),
+        }
+    }
+}
+
+/// Sends DISCONNECT on a live connection, waiting a moment for it to leave;
+/// the session stays at the broker either way.
+async fn disconnect(eventloop: &mut EventLoop, client: &AsyncClient) {
+    if eventloop.network.is_none() || client.try_disconnect().is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    METRICS.mqtt_connected.set(0);
+}
+
 /// The cloud link's reconnect waits: 200 ms doubling to 15 s, jittered.
 fn reconnect_policy() -> Reconnect {
     Reconnect::new(Duration::from_millis(200), Duration::from_secs(15), 0.5)
@@ -200,22 +279,21 @@ fn reconnect_policy() -> Reconnect {
 pub struct Forwarder {
     config: ForwarderConfig,
     outbox: OutboxHandle,
-    client: AsyncClient,
+    /// The current connection's client; `None` while disconnected.
+    client: Option<AsyncClient>,
     topic: String,
-    connected: bool,
     window: SendWindow,
 }
 
 impl Forwarder {
-    pub fn new(config: ForwarderConfig, outbox: OutboxHandle, client: AsyncClient) -> Self {
+    pub fn new(config: ForwarderConfig, outbox: OutboxHandle) -> Self {
         let topic = topics::store_events_topic(&config.store_id);
         let window = SendWindow::new(config.max_batches_in_flight, config.receipt_timeout);
         Forwarder {
             config,
             outbox,
-            client,
+            client: None,
             topic,
-            connected: false,
             window,
         }
     }
@@ -277,7 +355,7 @@ impl Forwarder {
 
     /// Sends one batch if the window allows; returns whether it sent anything.
     async fn send_next(&mut self) -> bool {
-        if !self.connected || !self.window.has_room() {
+        if self.client.is_none() || !self.window.has_room() {
             return false;
         }
         let budget = batch_budget(self.config.batch_max_bytes, &self.config.store_id);
@@ -318,8 +396,10 @@ impl Forwarder {
             &self.config.store_id,
             good.iter().map(|e| e.payload.as_slice()),
         );
-        match self
-            .client
+        let Some(client) = &self.client else {
+            return false;
+        };
+        match client
             .publish(self.topic.clone(), QoS::AtLeastOnce, false, payload)
             .await
         {
@@ -333,7 +413,7 @@ impl Forwarder {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "publish failed; will rewind on reconnect");
-                self.connected = false;
+                self.client = None;
                 false
             }
         }
@@ -355,12 +435,12 @@ impl Forwarder {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = link.recv() => match msg {
-                    Some(Link::Connected { session_present }) => {
-                        self.connected = true;
+                    Some(Link::Connected { session_present, client }) => {
+                        self.client = Some(client);
                         self.rewind(if session_present { "reconnected" } else { "reconnected without session" });
                     }
                     Some(Link::Disconnected(_)) => {
-                        self.connected = false;
+                        self.client = None;
                     }
                     Some(Link::Receipt(r)) => self.on_receipt(r).await,
                     None => break,

@@ -151,19 +151,20 @@ async fn run(profile_path: &Path) -> Result<()> {
 
     // Cloud link: the connection task outlives the forwarder so receipts
     // can still arrive during the drain.
-    let (client, mut eventloop) =
-        rumqttc::AsyncClient::new(mqtt_options, profile.cloud.max_batches_in_flight * 2 + 16);
     // Batches are latency-bound round trips (publish → receipt): without
     // TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to each.
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
-    eventloop.set_network_options(network);
+    let cloud = forwarder::CloudLink {
+        options: mqtt_options,
+        network,
+        capacity: profile.cloud.max_batches_in_flight * 2 + 16,
+    };
     let link_shutdown = CancellationToken::new();
     let (link_tx, link_rx) =
         tokio::sync::mpsc::channel(profile.cloud.max_batches_in_flight * 4 + 64);
     let connection = tokio::spawn(forwarder::run_connection(
-        eventloop,
-        client.clone(),
+        cloud,
         store.store_id.clone(),
         link_tx,
         link_shutdown.clone(),
@@ -177,7 +178,6 @@ async fn run(profile_path: &Path) -> Result<()> {
             receipt_timeout: Duration::from_secs(profile.cloud.receipt_timeout_secs),
         },
         handle.clone(),
-        client.clone(),
     );
     let grace = Duration::from_secs(profile.agent.shutdown_grace_secs);
     let forwarder_task = tokio::spawn(forwarder.run(link_rx, shutdown.clone(), grace / 2));
@@ -240,9 +240,9 @@ async fn run(profile_path: &Path) -> Result<()> {
         let _ = tokio::time::timeout(grace / 4, t).await;
     }
     let _ = tokio::time::timeout(grace, forwarder_task).await;
-    let _ = client.disconnect().await;
+    // The connection task sends DISCONNECT itself, on whichever connection is live.
     link_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), connection).await;
     let _ = housekeeping.await;
     drop(state);
     drop(handle);
