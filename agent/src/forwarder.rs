@@ -376,13 +376,11 @@ impl Forwarder {
         let last_seq = last.seq;
         let mut good = Vec::with_capacity(events.len());
         for ev in events {
-            if ev.checksum_ok() {
+            let Some(damage) = ev.damage() else {
                 good.push(ev);
-            } else if let Err(e) = self
-                .outbox
-                .quarantine(ev.seq, "crc32 mismatch before send".into())
-                .await
-            {
+                continue;
+            };
+            if let Err(e) = self.outbox.quarantine(ev.seq, damage.into()).await {
                 tracing::error!(error = %e, seq = ev.seq, "could not quarantine a corrupt event");
             }
         }

@@ -42,7 +42,9 @@
 //! shed_unreported(only = 1, count)               -- readings shed, not yet reported
 //! ```
 //! `payload` is the event's envelope JSON, byte for byte what goes to Kafka;
-//! `crc32` covers it and is verified before sending.
+//! `crc32` covers it and is verified before sending, as is `id` against the
+//! payload's own id (receipts delete by it: a damaged `id` would leave a row
+//! no receipt removes, resent for ever).
 
 mod keys;
 mod recovery;
@@ -134,6 +136,29 @@ pub struct StoredEvent {
 impl StoredEvent {
     pub fn checksum_ok(&self) -> bool {
         crc32fast::hash(&self.payload) == self.crc32
+    }
+
+    /// Whether the `id` column is the payload's envelope id. The checksum
+    /// covers only the payload, and receipts name the payload's id.
+    pub fn id_matches_payload(&self) -> bool {
+        // `"id":"<hyphenated lowercase uuid>"`, as the envelope serializes it.
+        let mut needle = [0u8; 43];
+        needle[..6].copy_from_slice(b"\"id\":\"");
+        self.id.0.hyphenated().encode_lower(&mut needle[6..42]);
+        needle[42] = b'"';
+        memchr::memmem::find(&self.payload, &needle).is_some()
+    }
+
+    /// Why this row cannot be sent as stored, if it cannot: the reason its
+    /// quarantine records.
+    pub fn damage(&self) -> Option<&'static str> {
+        if !self.checksum_ok() {
+            Some("crc32 mismatch before send")
+        } else if !self.id_matches_payload() {
+            Some("stored id differs from the payload's id")
+        } else {
+            None
+        }
     }
 }
 

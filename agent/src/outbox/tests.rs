@@ -1108,6 +1108,56 @@ fn a_group_whose_transaction_sqlite_rolled_back_fails_as_a_whole_and_stores_noth
 }
 
 #[tokio::test]
+async fn an_event_whose_stored_id_was_damaged_is_quarantined_not_resent_for_ever() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    let mut ids = vec![];
+    for seq in 1..=2 {
+        let (env, key) = sale(seq);
+        ids.push(env.id);
+        h.append(env, key).await.expect("append");
+    }
+    {
+        // One flipped bit in the first row's id column; its payload and the
+        // payload's checksum are intact.
+        let mut flipped = *ids[0].0.as_bytes();
+        flipped[15] ^= 1;
+        let conn = rusqlite::Connection::open(dir.path().join("outbox.db")).expect("open");
+        conn.execute(
+            "UPDATE events SET id = ?1 WHERE id = ?2",
+            rusqlite::params![flipped.as_slice(), ids[0].0.as_bytes().as_slice()],
+        )
+        .expect("damage");
+    }
+    let events = all_events(&h).await;
+    assert!(events[0].checksum_ok(), "the payload itself is intact");
+    assert!(!events[0].id_matches_payload());
+    assert_eq!(
+        events[0].damage(),
+        Some("stored id differs from the payload's id")
+    );
+    assert_eq!(events[1].damage(), None);
+    // Why it cannot simply be sent: the bridge's receipt names the payload's
+    // id, which no longer matches any row.
+    assert_eq!(h.delete(vec![ids[0]]).await.expect("delete"), 0);
+
+    h.quarantine(
+        events[0].seq,
+        "stored id differs from the payload's id".into(),
+    )
+    .await
+    .expect("quarantine");
+    let events = all_events(&h).await;
+    assert_eq!(events.len(), 2, "the intact sale and the alert");
+    assert_eq!(events[0].id, ids[1]);
+    assert!(String::from_utf8_lossy(&events[1].payload).contains("outbox_corrupt_events"));
+    assert!(events.iter().all(|e| e.damage().is_none()));
+    assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 1);
+    assert_eq!(h.stats().pending_transactions(), 1);
+}
+
+#[tokio::test]
 async fn columns_damaged_past_sqlites_check_are_quarantined_or_skipped_never_a_stall_or_a_failed_start(
 ) {
     let dir = tempfile::tempdir().expect("tmp");
