@@ -459,8 +459,10 @@ fn valid_date(v: &[u8]) -> bool {
     let days = match mm {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
-        // GS1 resolves YY within -49/+50 years of today: 1951-2050, where
-        // every year divisible by 4 (2000 included) is a leap year.
+        // GS1 resolves YY to the year within -49/+50 of the current one
+        // (General Specifications 7.12), a sliding window. Until 2050 it
+        // holds no century year but 2000, a leap year, so YY % 4 decides;
+        // from 2050 on, YY = 00 can mean 2100, which is not.
         2 if yy % 4 == 0 => 29,
         2 => 28,
         _ => return false,
