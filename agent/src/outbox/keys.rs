@@ -10,7 +10,7 @@
 //! megabytes.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::EventId;
 use rusqlite::{params, Connection, Transaction};
@@ -24,6 +24,10 @@ pub(crate) const KEY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// forgotten key is stored again, and downstream de-duplicates on the
 /// natural key (store, terminal, business day, sequence number).
 pub(crate) const MAX_KEYS: usize = 500_000;
+/// A difference between the wall clock's and the monotonic clock's progress
+/// beyond this, between two housekeeping passes, is a step of the wall clock
+/// (NTP correcting a box that booted with a wrong clock), not drift.
+const CLOCK_STEP: Duration = Duration::from_secs(60);
 /// The most keys one housekeeping pass forgets (some 100 ms of the writer's
 /// time): more than the writer can store between two passes.
 const MAX_PRUNE_STEP: usize = 200_000;
@@ -45,6 +49,16 @@ type KeyMap = HashMap<Box<str>, KeyEntry, foldhash::fast::RandomState>;
 pub(crate) struct KeyIndex {
     committed: KeyMap,
     staged: KeyMap,
+    /// The last housekeeping pass: both clocks' readings and the newest key
+    /// stored by then.
+    last_pass: Option<ClockMark>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClockMark {
+    wall_ms: i64,
+    monotonic: Instant,
+    newest_rowid: i64,
 }
 
 fn event_id(bytes: &[u8]) -> EventId {
@@ -137,6 +151,59 @@ impl KeyIndex {
 
     /// Forgets keys older than the retention, or the oldest beyond
     /// [`MAX_KEYS`], oldest first, in bounded steps.
+    /// A housekeeping pass: keeps key ages true across a wall-clock step,
+    /// then forgets the keys past [`KEY_RETENTION`] (see [`Self::prune`]).
+    ///
+    /// Keys are stamped with the wall clock, and a step forward of a week
+    /// (a box that booted with a stale clock, then met NTP) would otherwise
+    /// forget every key at once, so a terminal's retry of a sale made
+    /// minutes ago would be stored a second time. A step found here (the
+    /// wall clock moved more than [`CLOCK_STEP`] further than the monotonic
+    /// one since the last pass) moves the stamps of the keys stored before
+    /// the last pass by the same amount. Keys stored since then may predate
+    /// the step or not, and are left as they are; a step while the agent
+    /// was not running cannot be seen.
+    pub(crate) fn housekeep(
+        &mut self,
+        conn: &Connection,
+        wall_ms: i64,
+        monotonic: Instant,
+    ) -> Result<usize, rusqlite::Error> {
+        if let Some(last) = self.last_pass {
+            let wall = wall_ms - last.wall_ms;
+            let elapsed = i64::try_from(
+                monotonic
+                    .saturating_duration_since(last.monotonic)
+                    .as_millis(),
+            )
+            .unwrap_or(i64::MAX);
+            let step = wall.saturating_sub(elapsed);
+            if step.unsigned_abs() > CLOCK_STEP.as_millis() as u64 {
+                let moved = conn
+                    .prepare_cached(
+                        "UPDATE idempotency_keys SET created_ms = created_ms + ?1 WHERE rowid <= ?2",
+                    )?
+                    .execute(params![step, last.newest_rowid])?;
+                tracing::warn!(
+                    step_ms = step,
+                    keys = moved,
+                    "the wall clock stepped; idempotency keys keep their true age"
+                );
+            }
+        }
+        let newest_rowid: i64 = conn.query_row(
+            "SELECT coalesce(max(rowid), 0) FROM idempotency_keys",
+            [],
+            |r| r.get(0),
+        )?;
+        self.last_pass = Some(ClockMark {
+            wall_ms,
+            monotonic,
+            newest_rowid,
+        });
+        self.prune(conn, wall_ms - KEY_RETENTION.as_millis() as i64)
+    }
+
     pub(crate) fn prune(
         &mut self,
         conn: &Connection,
@@ -235,6 +302,65 @@ mod tests {
             "the newest are kept"
         );
         assert_eq!(KeyIndex::load(&conn).expect("load").len(), 1_000);
+    }
+
+    #[test]
+    fn a_wall_clock_step_neither_forgets_fresh_keys_nor_keeps_old_ones_longer() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let mut conn = Connection::open_in_memory().expect("db");
+        for sql in crate::outbox::schema::MIGRATIONS {
+            conn.execute_batch(sql).expect("schema");
+        }
+        let mut keys = KeyIndex::default();
+        let store = |keys: &mut KeyIndex, conn: &mut Connection, key: &str, at_ms: i64| {
+            let tx = conn.transaction().expect("tx");
+            let entry = KeyEntry {
+                event_id: EventId::new_v7(),
+                body_crc: 1,
+            };
+            keys.insert(&tx, key, entry, at_ms).expect("insert");
+            tx.commit().expect("commit");
+            keys.commit();
+        };
+        // The box booted with its clock 30 days behind.
+        let (t0, m0) = (1_000 * DAY, Instant::now());
+        store(&mut keys, &mut conn, "before-step", t0);
+        assert_eq!(keys.housekeep(&conn, t0, m0).expect("pass"), 0);
+
+        // 5 s later NTP moves the wall clock 30 days ahead: the key is 5 s
+        // old, not 30 days.
+        let (t1, m1) = (t0 + 30 * DAY + 5_000, m0 + Duration::from_secs(5));
+        assert_eq!(keys.housekeep(&conn, t1, m1).expect("pass"), 0);
+        assert!(keys.get("before-step").is_some(), "a fresh key survives");
+        store(&mut keys, &mut conn, "after-step", t1);
+
+        // Six days on, both are kept; eight days on, both are forgotten.
+        let six = Duration::from_secs(6 * 24 * 3600);
+        assert_eq!(
+            keys.housekeep(&conn, t1 + 6 * DAY, m1 + six).expect("pass"),
+            0
+        );
+        let eight = Duration::from_secs(8 * 24 * 3600);
+        assert_eq!(
+            keys.housekeep(&conn, t1 + 8 * DAY, m1 + eight)
+                .expect("pass"),
+            2
+        );
+        assert_eq!(keys.len(), 0);
+
+        // A step back (a clock that ran ahead, corrected) keeps a week's
+        // retention from becoming five weeks.
+        let (t2, m2) = (t1 + 8 * DAY, m1 + eight);
+        store(&mut keys, &mut conn, "ahead", t2);
+        let (t3, m3) = (t2 - 28 * DAY, m2 + Duration::from_secs(5));
+        assert_eq!(keys.housekeep(&conn, t2, m2).expect("pass"), 0);
+        assert_eq!(keys.housekeep(&conn, t3, m3).expect("pass"), 0);
+        let eight_more = m3 + eight;
+        assert_eq!(
+            keys.housekeep(&conn, t3 + 8 * DAY, eight_more)
+                .expect("pass"),
+            1
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use protocol::{Envelope, EventBody, EventId, Source, SourceKind};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, Notify};
 
-use super::keys::{KeyEntry, KeyIndex, KEY_RETENTION};
+use super::keys::{KeyEntry, KeyIndex};
 use super::{
     priority_of, AppendOutcome, Command, OutboxConfig, OutboxError, OutboxStats, PreparedEvent,
 };
@@ -406,8 +406,7 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "disk still full"),
             }
         }
-        let cutoff = now_ms() - KEY_RETENTION.as_millis() as i64;
-        match self.keys.prune(&self.conn, cutoff) {
+        match self.keys.housekeep(&self.conn, now_ms(), Instant::now()) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(pruned = n, "old idempotency keys forgotten"),
             Err(e) => tracing::warn!(error = %e, "pruning old idempotency keys failed"),
