@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{OutcomeLabel, METRICS};
-use crate::outbox::OutboxHandle;
+use crate::outbox::{Damage, OutboxHandle};
 use crate::reconnect::Reconnect;
 
 #[derive(Debug, Clone)]
@@ -192,6 +192,10 @@ pub async fn run_connection(
             Ended::Shutdown => return disconnect(&mut eventloop, &client).await,
             Ended::Lost(e) => {
                 METRICS.mqtt_connected.set(0);
+                // Gone before the forwarder hears of it, so a publish on the
+                // dead client fails at once instead of filling the window
+                // with batches nobody will send.
+                drop((client, eventloop));
                 let _ = link.send(Link::Disconnected(e.to_string())).await;
                 let wait = reconnect.down(Instant::now());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cloud broker connection lost");
@@ -256,6 +260,7 @@ async fn serve(
 /// Sends DISCONNECT on a live connection, waiting a moment for it to leave;
 /// the session stays at the broker either way.
 async fn disconnect(eventloop: &mut EventLoop, client: &AsyncClient) {
+    METRICS.mqtt_connected.set(0);
     if eventloop.network.is_none() || client.try_disconnect().is_err() {
         return;
     }
@@ -268,7 +273,6 @@ async fn disconnect(eventloop: &mut EventLoop, client: &AsyncClient) {
         }
     })
     .await;
-    METRICS.mqtt_connected.set(0);
 }
 
 /// The cloud link's reconnect waits: 200 ms doubling to 15 s, jittered.
@@ -375,12 +379,24 @@ impl Forwarder {
         };
         let last_seq = last.seq;
         let mut good = Vec::with_capacity(events.len());
-        for ev in events {
-            let Some(damage) = ev.damage() else {
-                good.push(ev);
-                continue;
+        for mut ev in events {
+            let damage = match ev.damage() {
+                None => {
+                    good.push(ev);
+                    continue;
+                }
+                // An intact payload under a damaged id: the row gets its id
+                // back and is sent, not set aside.
+                Some(Damage::Id {
+                    payload_id: Some(id),
+                }) if matches!(self.outbox.repair_id(ev.seq, id).await, Ok(true)) => {
+                    ev.id = id;
+                    good.push(ev);
+                    continue;
+                }
+                Some(damage) => damage,
             };
-            if let Err(e) = self.outbox.quarantine(ev.seq, damage.into()).await {
+            if let Err(e) = self.outbox.quarantine(ev.seq, damage.reason().into()).await {
                 tracing::error!(error = %e, seq = ev.seq, "could not quarantine a corrupt event");
             }
         }

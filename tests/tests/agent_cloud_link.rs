@@ -103,6 +103,12 @@ async fn a_batch_queued_as_the_link_dropped_is_never_sent_on_the_next_connection
     first
         .publish(&topic, QoS::AtLeastOnce, false, b"before".to_vec())
         .await?;
+    // `publish` only queues it; the broker must have it before it stops.
+    let before = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .context("the watcher did not see the first message within 30 s")?
+        .context("the watcher stopped")?;
+    assert_eq!(before, b"before");
 
     broker.stop()?;
     match next_link(&mut link_rx, "disconnect").await? {
@@ -121,7 +127,7 @@ async fn a_batch_queued_as_the_link_dropped_is_never_sent_on_the_next_connection
         .publish(&topic, QoS::AtLeastOnce, false, b"resent".to_vec())
         .await?;
 
-    let mut payloads = Vec::new();
+    let mut payloads = vec![before];
     while !payloads.iter().any(|p: &Vec<u8>| p == b"resent") {
         let p = tokio::time::timeout(Duration::from_secs(30), seen.recv())
             .await

@@ -497,6 +497,56 @@ fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
         .any(|r| String::from_utf8_lossy(&r.value).contains("outbox_recovered")));
 }
 
+#[test]
+fn a_sale_whose_stored_id_was_damaged_on_disk_is_repaired_and_delivered_once() {
+    let mut stack = StoreStack::start("").expect("store stack");
+    // The cloud link is down, so the sales wait in the outbox.
+    stack.cloud_mqtt.stop().expect("stop cloud broker");
+    let client = reqwest::blocking::Client::new();
+    let ids: Vec<String> = (1..=3)
+        .map(|seq| {
+            let r = post_sale(&client, &stack.http_base, "pos-01", seq).expect("agent answers");
+            assert_eq!(r.status().as_u16(), 201);
+            let body: serde_json::Value = r.json().expect("json");
+            body["event_id"].as_str().expect("event_id").to_owned()
+        })
+        .collect();
+    stack.stop_agent_cleanly().expect("clean stop");
+    {
+        // One flipped bit in the first sale's id column: its payload and
+        // checksum are intact, and SQLite's own check does not look.
+        let id = uuid::Uuid::parse_str(&ids[0]).expect("uuid");
+        let mut flipped = *id.as_bytes();
+        flipped[15] ^= 1;
+        let conn = rusqlite::Connection::open(stack.outbox_path()).expect("open outbox");
+        let changed = conn
+            .execute(
+                "UPDATE events SET id = ?1 WHERE id = ?2",
+                rusqlite::params![flipped.as_slice(), id.as_bytes().as_slice()],
+            )
+            .expect("damage");
+        assert_eq!(changed, 1);
+    }
+    stack.cloud_mqtt.start_again().expect("cloud broker back");
+    stack.restart_agent().expect("agent restarts");
+
+    let (missing, duplicates) = stack.transactions_in_kafka(&ids, Duration::from_secs(60));
+    assert!(missing.is_empty(), "sales missing from Kafka: {missing:?}");
+    assert_eq!(duplicates, 0, "the repaired sale is not resent for ever");
+    assert_eq!(
+        stack.wait_outbox_empty(Duration::from_secs(30)),
+        Some(0),
+        "its receipt deleted the repaired row"
+    );
+    assert!(
+        stack
+            .agent
+            .log_tail(200)
+            .contains("rewritten from its payload"),
+        "the repair is logged"
+    );
+}
+
 /// A small tmpfs standing in for a store box's nearly full disk; unmounted on drop.
 struct SmallDisk {
     path: std::path::PathBuf,

@@ -49,8 +49,12 @@ type KeyMap = HashMap<Box<str>, KeyEntry, foldhash::fast::RandomState>;
 pub(crate) struct KeyIndex {
     committed: KeyMap,
     staged: KeyMap,
+    /// Rowids of the keys this run stored, first and newest: only they
+    /// carry this run's wall clock. Keys loaded at start were stamped by
+    /// another run's clock, right or wrong, and are never shifted.
+    run_rowids: Option<(i64, i64)>,
     /// The last housekeeping pass: both clocks' readings and the newest key
-    /// stored by then.
+    /// this run had stored by then.
     last_pass: Option<ClockMark>,
 }
 
@@ -58,7 +62,7 @@ pub(crate) struct KeyIndex {
 struct ClockMark {
     wall_ms: i64,
     monotonic: Instant,
-    newest_rowid: i64,
+    newest_rowid: Option<i64>,
 }
 
 fn event_id(bytes: &[u8]) -> EventId {
@@ -131,6 +135,9 @@ impl KeyIndex {
             i64::from(entry.body_crc),
             now_ms
         ])?;
+        let rowid = tx.last_insert_rowid();
+        let first = self.run_rowids.map_or(rowid, |(first, _)| first.min(rowid));
+        self.run_rowids = Some((first, rowid));
         self.staged.insert(key.into(), entry);
         Ok(())
     }
@@ -149,8 +156,6 @@ impl KeyIndex {
         self.committed.len()
     }
 
-    /// Forgets keys older than the retention, or the oldest beyond
-    /// [`MAX_KEYS`], oldest first, in bounded steps.
     /// A housekeeping pass: keeps key ages true across a wall-clock step,
     /// then forgets the keys past [`KEY_RETENTION`] (see [`Self::prune`]).
     ///
@@ -159,10 +164,11 @@ impl KeyIndex {
     /// forget every key at once, so a terminal's retry of a sale made
     /// minutes ago would be stored a second time. A step found here (the
     /// wall clock moved more than [`CLOCK_STEP`] further than the monotonic
-    /// one since the last pass) moves the stamps of the keys stored before
-    /// the last pass by the same amount. Keys stored since then may predate
-    /// the step or not, and are left as they are; a step while the agent
-    /// was not running cannot be seen.
+    /// one since the last pass) moves the stamps of the keys this run stored
+    /// before the last pass by the same amount. Keys stored since then may
+    /// predate the step or not, and are left as they are; so are keys from
+    /// earlier runs, and a step while the agent was not running cannot be
+    /// seen.
     pub(crate) fn housekeep(
         &mut self,
         conn: &Connection,
@@ -170,7 +176,7 @@ impl KeyIndex {
         monotonic: Instant,
     ) -> Result<usize, rusqlite::Error> {
         if let Some(last) = self.last_pass {
-            let wall = wall_ms - last.wall_ms;
+            let wall = wall_ms.saturating_sub(last.wall_ms);
             let elapsed = i64::try_from(
                 monotonic
                     .saturating_duration_since(last.monotonic)
@@ -178,12 +184,17 @@ impl KeyIndex {
             )
             .unwrap_or(i64::MAX);
             let step = wall.saturating_sub(elapsed);
-            if step.unsigned_abs() > CLOCK_STEP.as_millis() as u64 {
+            if let (true, Some((first, _)), Some(newest)) = (
+                step.unsigned_abs() > CLOCK_STEP.as_millis() as u64,
+                self.run_rowids,
+                last.newest_rowid,
+            ) {
                 let moved = conn
                     .prepare_cached(
-                        "UPDATE idempotency_keys SET created_ms = created_ms + ?1 WHERE rowid <= ?2",
+                        "UPDATE idempotency_keys SET created_ms = created_ms + ?1
+                         WHERE rowid BETWEEN ?2 AND ?3",
                     )?
-                    .execute(params![step, last.newest_rowid])?;
+                    .execute(params![step, first, newest])?;
                 tracing::warn!(
                     step_ms = step,
                     keys = moved,
@@ -191,19 +202,27 @@ impl KeyIndex {
                 );
             }
         }
-        let newest_rowid: i64 = conn.query_row(
-            "SELECT coalesce(max(rowid), 0) FROM idempotency_keys",
-            [],
-            |r| r.get(0),
-        )?;
+        // Marked before pruning: a failed prune must not shift twice.
         self.last_pass = Some(ClockMark {
             wall_ms,
             monotonic,
-            newest_rowid,
+            newest_rowid: self.run_rowids.map(|(_, newest)| newest),
         });
-        self.prune(conn, wall_ms - KEY_RETENTION.as_millis() as i64)
+        let pruned = self.prune(
+            conn,
+            wall_ms.saturating_sub(KEY_RETENTION.as_millis() as i64),
+        )?;
+        if self.committed.is_empty() && self.staged.is_empty() {
+            // Every key is gone, this run's too; SQLite may hand their
+            // rowids out again, to keys of a later clock.
+            self.run_rowids = None;
+            self.last_pass = None;
+        }
+        Ok(pruned)
     }
 
+    /// Forgets keys older than the retention, or the oldest beyond
+    /// [`MAX_KEYS`], oldest first, in bounded steps.
     pub(crate) fn prune(
         &mut self,
         conn: &Connection,
@@ -307,11 +326,11 @@ mod tests {
     #[test]
     fn a_wall_clock_step_neither_forgets_fresh_keys_nor_keeps_old_ones_longer() {
         const DAY: i64 = 24 * 3600 * 1000;
+        const HOUR: i64 = 3600 * 1000;
         let mut conn = Connection::open_in_memory().expect("db");
         for sql in crate::outbox::schema::MIGRATIONS {
             conn.execute_batch(sql).expect("schema");
         }
-        let mut keys = KeyIndex::default();
         let store = |keys: &mut KeyIndex, conn: &mut Connection, key: &str, at_ms: i64| {
             let tx = conn.transaction().expect("tx");
             let entry = KeyEntry {
@@ -322,42 +341,59 @@ mod tests {
             tx.commit().expect("commit");
             keys.commit();
         };
-        // The box booted with its clock 30 days behind.
-        let (t0, m0) = (1_000 * DAY, Instant::now());
+        let stamp = |conn: &Connection, key: &str| -> i64 {
+            conn.query_row(
+                "SELECT created_ms FROM idempotency_keys WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .expect("stamp")
+        };
+        // The true time of the step is T. The last run, with a right clock,
+        // stored a key an hour before it.
+        let t = 1_000 * DAY;
+        store(
+            &mut KeyIndex::default(),
+            &mut conn,
+            "previous-run",
+            t - HOUR,
+        );
+        // This run booted with its clock 30 days behind.
+        let mut keys = KeyIndex::load(&conn).expect("load");
+        let (t0, m0) = (t - 30 * DAY - 5_000, Instant::now());
         store(&mut keys, &mut conn, "before-step", t0);
         assert_eq!(keys.housekeep(&conn, t0, m0).expect("pass"), 0);
 
         // 5 s later NTP moves the wall clock 30 days ahead: the key is 5 s
-        // old, not 30 days.
-        let (t1, m1) = (t0 + 30 * DAY + 5_000, m0 + Duration::from_secs(5));
+        // old, not 30 days; the last run's key keeps its right stamp.
+        let (t1, m1) = (t, m0 + Duration::from_secs(5));
         assert_eq!(keys.housekeep(&conn, t1, m1).expect("pass"), 0);
         assert!(keys.get("before-step").is_some(), "a fresh key survives");
+        assert_eq!(stamp(&conn, "before-step"), t1 - 5_000);
+        assert_eq!(stamp(&conn, "previous-run"), t - HOUR);
         store(&mut keys, &mut conn, "after-step", t1);
 
-        // Six days on, both are kept; eight days on, both are forgotten.
-        let six = Duration::from_secs(6 * 24 * 3600);
-        assert_eq!(
-            keys.housekeep(&conn, t1 + 6 * DAY, m1 + six).expect("pass"),
-            0
-        );
-        let eight = Duration::from_secs(8 * 24 * 3600);
-        assert_eq!(
-            keys.housekeep(&conn, t1 + 8 * DAY, m1 + eight)
-                .expect("pass"),
-            2
-        );
+        // Each is forgotten a week after it was truly stored.
+        let at = |ms: i64| m1 + Duration::from_millis(ms as u64);
+        let pass = |keys: &mut KeyIndex, after: i64| {
+            keys.housekeep(&conn, t1 + after, at(after)).expect("pass")
+        };
+        assert_eq!(pass(&mut keys, 6 * DAY), 0);
+        assert_eq!(pass(&mut keys, 7 * DAY - HOUR / 2), 1);
+        assert!(keys.get("previous-run").is_none());
+        assert_eq!(pass(&mut keys, 7 * DAY + HOUR / 2), 2);
         assert_eq!(keys.len(), 0);
 
         // A step back (a clock that ran ahead, corrected) keeps a week's
         // retention from becoming five weeks.
-        let (t2, m2) = (t1 + 8 * DAY, m1 + eight);
+        let (t2, m2) = (t1 + 8 * DAY, at(8 * DAY));
         store(&mut keys, &mut conn, "ahead", t2);
-        let (t3, m3) = (t2 - 28 * DAY, m2 + Duration::from_secs(5));
         assert_eq!(keys.housekeep(&conn, t2, m2).expect("pass"), 0);
+        let (t3, m3) = (t2 - 28 * DAY, m2 + Duration::from_secs(5));
         assert_eq!(keys.housekeep(&conn, t3, m3).expect("pass"), 0);
-        let eight_more = m3 + eight;
+        let eight = Duration::from_secs(8 * 24 * 3600);
         assert_eq!(
-            keys.housekeep(&conn, t3 + 8 * DAY, eight_more)
+            keys.housekeep(&conn, t3 + 8 * DAY, m3 + eight)
                 .expect("pass"),
             1
         );

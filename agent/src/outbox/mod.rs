@@ -149,17 +149,48 @@ impl StoredEvent {
         memchr::memmem::find(&self.payload, &needle).is_some()
     }
 
-    /// Why this row cannot be sent as stored, if it cannot: the reason its
-    /// quarantine records.
-    pub fn damage(&self) -> Option<&'static str> {
+    /// What is wrong with this row as stored, if anything.
+    pub fn damage(&self) -> Option<Damage> {
         if !self.checksum_ok() {
-            Some("crc32 mismatch before send")
+            Some(Damage::Checksum)
         } else if !self.id_matches_payload() {
-            Some("stored id differs from the payload's id")
+            Some(Damage::Id {
+                payload_id: payload_id(&self.payload),
+            })
         } else {
             None
         }
     }
+}
+
+/// A stored row that cannot be sent as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// The payload fails its checksum: nothing in it can be trusted.
+    Checksum,
+    /// The payload is intact but the `id` column is not its id, so no
+    /// receipt would ever delete the row. Repairable from the payload when
+    /// its id can be read.
+    Id { payload_id: Option<EventId> },
+}
+
+impl Damage {
+    /// The reason a quarantine of the row records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Damage::Checksum => "crc32 mismatch before send",
+            Damage::Id { .. } => "stored id differs from the payload's id",
+        }
+    }
+}
+
+/// The envelope id at the head of a payload the agent wrote (`{"id":"…"`).
+fn payload_id(payload: &[u8]) -> Option<EventId> {
+    let rest = payload.strip_prefix(b"{\"id\":\"")?;
+    let text = std::str::from_utf8(rest.get(..36)?).ok()?;
+    (rest.get(36) == Some(&b'"'))
+        .then(|| uuid::Uuid::parse_str(text).ok().map(EventId))
+        .flatten()
 }
 
 /// Live counters, readable without touching the database.
@@ -228,6 +259,11 @@ pub(crate) enum Command {
         seq: i64,
         reason: String,
         reply: oneshot::Sender<Result<(), OutboxError>>,
+    },
+    RepairId {
+        seq: i64,
+        id: EventId,
+        reply: oneshot::Sender<Result<bool, OutboxError>>,
     },
     Housekeep,
     Shutdown {
@@ -357,9 +393,17 @@ impl OutboxHandle {
         self.call(|reply| Command::Delete { ids, reply }).await
     }
 
-    /// Moves a row that failed its checksum out of the send path, reporting it.
+    /// Moves a row that failed its integrity check out of the send path,
+    /// reporting it.
     pub async fn quarantine(&self, seq: i64, reason: String) -> Result<(), OutboxError> {
         self.call(|reply| Command::Quarantine { seq, reason, reply })
+            .await
+    }
+
+    /// Rewrites the `id` column of row `seq` to `id`, the id its intact
+    /// payload carries; `false` if no such row is left.
+    pub async fn repair_id(&self, seq: i64, id: EventId) -> Result<bool, OutboxError> {
+        self.call(|reply| Command::RepairId { seq, id, reply })
             .await
     }
 

@@ -1108,7 +1108,7 @@ fn a_group_whose_transaction_sqlite_rolled_back_fails_as_a_whole_and_stores_noth
 }
 
 #[tokio::test]
-async fn an_event_whose_stored_id_was_damaged_is_quarantined_not_resent_for_ever() {
+async fn an_event_whose_stored_id_was_damaged_gets_it_back_from_its_payload() {
     let dir = tempfile::tempdir().expect("tmp");
     let outbox = open(dir.path(), 1 << 30, 1000);
     let h = outbox.handle();
@@ -1135,26 +1135,54 @@ async fn an_event_whose_stored_id_was_damaged_is_quarantined_not_resent_for_ever
     assert!(!events[0].id_matches_payload());
     assert_eq!(
         events[0].damage(),
-        Some("stored id differs from the payload's id")
+        Some(Damage::Id {
+            payload_id: Some(ids[0])
+        })
     );
     assert_eq!(events[1].damage(), None);
     // Why it cannot simply be sent: the bridge's receipt names the payload's
-    // id, which no longer matches any row.
+    // id, which no longer matches any row; the sale would be resent for ever.
     assert_eq!(h.delete(vec![ids[0]]).await.expect("delete"), 0);
 
-    h.quarantine(
-        events[0].seq,
-        "stored id differs from the payload's id".into(),
-    )
-    .await
-    .expect("quarantine");
+    assert!(h.repair_id(events[0].seq, ids[0]).await.expect("repair"));
     let events = all_events(&h).await;
-    assert_eq!(events.len(), 2, "the intact sale and the alert");
-    assert_eq!(events[0].id, ids[1]);
-    assert!(String::from_utf8_lossy(&events[1].payload).contains("outbox_corrupt_events"));
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].id, ids[0]);
     assert!(events.iter().all(|e| e.damage().is_none()));
-    assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        h.delete(vec![ids[0]]).await.expect("delete"),
+        1,
+        "its receipt deletes it"
+    );
     assert_eq!(h.stats().pending_transactions(), 1);
+    assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_payload_whose_id_cannot_be_read_is_not_repaired() {
+    let (env, _) = sale(1);
+    let prepared = PreparedEvent::new(&env);
+    let stored = |payload: Vec<u8>| StoredEvent {
+        seq: 1,
+        id: EventId::new_v7(),
+        kind: "storelink.sale".into(),
+        crc32: crc32fast::hash(&payload),
+        payload,
+    };
+    assert_eq!(
+        stored(prepared.payload.clone()).damage(),
+        Some(Damage::Id {
+            payload_id: Some(env.id)
+        })
+    );
+    let reordered = String::from_utf8(prepared.payload)
+        .expect("utf-8")
+        .replacen("{\"id\":", "{\"x\":1,\"id\":", 1);
+    assert_eq!(
+        stored(reordered.into_bytes()).damage(),
+        Some(Damage::Id { payload_id: None }),
+        "only the agent's own layout is trusted for a repair; anything else is quarantined"
+    );
 }
 
 #[tokio::test]

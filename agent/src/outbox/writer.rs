@@ -288,6 +288,13 @@ impl Writer {
                             });
                         queue_reply(&mut replies, reply, step, Reply::Quarantine)
                     }
+                    Command::RepairId { seq, id, reply } => {
+                        let step =
+                            in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
+                                repair_id(&tx, seq, id)
+                            });
+                        queue_reply(&mut replies, reply, step, Reply::RepairId)
+                    }
                     #[cfg(test)]
                     Command::RollbackForTest { reply } => {
                         let step =
@@ -341,6 +348,9 @@ impl Writer {
                     }
                     Command::Quarantine { reply, .. } => {
                         replies.push(Reply::Quarantine(Pending::failed(reply, e)))
+                    }
+                    Command::RepairId { reply, .. } => {
+                        replies.push(Reply::RepairId(Pending::failed(reply, e)))
                     }
                     Command::Housekeep => housekeep = true,
                     Command::Shutdown { reply } => shutdown = Some(reply),
@@ -457,6 +467,7 @@ enum Reply {
     Append(Pending<AppendOutcome>),
     Delete(Pending<u64>),
     Quarantine(Pending<()>),
+    RepairId(Pending<bool>),
     #[cfg(test)]
     Test(Pending<()>),
 }
@@ -467,6 +478,7 @@ impl Reply {
             Reply::Append(p) => p.finish(commit_err),
             Reply::Delete(p) => p.finish(commit_err),
             Reply::Quarantine(p) => p.finish(commit_err),
+            Reply::RepairId(p) => p.finish(commit_err),
             #[cfg(test)]
             Reply::Test(p) => p.finish(commit_err),
         }
@@ -802,6 +814,19 @@ fn delete(tx: &Transaction<'_>, stats: &OutboxStats, ids: &[EventId]) -> Result<
     Ok(n)
 }
 
+/// Gives row `seq` back the id its intact payload carries, so the receipt
+/// naming that id deletes it.
+fn repair_id(tx: &Transaction<'_>, seq: i64, id: EventId) -> Result<bool, OutboxError> {
+    let changed = tx.execute(
+        "UPDATE events SET id = ?1 WHERE seq = ?2",
+        params![id.0.as_bytes().as_slice(), seq],
+    )?;
+    if changed > 0 {
+        tracing::error!(seq, event = %id, "a stored event's id column was damaged; rewritten from its payload");
+    }
+    Ok(changed > 0)
+}
+
 fn quarantine(
     tx: &Transaction<'_>,
     store: &StoreIdentity,
@@ -830,11 +855,15 @@ fn quarantine(
     }
     if moved > 0 {
         stats.quarantined_total.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(seq, reason, "stored event failed its checksum; quarantined");
+        tracing::error!(
+            seq,
+            reason,
+            "stored event failed its integrity check; quarantined"
+        );
         let notice = AgentNotice {
             code: NoticeCode::OutboxCorruptEvents,
             message: format!(
-                "event at outbox seq {seq} failed its checksum ({reason}) and was quarantined"
+                "event at outbox seq {seq} failed its integrity check ({reason}) and was quarantined"
             ),
             count: 1,
         };
