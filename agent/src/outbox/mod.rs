@@ -146,7 +146,9 @@ impl StoredEvent {
         needle[..6].copy_from_slice(b"\"id\":\"");
         self.id.0.hyphenated().encode_lower(&mut needle[6..42]);
         needle[42] = b'"';
-        memchr::memmem::find(&self.payload, &needle).is_some()
+        // The agent writes it first (`{"id":…`); a search covers any other layout.
+        self.payload.get(1..44) == Some(&needle[..])
+            || memchr::memmem::find(&self.payload, &needle).is_some()
     }
 
     /// What is wrong with this row as stored, if anything.
