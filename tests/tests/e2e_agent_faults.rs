@@ -269,7 +269,33 @@ low_stock_at = 3
 restocked_at = 6
 deadband_grams = 0
 offline_after_secs = 600
+
+[[shelf_sensors]]
+id = "shelf-b2"
+gtin = "05901234123457"
+zero_offset = 8388608
+counts_per_gram = 420
+unit_weight_grams = 500
+low_stock_at = 3
+restocked_at = 6
+deadband_grams = 0
+offline_after_secs = 600
 "#;
+
+/// The outbox rows holding `sensor`'s readings, oldest first, read from the
+/// database file beside the running agent (WAL lets a reader in).
+fn stored_readings(stack: &StoreStack, sensor: &str) -> Vec<i64> {
+    let conn = rusqlite::Connection::open(stack.outbox_path()).expect("open outbox");
+    let mut stmt = conn
+        .prepare("SELECT seq FROM events WHERE priority = 2 AND device_id = ?1 ORDER BY seq")
+        .expect("query");
+    let seqs = stmt
+        .query_map([sensor], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<Vec<i64>, _>>()
+        .expect("seqs");
+    seqs
+}
 
 /// Readings of `sensor` the agent has finished with, by its counters: each
 /// one is counted once its outcome (sent to the outbox and stored, shed, or
@@ -336,15 +362,23 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
         }
     }
     wait_readings_processed(&stack, "shelf-a1", 600);
+    let stats = stack.outbox_stats().expect("stats");
+    assert!(
+        stats["compacted_total"].as_u64().expect("compacted_total") > 0,
+        "a sensor's newer readings compact its older ones once telemetry fills its share: {stats}"
+    );
     let client = reqwest::blocking::Client::new();
     let base = stack.http_base.clone();
     let post = |seq: u64| post_sale(&client, &base, "pos-01", seq).expect("agent answers");
-    let mut accepted = 0;
+    let mut accepted: Vec<String> = Vec::new();
     let mut refused_at = None;
     for seq in 1..=1000u64 {
         let r = post(seq);
         match r.status().as_u16() {
-            201 => accepted += 1,
+            201 => {
+                let body: serde_json::Value = r.json().expect("json");
+                accepted.push(body["event_id"].as_str().expect("event_id").to_owned());
+            }
             503 => {
                 assert!(
                     r.headers().get("retry-after").is_some(),
@@ -362,7 +396,7 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
     let stats = stack.outbox_stats().expect("stats");
     let shed =
         stats["shed_total"].as_u64().unwrap_or(0) + stats["compacted_total"].as_u64().unwrap_or(0);
-    println!("outbox full after {accepted} sales: {stats}");
+    println!("outbox full after {} sales: {stats}", accepted.len());
     assert!(
         shed > 0,
         "telemetry must have been compacted or shed: {stats}"
@@ -386,17 +420,44 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
     assert_eq!(check, "ok");
     drop(conn);
 
-    // More readings, then a power cut: the first of them is reported at once,
-    // the rest wait for the report throttle (10 s) and, when the agent dies,
-    // exist only as a count on disk.
+    // Another sensor's readings now, over a full outbox: with nothing of its
+    // own to compact, room comes from the oldest stored readings of any
+    // sensor (shed oldest-first), then from the new reading itself. The
+    // first shed is reported at once, the rest wait for the report throttle
+    // (10 s) and, when the agent dies, exist only as a count on disk.
+    let a1_before = stored_readings(&stack, "shelf-a1");
+    assert!(
+        !a1_before.is_empty(),
+        "shelf-a1 readings wait in the outbox"
+    );
+    let shed_before = stack.outbox_stats().expect("stats")["shed_total"]
+        .as_u64()
+        .expect("shed_total");
     for i in 0..20i64 {
         let raw = 8_388_608 + (i % 7) * 500 * 420;
         stack
-            .publish_shelf_reading("shelf-a1", raw)
+            .publish_shelf_reading("shelf-b2", raw)
             .expect("sensor reading published");
     }
     // The count is final only once the agent is done with every reading.
-    wait_readings_processed(&stack, "shelf-a1", 620);
+    wait_readings_processed(&stack, "shelf-b2", 20);
+    let a1_after = stored_readings(&stack, "shelf-a1");
+    let shed_after = stack.outbox_stats().expect("stats")["shed_total"]
+        .as_u64()
+        .expect("shed_total");
+    assert!(
+        a1_after.len() < a1_before.len(),
+        "stored readings of another sensor were shed for the new ones"
+    );
+    assert_eq!(
+        a1_after,
+        a1_before[a1_before.len() - a1_after.len()..],
+        "readings are shed oldest first; the newest are kept"
+    );
+    assert!(
+        shed_after - shed_before >= (a1_before.len() - a1_after.len()) as u64,
+        "every shed reading is counted ({shed_before} -> {shed_after})"
+    );
     let shed = shed_so_far(&stack);
     stack.agent.kill9().expect("kill -9");
     stack
@@ -432,6 +493,17 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
         .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).ok())
         .filter(|v| v["body"]["code"] == "telemetry_shed")
         .collect();
+    // Every sale the full outbox accepted, and the one it refused, retried
+    // once it drained, reached Kafka.
+    let retried = post(refused_at);
+    assert_eq!(retried.status().as_u16(), 200, "the retry is a duplicate");
+    let retried: serde_json::Value = retried.json().expect("json");
+    accepted.push(retried["event_id"].as_str().expect("event_id").to_owned());
+    let (missing, _) = stack.transactions_in_kafka(&accepted, Duration::from_secs(60));
+    assert!(
+        missing.is_empty(),
+        "accepted sales missing from Kafka: {missing:?}"
+    );
     let mut ids = std::collections::HashSet::new();
     let mut reported = 0u64;
     for n in &notices {
@@ -452,21 +524,55 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
 
 #[test]
 fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
+    damaged_outbox_at_start_is_set_aside(|path| {
+        std::fs::write(
+            path,
+            b"SQLite format 3\0 but then the card died: \xde\xad\xbe\xef",
+        )
+        .expect("garbage");
+    });
+}
+
+#[test]
+fn a_truncated_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
+    damaged_outbox_at_start_is_set_aside(|path| {
+        let len = std::fs::metadata(path).expect("outbox").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open outbox")
+            .set_len(len / 3)
+            .expect("truncate");
+    });
+}
+
+/// An outbox holding a backlog is damaged by `damage` while the agent is
+/// stopped; the agent must start, keep the damaged file aside exactly as it
+/// was, take sales again and report the recovery to the cloud.
+fn damaged_outbox_at_start_is_set_aside(damage: impl FnOnce(&std::path::Path)) {
     let mut stack = StoreStack::start("").expect("store stack");
+    stack.cloud_mqtt.stop().expect("stop cloud broker");
+    let client = reqwest::blocking::Client::new();
+    for seq in 1..=200 {
+        let r = post_sale(&client, &stack.http_base, "pos-01", seq).expect("agent answers");
+        assert_eq!(r.status().as_u16(), 201);
+    }
     stack.stop_agent_cleanly().expect("clean stop");
-    std::fs::write(
-        stack.outbox_path(),
-        b"SQLite format 3\0 but then the card died: \xde\xad\xbe\xef",
-    )
-    .expect("garbage");
+    damage(&stack.outbox_path());
+    let damaged = std::fs::read(stack.outbox_path()).expect("damaged outbox");
+    stack.cloud_mqtt.start_again().expect("cloud broker back");
     stack
         .restart_agent()
-        .expect("agent starts on a garbage outbox");
+        .expect("agent starts on a damaged outbox");
     let set_aside: Vec<_> = std::fs::read_dir(stack.data_dir())
         .expect("data dir")
         .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("outbox.db.damaged-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.db.damaged-")
+        })
+        .map(|e| e.path())
         .collect();
     assert_eq!(
         set_aside.len(),
@@ -474,15 +580,14 @@ fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
         "the damaged file is kept aside: {set_aside:?}"
     );
     assert!(
+        std::fs::read(&set_aside[0]).expect("set-aside file") == damaged,
+        "the damaged file is kept exactly as it was found"
+    );
+    assert!(
         stack.agent.log_tail(50).contains("set aside"),
         "a clear log line says so"
     );
-    let r = reqwest::blocking::Client::new()
-        .post(format!("{}/v1/sales", stack.http_base))
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&protocol::samples::sale_numbered("pos-01", 1)).expect("json"))
-        .send()
-        .expect("agent answers");
+    let r = post_sale(&client, &stack.http_base, "pos-01", 1_000).expect("agent answers");
     assert_eq!(r.status().as_u16(), 201);
     let notices = stack.consume(
         KafkaTopic::Devices.name(),

@@ -363,11 +363,28 @@ async fn a_truncated_database_file_is_set_aside() {
     f.set_len(len / 3).expect("truncate");
     drop(f);
     let outbox = open(dir.path(), 1 << 30, 1_000_000);
-    assert!(outbox.report.set_aside.is_some(), "truncation detected");
+    let (aside, _why) = outbox
+        .report
+        .set_aside
+        .clone()
+        .expect("truncation detected");
+    assert_ne!(aside, path, "the damaged file is moved, not reopened");
+    assert_eq!(
+        std::fs::metadata(&aside)
+            .expect("the damaged file is kept")
+            .len(),
+        len / 3,
+        "kept as it was found"
+    );
     let (env, key) = sale(501);
     assert_eq!(
         outbox.handle().append(env, key).await.expect("append"),
         AppendOutcome::Stored
+    );
+    assert_eq!(
+        all_events(&outbox.handle()).await.len(),
+        2,
+        "a fresh outbox: the sale and the recovery notice"
     );
 }
 
