@@ -12,7 +12,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::kafka::{self, Record};
 use crate::mosquitto::{free_port, BrokerTls, Mosquitto, MosquittoOptions};
@@ -435,29 +434,7 @@ port = {store_port}
     /// receipt is only sent once Kafka has the event). Fails if the end is
     /// not reached within `timeout`.
     pub fn consume_to_end(&self, topics: &[&str], timeout: Duration) -> Result<Vec<Record>> {
-        let ends = high_watermarks(&self.kafka_bootstrap, topics)?;
-        let reached = |rs: &[Record]| -> Vec<(String, i32, i64)> {
-            ends.iter()
-                .filter(|((topic, partition), high)| {
-                    !rs.iter().any(|r| {
-                        &r.topic == topic && r.partition == *partition && r.offset >= **high - 1
-                    })
-                })
-                .map(|((t, p), h)| (t.clone(), *p, *h))
-                .collect()
-        };
-        let all = kafka::consume_topics(
-            &self.kafka_bootstrap,
-            topics,
-            |rs| reached(rs).is_empty(),
-            timeout,
-        )?;
-        let short = reached(&all);
-        ensure!(
-            short.is_empty(),
-            "{topics:?} not read to the end within {timeout:?}: (topic, partition, high watermark) \
-             not reached: {short:?}"
-        );
+        let all = kafka::consume_to_end(&self.kafka_bootstrap, topics, timeout)?;
         let store = self.store_id.as_str();
         Ok(all
             .into_iter()
@@ -580,38 +557,6 @@ pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
             .parse()
             .ok()
     })
-}
-
-/// The high watermark (offset of the next record) of every partition of
-/// `topics` that holds records.
-fn high_watermarks(bootstrap: &str, topics: &[&str]) -> Result<BTreeMap<(String, i32), i64>> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .context("creating a Kafka client")?;
-    let mut ends = BTreeMap::new();
-    for topic in topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("fetching metadata of {topic}"))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|t| t.name() == *topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
-        for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .with_context(|| format!("fetching the watermarks of {topic}/{p}"))?;
-            if high > low {
-                ends.insert(((*topic).to_owned(), p), high);
-            }
-        }
-    }
-    Ok(ends)
 }
 
 /// Checks ARCHITECTURE.md promise 5 ("Order") on one store's records of the

@@ -438,6 +438,66 @@ pub fn consume(
     consume_topics(bootstrap, &[topic], until, timeout)
 }
 
+/// Every record of `topics`, read from the beginning up to the end each
+/// partition has now (its high watermark when this is called): unlike
+/// [`consume`], which stops as soon as its condition holds, nothing written
+/// before the call is left unread, so absence and duplicates can be judged
+/// on the result. Fails if the end is not reached within `timeout`.
+pub fn consume_to_end(bootstrap: &str, topics: &[&str], timeout: Duration) -> Result<Vec<Record>> {
+    let ends = high_watermarks(bootstrap, topics)?;
+    let short = |rs: &[Record]| -> Vec<(String, i32, i64)> {
+        ends.iter()
+            .filter(|((topic, partition), high)| {
+                !rs.iter().any(|r| {
+                    &r.topic == topic && r.partition == *partition && r.offset >= **high - 1
+                })
+            })
+            .map(|((t, p), h)| (t.clone(), *p, *h))
+            .collect()
+    };
+    let all = consume_topics(bootstrap, topics, |rs| short(rs).is_empty(), timeout)?;
+    let not_reached = short(&all);
+    anyhow::ensure!(
+        not_reached.is_empty(),
+        "{topics:?} not read to the end within {timeout:?}: (topic, partition, high watermark) \
+         not reached: {not_reached:?}"
+    );
+    Ok(all)
+}
+
+/// The high watermark (offset of the next record) of every partition of
+/// `topics` that holds records.
+fn high_watermarks(
+    bootstrap: &str,
+    topics: &[&str],
+) -> Result<std::collections::BTreeMap<(String, i32), i64>> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .create()
+        .context("creating a Kafka client")?;
+    let mut ends = std::collections::BTreeMap::new();
+    for topic in topics {
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("fetching metadata of {topic}"))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == *topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        anyhow::ensure!(!partitions.is_empty(), "topic {topic} has no partitions");
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .with_context(|| format!("fetching the watermarks of {topic}/{p}"))?;
+            if high > low {
+                ends.insert(((*topic).to_owned(), p), high);
+            }
+        }
+    }
+    Ok(ends)
+}
+
 /// [`consume`] over several topics at once.
 pub fn consume_topics(
     bootstrap: &str,

@@ -410,22 +410,33 @@ pub fn record_id(r: &Record) -> Option<EventId> {
     r.header_str(topics::headers::EVENT_ID)?.parse().ok()
 }
 
-/// Reads the domain topics until every id in `ids` is there (or timeout).
+/// Reads the domain topics until every id in `ids` is there (or timeout),
+/// then on to the end of every partition.
 pub fn consume_ids(
     bootstrap: &str,
     ids: &HashSet<EventId>,
     timeout: Duration,
 ) -> Result<Vec<Record>> {
     let want = ids.clone();
-    harness::kafka::consume_topics(
+    let topics = domain_topics();
+    let seen = harness::kafka::consume_topics(
         bootstrap,
-        &domain_topics(),
+        &topics,
         move |recs| {
             let got: HashSet<EventId> = recs.iter().filter_map(record_id).collect();
             want.is_subset(&got)
         },
         timeout,
-    )
+    )?;
+    let got: HashSet<EventId> = seen.iter().filter_map(record_id).collect();
+    if !ids.is_subset(&got) {
+        // The caller's assertion names what is missing.
+        return Ok(seen);
+    }
+    // Every wanted id is in: now read every partition to its end, so a
+    // check that something is *not* in Kafka, or is there only once, sees
+    // all that was written, not just what came before the last wanted id.
+    harness::kafka::consume_to_end(bootstrap, &topics, timeout)
 }
 
 /// Fails with a readable summary unless every id is in `records` exactly `times`.
