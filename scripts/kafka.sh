@@ -76,11 +76,16 @@ cmd_install() {
 }
 
 # A TCP port nobody listens on. Racy by nature (another process may take it
-# before Kafka binds), so ports are drawn at random from a wide range.
+# before Kafka binds), so ports are drawn at random from a wide range: below
+# the kernel's ephemeral range, which outgoing connections take their local
+# ports from. A broker stopped for a minute must find its port free again,
+# and a port in that range can meanwhile be some client's.
 free_port() {
-    local p
+    local p low=32768 high
+    read -r low high </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    if ((low <= 12000)); then low=60000; fi
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (low - 10000)))
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             echo "$p"
             return 0

@@ -331,7 +331,7 @@ pub fn mosquitto_binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A loopback port that was free a moment ago (the OS picked it) and that
+/// A loopback port that was free a moment ago (it could be bound) and that
 /// this process has not handed out before. Tests run as threads of one
 /// process: without the second rule, a port one test frees for a moment
 /// (an agent between a kill and its restart, a broker during an outage) could
@@ -339,8 +339,21 @@ pub fn mosquitto_binary() -> Result<PathBuf> {
 /// the second test's server.
 pub fn free_port() -> Result<u16> {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    // Below the kernel's ephemeral range, which outgoing connections take
+    // their local ports from: a broker stopped for a minute must find its
+    // port free again, and a port in that range can meanwhile be some
+    // client's (a Kafka restart once failed with "Address already in use").
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|low| *low > 12_000)
+        .unwrap_or(60_000);
+    let mut rng = rand::rng();
     for _ in 0..1000 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        let candidate = rand::Rng::random_range(&mut rng, 10_000..ephemeral_low);
+        let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", candidate)) else {
+            continue;
+        };
         let port = l.local_addr().context("reading a bound address")?.port();
         if HANDED_OUT
             .lock()
