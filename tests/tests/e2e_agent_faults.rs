@@ -258,9 +258,13 @@ fn a_one_minute_cloud_broker_outage_loses_nothing_and_terminals_are_served_throu
     assert_sales_in_posting_order(&stack);
 }
 
-const SENSOR: &str = r#"
+/// The profile's `[[shelf_sensors]]` entry of one load cell; the tests
+/// below give the store two of them.
+fn shelf_sensor(id: &str) -> String {
+    format!(
+        r#"
 [[shelf_sensors]]
-id = "shelf-a1"
+id = "{id}"
 gtin = "05901234123457"
 zero_offset = 8388608
 counts_per_gram = 420
@@ -269,18 +273,9 @@ low_stock_at = 3
 restocked_at = 6
 deadband_grams = 0
 offline_after_secs = 600
-
-[[shelf_sensors]]
-id = "shelf-b2"
-gtin = "05901234123457"
-zero_offset = 8388608
-counts_per_gram = 420
-unit_weight_grams = 500
-low_stock_at = 3
-restocked_at = 6
-deadband_grams = 0
-offline_after_secs = 600
-"#;
+"#
+    )
+}
 
 /// The outbox rows holding `sensor`'s readings, oldest first, read from the
 /// database file beside the running agent (WAL lets a reader in).
@@ -344,7 +339,7 @@ fn shed_so_far(stack: &StoreStack) -> u64 {
 #[test]
 fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained() {
     let mut stack = StoreStack::start_with(StackOptions {
-        extra_profile: SENSOR.into(),
+        extra_profile: shelf_sensor("shelf-a1") + &shelf_sensor("shelf-b2"),
         outbox_max_rows: 400,
         ..StackOptions::default()
     })
