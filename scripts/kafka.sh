@@ -21,6 +21,10 @@
 #                          listener (port kept in DIR/ports), as the fleet's brokers do
 #   KAFKA_SSL_TRUSTSTORE   with KAFKA_SSL_KEYSTORE: a PEM CA; TLS clients must then present a
 #                          certificate it signed (ssl.client.auth=required)
+#   KAFKA_AUTHORIZER=1     Kafka's ACL authorizer on: clients of the plaintext listener (the broker
+#                          itself, tests, tools) are super users; a TLS client may do only what
+#                          ACLs (`kafka.sh run org.apache.kafka.tools.AclCommand`) grant its
+#                          certificate's subject, e.g. User:CN=bridge
 #   KAFKA_NUM_PARTITIONS   num.partitions for topics created without a count (default 3)
 #   KAFKA_AUTO_CREATE_TOPICS  auto.create.topics.enable (default false: the bridge
 #                          creates its topics with `cloud-bridge topics ensure`, so a
@@ -100,7 +104,7 @@ port_open() {
 
 write_configs() {
     local dir="$1" port="$2" cport="$3" sport="$4"
-    local listeners="PLAINTEXT://127.0.0.1:$port" ssl_config=""
+    local listeners="PLAINTEXT://127.0.0.1:$port" ssl_config="" acl_config=""
     if [[ -n "$sport" ]]; then
         listeners="$listeners,SSL://127.0.0.1:$sport"
         # PEM stores (KIP-651): no keytool, the same files openssl made.
@@ -113,6 +117,11 @@ ssl.truststore.location=$KAFKA_SSL_TRUSTSTORE
 ssl.client.auth=required"
         fi
     fi
+    if [[ "${KAFKA_AUTHORIZER:-}" == 1 ]]; then
+        acl_config="authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false"
+    fi
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -123,6 +132,7 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SSL:SSL,CONTROLLER:PLAINTEXT
 $ssl_config
+$acl_config
 log.dirs=$dir/data
 num.partitions=${KAFKA_NUM_PARTITIONS:-3}
 auto.create.topics.enable=${KAFKA_AUTO_CREATE_TOPICS:-false}

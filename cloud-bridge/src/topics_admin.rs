@@ -23,6 +23,14 @@
 //! `segment.ms` survives), and a topic with a sensitive setting, whose value
 //! Kafka does not return, is reported rather than altered.
 //!
+//! rdkafka (0.39) drops the broker's per-topic error codes of DescribeConfigs
+//! and AlterConfigs: a refused describe comes back as a topic with no
+//! settings at all, a refused alter as a success. So a topic described with
+//! no settings (Kafka lists every setting, defaults included, of a topic it
+//! describes) is reported as not checked and never altered: altering it
+//! from nothing would reset whatever an operator set on it. And an alter is
+//! believed only when a second describe shows our values.
+//!
 //! The comparison ([`plan`]) is pure; only [`ensure`] talks to Kafka.
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +39,7 @@ use std::time::Duration;
 
 use protocol::topics::KafkaTopic;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
+    AdminClient, AdminOptions, AlterConfig, ConfigResource, ConfigSource, NewPartitions, NewTopic,
     ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::ClientContext;
@@ -68,6 +76,9 @@ pub struct Observed {
     /// Every other setting made on the topic itself; `None` for a
     /// sensitive one, whose value Kafka does not return.
     pub other_overrides: BTreeMap<String, Option<String>>,
+    /// Kafka described the topic with no settings at all: the describe was
+    /// refused (see the module docs), so `configs` says nothing.
+    pub configs_unread: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +125,14 @@ pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool)
         return vec![Step::Create];
     };
     let mut steps = Vec::new();
+    if o.configs_unread {
+        steps.push(Step::Drift(
+            "settings not checked: Kafka described none of them, so this principal \
+             probably lacks DescribeConfigs on the topic (grant it, or set \
+             kafka.ensure_topics_at_startup = false and have the topics managed elsewhere)"
+                .to_owned(),
+        ));
+    }
     if o.partitions < spec.partitions && add_partitions {
         steps.push(Step::AddPartitions(spec.partitions));
     } else if o.partitions < spec.partitions {
@@ -135,10 +154,11 @@ pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool)
             o.replication_factor, spec.replication_factor
         )));
     }
-    let differs = spec
-        .configs
-        .iter()
-        .any(|(k, v)| o.configs.get(*k).map(String::as_str) != Some(v.as_str()));
+    let differs = !o.configs_unread
+        && spec
+            .configs
+            .iter()
+            .any(|(k, v)| o.configs.get(*k).map(String::as_str) != Some(v.as_str()));
     if differs {
         let sensitive: Vec<&str> = o
             .other_overrides
@@ -303,12 +323,30 @@ async fn apply(
                 .await
                 .map_err(|e| e.to_string())?;
             match r.into_iter().next() {
-                Some(Ok(_)) => Ok(format!(
+                Some(Ok(_)) => {}
+                Some(Err((_, code))) => return Err(format!("altering configs failed: {code}")),
+                None => return Err("alter_configs: no result".to_owned()),
+            }
+            // "Ok" is all rdkafka ever says here (module docs): read back.
+            let now = describe(admin, spec.name)
+                .await
+                .map_err(|e| format!("altered configs, but cannot read them back: {e}"))?;
+            let missed: Vec<String> = set
+                .iter()
+                .filter(|(k, v)| now.configs.get(*k) != Some(v))
+                .map(|(k, v)| format!("{k} is {:?}, wanted {v:?}", now.configs.get(*k)))
+                .collect();
+            if missed.is_empty() {
+                Ok(format!(
                     "configs set: {set:?}; other settings kept: {:?}",
                     keep.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()
-                )),
-                Some(Err((_, code))) => Err(format!("altering configs failed: {code}")),
-                None => Err("alter_configs: no result".to_owned()),
+                ))
+            } else {
+                Err(format!(
+                    "altering configs was not applied ({}): Kafka refused it, or another \
+                     writer changed them; this principal needs AlterConfigs on the topic",
+                    missed.join(", ")
+                ))
             }
         }
         Step::Note(n) => Ok(n.clone()),
@@ -347,6 +385,7 @@ async fn observe(
                 replication_factor: i32::try_from(rf).unwrap_or(i32::MAX),
                 configs: HashMap::new(),
                 other_overrides: BTreeMap::new(),
+                configs_unread: false,
             },
         );
     }
@@ -354,33 +393,52 @@ async fn observe(
     if !names.is_empty() {
         let specs: Vec<ResourceSpecifier<'_>> =
             names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
-        let res = admin
-            .describe_configs(
-                &specs,
-                &AdminOptions::new().request_timeout(Some(Duration::from_secs(15))),
-            )
-            .await?;
+        let res = admin.describe_configs(&specs, &describe_options()).await?;
         for (name, r) in names.iter().zip(res) {
             let r = r.map_err(|code| AdminError::Failed(format!("describe {name}: {code}")))?;
             if let Some(o) = out.get_mut(name) {
-                for key in OUR_CONFIGS {
-                    if let Some(v) = r.get(key).and_then(|e| e.value.clone()) {
-                        o.configs.insert(key.to_owned(), v);
-                    }
-                }
-                o.other_overrides = r
-                    .entries
-                    .iter()
-                    .filter(|e| {
-                        e.source == ConfigSource::DynamicTopic
-                            && !OUR_CONFIGS.contains(&e.name.as_str())
-                    })
-                    .map(|e| (e.name.clone(), e.value.clone()))
-                    .collect();
+                read_settings(&r, o);
             }
         }
     }
     Ok(out)
+}
+
+fn describe_options() -> AdminOptions {
+    AdminOptions::new().request_timeout(Some(Duration::from_secs(15)))
+}
+
+/// One topic's settings, as [`observe`] reads them.
+async fn describe(admin: &AdminClient<AdminContext>, name: &str) -> Result<Observed, AdminError> {
+    let res = admin
+        .describe_configs(&[ResourceSpecifier::Topic(name)], &describe_options())
+        .await?;
+    let r = res
+        .into_iter()
+        .next()
+        .ok_or_else(|| AdminError::Failed(format!("describe {name}: no result")))?
+        .map_err(|code| AdminError::Failed(format!("describe {name}: {code}")))?;
+    let mut o = Observed::default();
+    read_settings(&r, &mut o);
+    Ok(o)
+}
+
+/// Fills `o`'s settings from a described topic.
+fn read_settings(r: &ConfigResource, o: &mut Observed) {
+    o.configs_unread = r.entries.is_empty();
+    for key in OUR_CONFIGS {
+        if let Some(v) = r.get(key).and_then(|e| e.value.clone()) {
+            o.configs.insert(key.to_owned(), v);
+        }
+    }
+    o.other_overrides = r
+        .entries
+        .iter()
+        .filter(|e| {
+            e.source == ConfigSource::DynamicTopic && !OUR_CONFIGS.contains(&e.name.as_str())
+        })
+        .map(|e| (e.name.clone(), e.value.clone()))
+        .collect();
 }
 
 #[cfg(test)]
@@ -408,6 +466,7 @@ mod tests {
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
                 .collect(),
             other_overrides: BTreeMap::new(),
+            configs_unread: false,
         }
     }
 
@@ -467,6 +526,34 @@ mod tests {
         let mut o = observed_as(&spec);
         o.other_overrides.insert("some.secret".into(), None);
         assert!(plan(&spec, Some(&o), false).is_empty());
+    }
+
+    #[test]
+    fn a_topic_described_with_no_settings_is_reported_and_never_altered() {
+        let spec = specs(&cfg()).remove(0);
+        // What a refused DescribeConfigs looks like through rdkafka.
+        let unread = Observed {
+            partitions: spec.partitions,
+            replication_factor: spec.replication_factor,
+            configs_unread: true,
+            ..Observed::default()
+        };
+        let steps = plan(&spec, Some(&unread), false);
+        assert!(
+            matches!(&steps[..], [Step::Drift(d)] if d.contains("not checked") && d.contains("DescribeConfigs")),
+            "{steps:?}"
+        );
+        // What metadata shows is still compared.
+        let fewer = Observed {
+            partitions: spec.partitions - 1,
+            ..unread
+        };
+        let steps = plan(&spec, Some(&fewer), false);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::AlterConfigs { .. })),
+            "{steps:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! * [`Kafka::start`]: a broker of its own in a temp dir (outage tests stop
 //!   and restart it on the same ports with the same data);
-//!   [`Kafka::start_with_tls`] also serves TLS on a second listener.
+//!   [`Kafka::start_with_tls`] also serves TLS on a second listener, and
+//!   [`Kafka::start_with_tls_and_acls`] makes its clients need ACLs
+//!   ([`Kafka::acl`]).
 //! * [`shared`]: one broker per test binary, started on first use. Statics
 //!   are never dropped, so the broker is started with `KAFKA_WATCH_PID` set to
 //!   this process: the script's supervisor kills the JVM (and removes its temp
@@ -48,6 +50,8 @@ pub struct Kafka {
     ssl_bootstrap: Option<String>,
     /// The PEM key store and trust store handed to the script, again on restart.
     ssl_env: Option<(PathBuf, PathBuf)>,
+    /// Kafka's ACL authorizer is on (`KAFKA_AUTHORIZER=1`), again on restart.
+    authorizer: bool,
     dir: PathBuf,
     /// Removes the dir on drop; `None` for the shared broker, whose
     /// supervisor removes it when the test binary exits.
@@ -58,17 +62,26 @@ pub struct Kafka {
 impl Kafka {
     /// Starts a broker of its own (formatted fresh, free ports).
     pub fn start() -> Result<Kafka> {
-        Kafka::start_inner(None)
+        Kafka::start_inner(None, false)
     }
 
     /// [`Kafka::start`], also serving mutual TLS on a second client listener
     /// ([`Kafka::ssl_bootstrap`]); the plaintext listener stays for the
     /// tests' own clients.
     pub fn start_with_tls(tls: &BrokerTls) -> Result<Kafka> {
-        Kafka::start_inner(Some(tls))
+        Kafka::start_inner(Some(tls), false)
     }
 
-    fn start_inner(tls: Option<&BrokerTls>) -> Result<Kafka> {
+    /// [`Kafka::start_with_tls`] with Kafka's ACL authorizer on, as a
+    /// locked-down cluster runs: clients of the plaintext listener (the
+    /// tests' own, and the broker itself) are super users, and a TLS client
+    /// may do only what [`Kafka::acl`] grants `User:CN=<its certificate's
+    /// common name>`.
+    pub fn start_with_tls_and_acls(tls: &BrokerTls) -> Result<Kafka> {
+        Kafka::start_inner(Some(tls), true)
+    }
+
+    fn start_inner(tls: Option<&BrokerTls>, authorizer: bool) -> Result<Kafka> {
         let tmp = tempfile::Builder::new()
             .prefix("storelink-kafka-")
             .tempdir()
@@ -89,11 +102,13 @@ impl Kafka {
             }
             None => None,
         };
-        let (bootstrap, ssl_bootstrap) = run_script_start(&dir, false, ssl_env.as_ref())?;
+        let (bootstrap, ssl_bootstrap) =
+            run_script_start(&dir, false, ssl_env.as_ref(), authorizer)?;
         let k = Kafka {
             bootstrap,
             ssl_bootstrap,
             ssl_env,
+            authorizer,
             dir,
             _tmp: Some(tmp),
             running: true,
@@ -143,7 +158,8 @@ impl Kafka {
 
     /// Starts the broker again: same ports, same data.
     pub fn start_again(&mut self) -> Result<()> {
-        let (bootstrap, _) = run_script_start(&self.dir, false, self.ssl_env.as_ref())?;
+        let (bootstrap, _) =
+            run_script_start(&self.dir, false, self.ssl_env.as_ref(), self.authorizer)?;
         if bootstrap != self.bootstrap {
             bail!("Kafka came back on {bootstrap}, not on {}", self.bootstrap);
         }
@@ -159,6 +175,28 @@ impl Kafka {
 
     pub fn create_topics(&self, topics: &[(&str, i32)]) -> Result<()> {
         create_topics(&self.bootstrap, topics)
+    }
+
+    /// Runs Kafka's own `AclCommand` (same jars) through the plaintext
+    /// listener, e.g. `["--add", "--allow-principal", "User:CN=bridge",
+    /// "--operation", "Write", "--topic", "t"]`; returns what it printed.
+    pub fn acl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("bash")
+            .arg(script_path())
+            .args(["run", "org.apache.kafka.tools.AclCommand"])
+            .args(["--bootstrap-server", &self.bootstrap])
+            .args(args)
+            .output()
+            .context("running scripts/kafka.sh run org.apache.kafka.tools.AclCommand")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "AclCommand {args:?} failed ({}): {}\n{stdout}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(stdout)
     }
 }
 
@@ -186,7 +224,7 @@ fn start_shared() -> Result<Kafka> {
     // Ownership of the dir passes to the script's supervisor (removes it when
     // this process exits).
     let dir = tmp.keep();
-    let bootstrap = match run_script_start(&dir, true, None) {
+    let bootstrap = match run_script_start(&dir, true, None, false) {
         Ok((b, _)) => b,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
@@ -197,6 +235,7 @@ fn start_shared() -> Result<Kafka> {
         bootstrap,
         ssl_bootstrap: None,
         ssl_env: None,
+        authorizer: false,
         dir,
         _tmp: None,
         running: true,
@@ -212,6 +251,7 @@ fn run_script_start(
     dir: &Path,
     remove_on_exit: bool,
     ssl: Option<&(PathBuf, PathBuf)>,
+    authorizer: bool,
 ) -> Result<(String, Option<String>)> {
     let mut cmd = Command::new("bash");
     cmd.arg(script_path())
@@ -220,6 +260,9 @@ fn run_script_start(
         .env("KAFKA_WATCH_PID", std::process::id().to_string());
     if remove_on_exit {
         cmd.env("KAFKA_REMOVE_DIR_ON_WATCH_EXIT", "1");
+    }
+    if authorizer {
+        cmd.env("KAFKA_AUTHORIZER", "1");
     }
     if let Some((keystore, truststore)) = ssl {
         cmd.env("KAFKA_SSL_KEYSTORE", keystore)
