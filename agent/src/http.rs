@@ -513,6 +513,7 @@ async fn outbox(State(state): State<Arc<AppState>>) -> Response {
         "shed_total": s.shed_total.load(Ordering::Relaxed),
         "compacted_total": s.compacted_total.load(Ordering::Relaxed),
         "quarantined_total": s.quarantined_total.load(Ordering::Relaxed),
+        "ids_repaired_total": s.ids_repaired_total.load(Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -195,5 +195,10 @@ pub fn registry(stats: Arc<OutboxStats>) -> Registry {
         "Stored events that failed their checksum",
         LiveCounter(live(|s| &s.quarantined_total)),
     );
+    r.register(
+        "outbox_ids_repaired",
+        "Stored events whose damaged id column was rewritten from their intact payload",
+        LiveCounter(live(|s| &s.ids_repaired_total)),
+    );
     r
 }

@@ -645,6 +645,13 @@ fn a_sale_whose_stored_id_was_damaged_on_disk_is_repaired_and_delivered_once() {
             .contains("rewritten from its payload"),
         "the repair is logged"
     );
+    assert_eq!(
+        stack
+            .agent_metric("storelink_agent_outbox_ids_repaired_total")
+            .expect("the repair counter"),
+        1.0,
+        "the repair is counted"
+    );
 }
 
 /// A small tmpfs standing in for a store box's nearly full disk; unmounted on drop.

@@ -206,6 +206,9 @@ pub struct OutboxStats {
     pub compacted_total: AtomicU64,
     pub commits_total: AtomicU64,
     pub quarantined_total: AtomicU64,
+    /// Stored events whose id column was damaged and rewritten from their
+    /// intact payload (then sent, not quarantined).
+    pub ids_repaired_total: AtomicU64,
 }
 
 impl OutboxStats {

@@ -1173,6 +1173,7 @@ async fn an_event_whose_stored_id_was_damaged_gets_it_back_from_its_payload() {
     );
     assert_eq!(h.stats().pending_transactions(), 1);
     assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 0);
+    assert_eq!(h.stats().ids_repaired_total.load(Ordering::Relaxed), 1);
 }
 
 #[test]

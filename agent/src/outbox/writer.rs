@@ -291,7 +291,7 @@ impl Writer {
                     Command::RepairId { seq, id, reply } => {
                         let step =
                             in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
-                                repair_id(&tx, seq, id)
+                                repair_id(&tx, &self.stats, seq, id)
                             });
                         queue_reply(&mut replies, reply, step, Reply::RepairId)
                     }
@@ -621,6 +621,7 @@ struct Counters {
     shed_total: u64,
     compacted_total: u64,
     quarantined_total: u64,
+    ids_repaired_total: u64,
     unreported_shed: u64,
 }
 
@@ -633,6 +634,7 @@ impl Counters {
             shed_total: stats.shed_total.load(Ordering::Relaxed),
             compacted_total: stats.compacted_total.load(Ordering::Relaxed),
             quarantined_total: stats.quarantined_total.load(Ordering::Relaxed),
+            ids_repaired_total: stats.ids_repaired_total.load(Ordering::Relaxed),
             unreported_shed,
         }
     }
@@ -651,6 +653,9 @@ impl Counters {
         stats
             .quarantined_total
             .store(self.quarantined_total, Ordering::Relaxed);
+        stats
+            .ids_repaired_total
+            .store(self.ids_repaired_total, Ordering::Relaxed);
         self.unreported_shed
     }
 }
@@ -816,12 +821,18 @@ fn delete(tx: &Transaction<'_>, stats: &OutboxStats, ids: &[EventId]) -> Result<
 
 /// Gives row `seq` back the id its intact payload carries, so the receipt
 /// naming that id deletes it.
-fn repair_id(tx: &Transaction<'_>, seq: i64, id: EventId) -> Result<bool, OutboxError> {
+fn repair_id(
+    tx: &Transaction<'_>,
+    stats: &OutboxStats,
+    seq: i64,
+    id: EventId,
+) -> Result<bool, OutboxError> {
     let changed = tx.execute(
         "UPDATE events SET id = ?1 WHERE seq = ?2",
         params![id.0.as_bytes().as_slice(), seq],
     )?;
     if changed > 0 {
+        stats.ids_repaired_total.fetch_add(1, Ordering::Relaxed);
         tracing::error!(seq, event = %id, "a stored event's id column was damaged; rewritten from its payload");
     }
     Ok(changed > 0)
