@@ -553,8 +553,15 @@ impl RawConfig {
             );
         }
         let acks = self.kafka.acks.unwrap_or_else(|| "all".to_owned());
-        if !["all", "-1", "1", "0"].contains(&acks.as_str()) {
-            errors.push(format!("kafka.acks {acks:?} must be all, 1 or 0"));
+        if acks == "0" {
+            errors.push(
+                "kafka.acks = \"0\" is refused: the broker would acknowledge nothing, so every \
+                 record would be reported delivered and receipted, and the store would delete \
+                 events Kafka may never have written; use \"all\" (or \"1\")"
+                    .to_owned(),
+            );
+        } else if !["all", "-1", "1"].contains(&acks.as_str()) {
+            errors.push(format!("kafka.acks {acks:?} must be all or 1"));
         }
         let idempotence = self.kafka.enable_idempotence.unwrap_or(true);
         if idempotence && !["all", "-1"].contains(&acks.as_str()) {
@@ -567,10 +574,8 @@ impl RawConfig {
             ));
         }
         for key in self.kafka.extra.keys() {
-            if key == "bootstrap.servers" {
-                errors.push(
-                    "kafka.extra must not set bootstrap.servers (use kafka.bootstrap)".into(),
-                );
+            if let Some(why) = governed_producer_property(key) {
+                errors.push(format!("kafka.extra must not set {key:?}: {why}"));
             }
         }
 
@@ -684,6 +689,33 @@ pub fn check(path: &Path, files: Files) -> Result<Config, ConfigError> {
     let mut errors = Vec::new();
     raw.apply_env(|k| std::env::var(k).ok(), &mut errors);
     raw.validate_with(errors, files)
+}
+
+/// Why `[kafka.extra]` may not set a librdkafka property, if it may not:
+/// one the bridge sets from a checked setting (under any of librdkafka's
+/// names for it), or one its delivery accounting or readiness rests on.
+/// Before, `extra` was applied last and could quietly undo those checks.
+fn governed_producer_property(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "bootstrap.servers" | "metadata.broker.list" => "use kafka.bootstrap",
+        "acks" | "request.required.acks" => "use kafka.acks",
+        "enable.idempotence" => "use kafka.enable_idempotence",
+        "compression.type" | "compression.codec" => "use kafka.compression",
+        "linger.ms" | "queue.buffering.max.ms" => "use kafka.linger_ms",
+        "batch.size" => "use kafka.batch_size",
+        "message.timeout.ms" | "delivery.timeout.ms" => "use kafka.message_timeout_ms",
+        "message.max.bytes" => "use kafka.message_max_bytes",
+        "queue.buffering.max.messages" => {
+            "the bridge sizes the producer queue for its own in-flight limit"
+        }
+        "delivery.report.only.error" => {
+            "the bridge receipts and acks a message only on every record's delivery report"
+        }
+        "statistics.interval.ms" => {
+            "readiness reads the idempotent producer's state from librdkafka's statistics"
+        }
+        _ => return None,
+    })
 }
 
 /// librdkafka properties every client needs to reach the cluster.
@@ -801,10 +833,30 @@ mod tests {
     }
 
     #[test]
+    fn acks_0_is_refused_because_nothing_would_be_acknowledged() {
+        for text in [
+            "[kafka]\nbootstrap = \"k:9092\"\nacks = \"0\"\nenable_idempotence = false\n",
+            "[kafka]\nbootstrap = \"k:9092\"\n[kafka.extra]\n\"acks\" = \"0\"\n",
+        ] {
+            let err = validate(text, &[]).expect_err("acks=0");
+            assert!(err.to_string().contains("acks"), "{text}: {err}");
+        }
+        let c = validate(
+            "[kafka]\nbootstrap = \"k:9092\"\nacks = \"1\"\nenable_idempotence = false\n\
+             [kafka.extra]\n\"security.protocol\" = \"ssl\"\n\"client.id\" = \"b\"\n",
+            &[],
+        )
+        .expect("acks=1 without idempotence, and other extra properties, are allowed");
+        assert_eq!(c.kafka.producer["acks"], "1");
+        assert_eq!(c.kafka.producer["client.id"], "b");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let err = validate(
             "bridge_id = \"a b\"\n[mqtt]\nport = 70000\nkeep_alive_s = 0\nsession_expiry_s = 0\n\
              receive_maximum = 0\n[kafka]\nacks = \"1\"\n\
+             [kafka.extra]\n\"request.required.acks\" = \"0\"\n\"delivery.report.only.error\" = \"true\"\n\
              [topics]\nreplication_factor = 1\nmin_insync_replicas = 2\n",
             &[("STORELINK_BRIDGE_TOPICS_PARTITIONS", "x")],
         )
@@ -821,6 +873,8 @@ mod tests {
             "bridge_id",
             "kafka.bootstrap",
             "enable_idempotence",
+            "must not set \"request.required.acks\": use kafka.acks",
+            "must not set \"delivery.report.only.error\"",
             "min_insync_replicas",
             "STORELINK_BRIDGE_TOPICS_PARTITIONS",
         ] {
