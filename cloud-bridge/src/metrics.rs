@@ -34,6 +34,7 @@ pub struct Metrics {
     pub events_in_flight: Gauge,
     pub produce_retries: Counter,
     pub receipts_published: Counter,
+    pub receipts_refused: Family<ReasonLabel, Counter>,
     pub produce_latency: Histogram,
     pub end_to_end_latency: Histogram,
     /// `events_published{topic}` handles per Kafka topic, created once: the
@@ -55,6 +56,7 @@ impl Metrics {
         let events_in_flight = Gauge::default();
         let produce_retries = Counter::default();
         let receipts_published = Counter::default();
+        let receipts_refused = Family::<ReasonLabel, Counter>::default();
         // 0.5 ms .. ~33 s
         let produce_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 17));
         // 1 ms .. ~18 h: events may wait in a store's outbox for a long outage.
@@ -111,8 +113,14 @@ impl Metrics {
         );
         registry.register(
             "receipts_published",
-            "Delivery receipts published to stores",
+            "Delivery receipts handed to the MQTT broker for stores (refused ones included: see receipts_refused)",
             receipts_published.clone(),
+        );
+        registry.register(
+            "receipts_refused",
+            "Delivery receipts the MQTT broker refused (a failure reason in its PUBACK): \
+             the store never hears that Kafka has its events, and resends them",
+            receipts_refused.clone(),
         );
         registry.register(
             "produce_latency_seconds",
@@ -149,6 +157,7 @@ impl Metrics {
             events_in_flight,
             produce_retries,
             receipts_published,
+            receipts_refused,
             produce_latency,
             end_to_end_latency,
         }

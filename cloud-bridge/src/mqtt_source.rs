@@ -49,14 +49,14 @@ use std::time::{Duration, Instant};
 
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoff;
-use rumqttc::v5::mqttbytes::v5::{Packet, Publish, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::payload_budget::{HeldPayload, PayloadBudget};
 
 /// A message handed to the pipeline, with its bytes held in the budget
@@ -230,6 +230,7 @@ pub async fn run_event_loop(
     let mut reconnect = reconnect_backoff();
     let mut connected_at: Option<Instant> = None;
     let mut intake = Intake::Open;
+    let mut refusals = RefusalLog::default();
     // Set once `stop` is cancelled: the deadline for the DISCONNECT.
     let mut stopping: Option<tokio::time::Instant> = None;
     'run: loop {
@@ -307,6 +308,16 @@ pub async fn run_event_loop(
                     .iter()
                     .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
                 health.subscribed.store(granted, Ordering::Relaxed);
+            }
+            // The bridge publishes only receipts. rumqttc logs a refused
+            // one at warn level without its topic and passes the PUBACK on.
+            Ok(Event::Incoming(Packet::PubAck(ack)))
+                if !matches!(
+                    ack.reason,
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                ) =>
+            {
+                refusals.record(ack.reason, &metrics);
             }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
                 health.subscribed.store(false, Ordering::Relaxed);
@@ -475,6 +486,58 @@ enum Intake {
     /// running until `stop`: the receipts and acks of the messages still
     /// settling go out through it, and so does the final DISCONNECT.
     Closed,
+}
+
+/// Receipts the broker refused: counted by reason, logged at error level at
+/// most once per [`REFUSAL_LOG_EVERY`] with how many were held back. A
+/// broker ACL without write on the receipts topics refuses every receipt,
+/// and the stores resend for ever.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn record(&mut self, reason: PubAckReason, metrics: &Metrics) {
+        let label = refusal_label(reason);
+        metrics
+            .receipts_refused
+            .get_or_create(&ReasonLabel {
+                reason: label.to_owned(),
+            })
+            .inc();
+        if self.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
+            self.held_back += 1;
+            return;
+        }
+        tracing::error!(
+            reason = label,
+            held_back = self.held_back,
+            topics = %protocol::topics::store_receipts_topic("+"),
+            "the MQTT broker refused a delivery receipt: the store will not hear that Kafka \
+             has its events and will send them again; the bridge needs publish (write) \
+             access to the receipts topics"
+        );
+        self.last = Some(Instant::now());
+        self.held_back = 0;
+    }
+}
+
+fn refusal_label(reason: PubAckReason) -> &'static str {
+    match reason {
+        PubAckReason::Success => "success",
+        PubAckReason::NoMatchingSubscribers => "no_matching_subscribers",
+        PubAckReason::UnspecifiedError => "unspecified_error",
+        PubAckReason::ImplementationSpecificError => "implementation_specific_error",
+        PubAckReason::NotAuthorized => "not_authorized",
+        PubAckReason::TopicNameInvalid => "topic_name_invalid",
+        PubAckReason::PacketIdentifierInUse => "packet_identifier_in_use",
+        PubAckReason::QuotaExceeded => "quota_exceeded",
+        PubAckReason::PayloadFormatInvalid => "payload_format_invalid",
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub struct MosquittoOptions {
     pub tls: Option<BrokerTls>,
     /// `log_type debug`: every packet in and out, acks included.
     pub log_packets: bool,
+    /// The text of an `acl_file`, as a cloud broker restricts its clients
+    /// (rules before any `user` line apply to anonymous clients).
+    pub acl: Option<String>,
 }
 
 /// The broker's TLS listener: its certificate, and the CA its clients'
@@ -61,6 +64,7 @@ impl Default for MosquittoOptions {
             autosave_interval_s: 30,
             tls: None,
             log_packets: false,
+            acl: None,
         }
     }
 }
@@ -92,6 +96,9 @@ impl Mosquitto {
         // bind it before Mosquitto does; a first start can move elsewhere.
         for _ in 0..5 {
             m.port = free_port()?;
+            if let Some(acl) = &opts.acl {
+                std::fs::write(m.dir.path().join("acl"), acl).context("writing the ACL file")?;
+            }
             let conf = config_text(m.port, m.dir.path(), &opts);
             std::fs::write(m.dir.path().join("mosquitto.conf"), conf)
                 .context("writing mosquitto.conf")?;
@@ -257,10 +264,15 @@ fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
             )
         })
         .unwrap_or_default();
+    let acl = match o.acl {
+        Some(_) => format!("acl_file {}/acl\n", dir.display()),
+        None => String::new(),
+    };
     format!(
         "{user}listener {port} 127.0.0.1\n\
          {tls}\
          allow_anonymous true\n\
+         {acl}\
          set_tcp_nodelay true\n\
          persistence true\n\
          persistence_location {dir}/\n\
