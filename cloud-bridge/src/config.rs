@@ -497,6 +497,20 @@ impl RawConfig {
             30 * 86400,
         );
 
+        // Each message the broker has sent and not yet had acked queues at
+        // most a receipt and an ack, and the broker sends at most
+        // receive_maximum such messages. With room for all of them (and the
+        // odd SUBSCRIBE or DISCONNECT) no task ever waits on a full request
+        // channel; one that did could hand its ack to the next connection,
+        // where a forgotten session's packet ids name other messages
+        // (mqtt_source::CurrentConnection).
+        if req_cap < 2 * receive_maximum + 16 {
+            errors.push(format!(
+                "mqtt.request_channel_capacity ({req_cap}) must be at least 2 * \
+                 mqtt.receive_maximum + 16 ({}): a receipt and an ack per unacked message",
+                2 * receive_maximum + 16
+            ));
+        }
         if min_isr > rf {
             errors.push(format!(
                 "topics.min_insync_replicas ({min_isr}) exceeds topics.replication_factor ({rf}): \
@@ -830,6 +844,20 @@ mod tests {
         .expect("valid");
         assert_eq!(c.mqtt.port, 2883);
         assert_eq!(c.kafka.bootstrap, "b:2");
+    }
+
+    #[test]
+    fn the_request_channel_holds_a_receipt_and_an_ack_per_unacked_message() {
+        let base = "[kafka]\nbootstrap = \"k:9092\"\n[mqtt]\nreceive_maximum = 100\n";
+        let err = validate(&format!("{base}request_channel_capacity = 215\n"), &[])
+            .expect_err("too small");
+        assert!(
+            err.to_string()
+                .contains("at least 2 * mqtt.receive_maximum + 16 (216)"),
+            "{err}"
+        );
+        let c = validate(&format!("{base}request_channel_capacity = 216\n"), &[]).expect("enough");
+        assert_eq!(c.mqtt.request_channel_capacity, 216);
     }
 
     #[test]

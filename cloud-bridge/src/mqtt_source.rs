@@ -88,7 +88,9 @@ pub struct ConnectionId(u64);
 /// rumqttc discards the acks still queued when a connection fails, and the
 /// event loop moves to the next id as soon as `poll` reports the failure;
 /// only an ack checked in the instant between the two can still slip
-/// through.
+/// through. Not one that waited for room in a full request channel (rumqttc
+/// would pull it in on the next connection): the configuration sizes the
+/// channel for every unacked message's receipt and ack, so it is never full.
 #[derive(Debug, Default)]
 pub struct CurrentConnection(AtomicU64);
 
