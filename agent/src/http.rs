@@ -198,6 +198,15 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// case-insensitive (RFC 9110 §11.1): terminals send `bearer` too.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 fn authorize(state: &AppState, headers: &HeaderMap, terminal_id: &str) -> Result<(), Problem> {
     let Some(tokens) = &state.terminal_tokens else {
         return Ok(());
@@ -205,7 +214,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, terminal_id: &str) -> Result
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match (tokens.get(terminal_id), presented) {
         (Some(expected), Some(got)) if same_token(expected.as_bytes(), got.as_bytes()) => Ok(()),
         _ => Err(Problem::new(
@@ -363,6 +372,11 @@ fn record(route: &'static str, started: Instant, result: Result<Response, Proble
 /// terminal with its idempotency key, validated before it is stored.
 trait PosRecord: DeserializeOwned {
     const ROUTE: &'static str;
+    /// Refuses a body of another kind that this type would decode, because
+    /// decoding ignores unknown fields.
+    fn refuse_other_kinds(_body: &[u8]) -> Result<(), Problem> {
+        Ok(())
+    }
     fn validate(&self) -> Result<(), Problems>;
     fn reference(&self) -> TransactionRef;
     fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset>;
@@ -373,6 +387,38 @@ trait PosRecord: DeserializeOwned {
 
 impl PosRecord for Sale {
     const ROUTE: &'static str = "/v1/sales";
+    /// A return is a sale's fields plus `reason_code` (required) and
+    /// `original`: posted here, it would be booked as revenue, and its own
+    /// route would then refuse it as an idempotency conflict.
+    fn refuse_other_kinds(body: &[u8]) -> Result<(), Problem> {
+        // Nearly every sale lacks the text; only one that has it (in a
+        // description, say) pays for the second, exact look.
+        if memchr::memmem::find(body, b"\"reason_code\"").is_none() {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        struct TopLevel {
+            reason_code: Option<serde::de::IgnoredAny>,
+        }
+        match serde_json::from_slice::<TopLevel>(body) {
+            Ok(TopLevel {
+                reason_code: Some(_),
+            }) => {
+                let mut p = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "wrong_route",
+                    "a sale has no reason_code: post a return to /v1/returns, a void to /v1/voids",
+                );
+                p.errors.push(FieldError::new(
+                    "reason_code",
+                    "wrong_route",
+                    "not a field of a sale; this body looks like a return",
+                ));
+                Err(p)
+            }
+            _ => Ok(()),
+        }
+    }
     fn validate(&self) -> Result<(), Problems> {
         Sale::validate(self)
     }
@@ -437,6 +483,7 @@ async fn post_record<R: PosRecord>(
     let result = async {
         let body = body.map_err(body_problem)?;
         let record: R = decode(&body)?;
+        R::refuse_other_kinds(&body)?;
         let mut problems = record.validate().err().unwrap_or_default();
         if let Some(currency) = record.currency().filter(|c| *c != state.currency) {
             problems.push(FieldError::new(
@@ -635,7 +682,26 @@ mod tests {
         // A sale body on the voids route is not a void.
         let (status, _, p) = call(&f.app, "POST", "/v1/voids", sale(9), None).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        // Nor is a return (a sale's fields and more) a sale: booked as one,
+        // the refund would count as revenue.
+        let mut other = protocol::samples::return_();
+        other.transaction.sequence_number += 100;
+        let ret = serde_json::to_vec(&other).expect("json");
+        let (status, _, p) = call(&f.app, "POST", "/v1/sales", ret.clone(), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(p["code"], "wrong_route", "{p}");
+        assert_eq!(p["errors"][0]["field"], "reason_code", "{p}");
         assert_eq!(f.state.outbox_stats.pending_transactions(), 2);
+        // …and its own route still takes it.
+        let (status, _, p) = call(&f.app, "POST", "/v1/returns", ret, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        // A sale that merely mentions the word is a sale.
+        let mut mentions = protocol::samples::sale_numbered("pos-01", 77);
+        mentions.lines[0].description = Some("reason_code".into());
+        let body = serde_json::to_vec(&mentions).expect("json");
+        let (status, _, p) = call(&f.app, "POST", "/v1/sales", body, None).await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        assert_eq!(f.state.outbox_stats.pending_transactions(), 4);
     }
 
     #[tokio::test]
@@ -827,6 +893,20 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::CREATED);
+        // The scheme is case-insensitive; the token is not.
+        for ((header, want), n) in [
+            ("bearer s3cret-1", StatusCode::CREATED),
+            ("BEARER s3cret-1", StatusCode::CREATED),
+            ("Bearer S3CRET-1", StatusCode::UNAUTHORIZED),
+            ("Basic s3cret-1", StatusCode::UNAUTHORIZED),
+            ("Bearers3cret-1", StatusCode::UNAUTHORIZED),
+        ]
+        .into_iter()
+        .zip(2..)
+        {
+            let (status, _, _) = call(&f.app, "POST", "/v1/sales", sale(n), Some(header)).await;
+            assert_eq!(status, want, "{header}");
+        }
     }
 
     #[tokio::test]
