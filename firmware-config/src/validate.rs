@@ -437,6 +437,18 @@ impl StoreProfile {
                 }
             }
         }
+        if self.agent.terminal_tokens_dir.is_some() && self.terminals.is_empty() {
+            // No terminals listed means "any well-formed id" without tokens;
+            // with tokens there would be none to accept: every sale a 401.
+            out.push(
+                Problem::error(
+                    "agent.terminal_tokens_dir",
+                    "tokens are on but no [[terminals]] are listed: every POS request would \
+                     be refused as unauthorized",
+                )
+                .with_hint("list each terminal as [[terminals]] id = \"pos-01\", or remove terminal_tokens_dir"),
+            );
+        }
         if let (Some(dir), true) = (&self.agent.terminal_tokens_dir, opts.check_files) {
             if !dir.is_dir() {
                 out.push(
@@ -450,7 +462,7 @@ impl StoreProfile {
                 );
             } else {
                 for t in &self.terminals {
-                    if let Some(why) = unreadable(&dir.join(&t.id)) {
+                    if let Some(why) = unreadable_token(&dir.join(&t.id)) {
                         out.push(
                             Problem::error(
                                 "agent.terminal_tokens_dir",
@@ -753,6 +765,19 @@ fn unreadable(path: &Path) -> Option<String> {
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
         },
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// As [`unreadable`], and the agent refuses to start on a token file that
+/// holds only whitespace too.
+fn unreadable_token(path: &Path) -> Option<String> {
+    if let Some(why) = unreadable(path) {
+        return Some(why);
+    }
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => Some("the file is empty".to_owned()),
+        Ok(_) => None,
         Err(e) => Some(e.to_string()),
     }
 }

@@ -448,3 +448,38 @@ fn outbox_limits_that_could_refuse_events_for_ever() {
         ],
     );
 }
+
+#[test]
+fn terminal_tokens_need_listed_terminals_and_non_empty_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("pos-01"), " \n").expect("write");
+    let tokens = format!(
+        "data_dir = \"/var/lib/storelink\"\nterminal_tokens_dir = \"{}\"",
+        dir.path().display()
+    );
+    // The agent refuses to start on a blank token file: so does the check.
+    let text = edit(&[("data_dir = \"/var/lib/storelink\"", &tokens)]);
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(
+            "error: agent.terminal_tokens_dir: no token for terminal `pos-01`: the file is empty"
+        ),
+        "{problems:?}"
+    );
+    std::fs::write(dir.path().join("pos-01"), "s3cret\n").expect("write");
+    assert_eq!(problems_of(&text), Vec::<String>::new());
+    // No terminals listed: with tokens on, every sale would be refused.
+    let text = edit(&[
+        ("data_dir = \"/var/lib/storelink\"", &tokens),
+        ("[[terminals]]\nid = \"pos-01\"\n", ""),
+    ]);
+    let problems = problems_of(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains(
+            "error: agent.terminal_tokens_dir: tokens are on but no [[terminals]] are listed"
+        ),
+        "{problems:?}"
+    );
+}
