@@ -255,6 +255,26 @@ impl Shelf {
         ReadingOutcome::Emitted
     }
 
+    /// The outbox did not store the last emitted reading (shed or refused):
+    /// it is no baseline, so the sensor's next reading is sent even if the
+    /// weight has not moved. Otherwise the cloud would keep an older weight
+    /// until the shelf changed by a deadband.
+    pub fn reading_not_stored(&mut self) {
+        self.last_emitted = None;
+    }
+
+    /// The outbox did not store an alert of `kind`: back to the level
+    /// before it, so the next evaluation (a reading or the silence tick)
+    /// raises it again. Otherwise a refused low-stock alert would not come
+    /// again until after a restock.
+    pub fn alert_not_stored(&mut self, kind: StockAlertKind) {
+        self.level = match kind {
+            StockAlertKind::LowStock => Level::Normal,
+            StockAlertKind::Restocked => Level::Low,
+        };
+        self.pending = None;
+    }
+
     /// The clock moved: silence and dwell deadlines.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Output>) {
         if self.presence != Presence::Offline
@@ -374,6 +394,45 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn what_the_outbox_did_not_store_is_sent_again() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let mut s = shelf(&c, t0);
+        let readings = |out: &[Output]| {
+            out.iter()
+                .filter(|o| matches!(o, Output::Reading(_)))
+                .count()
+        };
+        // 10 items, then the same weight again: within the deadband.
+        assert_eq!(readings(&feed(&mut s, raw(5000), t0)), 1);
+        assert_eq!(readings(&feed(&mut s, raw(5000), t0)), 0);
+        // Shed or refused: not a baseline; the same weight goes out again.
+        s.reading_not_stored();
+        assert_eq!(readings(&feed(&mut s, raw(5000), t0)), 1);
+
+        // Down to 2 items: low stock (no dwell in cfg()).
+        let out = feed(&mut s, raw(1000), t0);
+        assert_eq!(alerts(&out), [(StockAlertKind::LowStock, 2)]);
+        // Refused: the next reading, though within the deadband, raises it again…
+        s.alert_not_stored(StockAlertKind::LowStock);
+        let out = feed(&mut s, raw(1005), t0);
+        assert_eq!(readings(&out), 0);
+        assert_eq!(alerts(&out), [(StockAlertKind::LowStock, 2)]);
+        // …and once stored, not again.
+        assert_eq!(alerts(&feed(&mut s, raw(1005), t0)), []);
+        // A refused restock alert likewise.
+        assert_eq!(
+            alerts(&feed(&mut s, raw(4000), t0)),
+            [(StockAlertKind::Restocked, 8)]
+        );
+        s.alert_not_stored(StockAlertKind::Restocked);
+        assert_eq!(
+            alerts(&feed(&mut s, raw(4000), t0)),
+            [(StockAlertKind::Restocked, 8)]
+        );
     }
 
     #[test]

@@ -227,7 +227,7 @@ async fn process(
                 let now = Instant::now();
                 for (id, s) in states.iter_mut() {
                     s.shelf.tick(now, &mut out);
-                    emit(id, &s.source, None, &mut out, &submitter).await;
+                    emit(id, &s.source, &mut s.shelf, None, &mut out, &submitter).await;
                 }
             }
         }
@@ -279,14 +279,15 @@ async fn handle(
             .metrics
             .shelf_reading(id, ReadingOutcome::WithinDeadband.label());
     }
-    let source = s.source.clone();
-    emit(id, &source, taken_at, out, submitter).await;
+    emit(id, &s.source, &mut s.shelf, taken_at, out, submitter).await;
 }
 
-/// Submits what a state machine produced, in order.
+/// Submits what a state machine produced, in order, and tells it what the
+/// outbox did not store.
 async fn emit(
     sensor: &str,
     source: &Source,
+    shelf: &mut Shelf,
     taken_at: Option<chrono::DateTime<chrono::FixedOffset>>,
     out: &mut Vec<Output>,
     submitter: &Submitter,
@@ -299,11 +300,14 @@ async fn emit(
                     .submit(source, at, EventBody::ShelfReading(r))
                     .await
                 {
-                    Some(Submitted::Shed) => submitter.metrics.shelf_reading(sensor, "shed"),
+                    Some(Submitted::Shed) => {
+                        submitter.metrics.shelf_reading(sensor, "shed");
+                        shelf.reading_not_stored();
+                    }
                     Some(_) => submitter
                         .metrics
                         .shelf_reading(sensor, ReadingOutcome::Emitted.label()),
-                    None => {}
+                    None => shelf.reading_not_stored(),
                 }
             }
             Output::Alert(a) => {
@@ -312,10 +316,23 @@ async fn emit(
                     StockAlertKind::Restocked => "restocked",
                 };
                 tracing::info!(sensor, kind, items = a.item_count, "stock alert");
-                submitter.metrics.stock_alert(sensor, kind);
-                submitter
+                let alert_kind = a.kind;
+                let stored = submitter
                     .submit(source, Utc::now().fixed_offset(), EventBody::StockAlert(a))
                     .await;
+                match stored {
+                    Some(Submitted::Stored(_) | Submitted::Duplicate(_)) => {
+                        submitter.metrics.stock_alert(sensor, kind);
+                    }
+                    Some(Submitted::Shed) | None => {
+                        tracing::warn!(
+                            sensor,
+                            kind,
+                            "stock alert not stored; raised again on the next reading"
+                        );
+                        shelf.alert_not_stored(alert_kind);
+                    }
+                }
             }
             Output::Status(state) => {
                 tracing::info!(sensor, ?state, "shelf sensor status");
@@ -327,6 +344,102 @@ async fn emit(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::devices::DeviceMetrics;
+    use crate::ingest::{Ingest, StoreIdentity};
+    use crate::outbox::{Outbox, OutboxConfig};
+
+    fn sensor_cfg() -> ShelfSensor {
+        ShelfSensor {
+            id: "shelf-a1".into(),
+            gtin: "05901234123457".into(),
+            zero_offset: 0,
+            counts_per_gram: 1,
+            unit_weight_grams: 500,
+            low_stock_at: 3,
+            restocked_at: 6,
+            deadband_grams: 20,
+            offline_after_secs: 600,
+            alert_dwell_secs: 0,
+        }
+    }
+
+    async fn kinds_stored(outbox: &crate::outbox::OutboxHandle) -> Vec<String> {
+        outbox
+            .read_after(0, 1000, 1 << 20)
+            .await
+            .expect("read")
+            .into_iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.payload).expect("json");
+                v["schema"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    /// The same reading twice, the first time into an outbox that is gone:
+    /// the second is stored, and so is the low-stock alert the first raised.
+    #[tokio::test]
+    async fn a_reading_and_alert_the_outbox_refused_are_stored_on_the_next_reading() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = StoreIdentity {
+            store_id: "store-shelf".into(),
+            region: "eu-west".into(),
+        };
+        let cfg = sensor_cfg();
+        let mut states = HashMap::from([(
+            cfg.id.clone(),
+            Sensor {
+                shelf: Shelf::new(&cfg, cfg.gtin.parse().expect("gtin"), Instant::now()),
+                source: Source {
+                    kind: SourceKind::ShelfSensor,
+                    device_id: cfg.id.clone(),
+                },
+                last_warned: None,
+            },
+        )]);
+        let message = || Message {
+            topic: protocol::topics::shelf_sensor_topic(&cfg.id),
+            // 1000 g: 2 items, at or below low_stock_at.
+            payload: bytes::Bytes::from_static(b"1000"),
+            at: Instant::now(),
+        };
+        let mut out = Vec::new();
+
+        let gone = Outbox::open(
+            OutboxConfig::new(dir.path().join("gone.db"), 1 << 30, 1_000_000),
+            store.clone(),
+        )
+        .expect("outbox");
+        let gone_handle = gone.handle();
+        gone.close().await;
+        let refusing = Submitter {
+            ingest: Ingest::new(gone_handle, store.clone()),
+            metrics: DeviceMetrics::default(),
+        };
+        handle(&mut states, message(), &refusing, &mut out).await;
+
+        let outbox = Outbox::open(
+            OutboxConfig::new(dir.path().join("outbox.db"), 1 << 30, 1_000_000),
+            store.clone(),
+        )
+        .expect("outbox");
+        let working = Submitter {
+            ingest: Ingest::new(outbox.handle(), store),
+            metrics: DeviceMetrics::default(),
+        };
+        handle(&mut states, message(), &working, &mut out).await;
+        assert_eq!(
+            kinds_stored(&outbox.handle()).await,
+            ["storelink.shelf_reading", "storelink.stock_alert"],
+            "the same weight again is sent, and the alert raised again"
+        );
+        // Stored now: the same weight once more is within the deadband.
+        handle(&mut states, message(), &working, &mut out).await;
+        assert_eq!(kinds_stored(&outbox.handle()).await.len(), 2);
+        outbox.close().await;
+    }
+
     use super::MAX_PACKET_BYTES;
 
     /// The store's broker refuses a message before it could be one the
