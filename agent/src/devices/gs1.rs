@@ -25,7 +25,7 @@
 //! # GS1 element strings
 //! AIs come from a table ([`ai_spec`]) with fixed or variable lengths and
 //! character sets, following GS1's `gs1-syntax-dictionary.txt` for the AIs
-//! stores meet. FNC1 is transmitted as GS (0x1D) and ends a variable-length
+//! stores meet (coupons included). FNC1 is transmitted as GS (0x1D) and ends a variable-length
 //! field; a GS after a fixed-length field, or a leading one, is tolerated.
 //! Dates (11–17) are YYMMDD and day `00` (end of month) is allowed. Check
 //! digits of (00), (01), (02), (410)–(417) are verified. (21) requires (01);
@@ -420,6 +420,9 @@ pub fn ai_spec(ai: &str) -> Option<AiSpec> {
         "8005" => fixed(6, N, Check::None),
         "8020" => var(25, X),
         "8200" => var(70, X),
+        // North American coupons (DataBar at the till) and loyalty points.
+        "8110" | "8112" => var(70, X),
+        "8111" => fixed(4, N, Check::None),
         "90" => var(30, X),
         _ if b.len() == 2 && b[0] == b'9' && (b'1'..=b'9').contains(&b[1]) => var(90, X),
         // 310n-369n: trade measures, n = decimal places (0-5).
@@ -636,6 +639,21 @@ mod tests {
         // GTIN-8 check, `96385074` passes it.
         assert!(reason_of(&decode(b"04252614")).is_some_and(|r| r.starts_with("bad_check_digit")));
         assert_eq!(decode(b"96385074").error, None);
+    }
+
+    #[test]
+    fn north_american_coupons_are_element_strings() {
+        let d = decode(b"]e081100106141412345501\x1d81110250");
+        assert_eq!(d.error, None);
+        assert_eq!(
+            d.elements,
+            [el("8110", "0106141412345501"), el("8111", "0250")]
+        );
+        assert!(d.is_valid());
+        let d = decode(b"]e08112001061414123455");
+        assert_eq!(d.elements, [el("8112", "001061414123455")]);
+        // Loyalty points are four digits.
+        assert!(decode(b"]e08111025").error.is_some());
     }
 
     #[test]
