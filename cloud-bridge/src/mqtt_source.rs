@@ -305,10 +305,18 @@ pub async fn run_event_loop(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 tracing::info!(codes = ?ack.return_codes, subscription = %subscription, "subscribed");
-                let granted = ack
-                    .return_codes
-                    .iter()
-                    .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                // QoS 0 would be a subscription without acks: nothing the
+                // bridge defers or loses in a crash would be redelivered.
+                let granted = ack.return_codes.iter().all(|c| {
+                    matches!(
+                        c,
+                        SubscribeReasonCode::Success(QoS::AtLeastOnce | QoS::ExactlyOnce)
+                    )
+                });
+                if !granted {
+                    tracing::error!(codes = ?ack.return_codes, %subscription,
+                        "the broker did not grant the subscription at QoS 1; not ready (check its ACL and max_qos)");
+                }
                 health.subscribed.store(granted, Ordering::Relaxed);
             }
             // The bridge publishes only receipts. rumqttc logs a refused

@@ -271,7 +271,14 @@ pub async fn replay(
     let mut assignment = TopicPartitionList::new();
     for &p in &partitions {
         let (low, high) = consumer.fetch_watermarks(topic, p, timeout).map_err(read)?;
-        let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
+        let elem = committed.find_partition(topic, p);
+        // rdkafka returns a partition whose committed offset could not be
+        // read inside an Ok list; starting it from its low watermark would
+        // replay everything the group already replayed.
+        if let Some(Err(e)) = elem.as_ref().map(|e| e.error()) {
+            return Err(read(e));
+        }
+        let start = match elem.map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o.max(low),
             _ => low,
         };

@@ -45,6 +45,8 @@ pub struct MosquittoOptions {
     /// The text of an `acl_file`, as a cloud broker restricts its clients
     /// (rules before any `user` line apply to anonymous clients).
     pub acl: Option<String>,
+    /// `max_qos`: the highest QoS the listener grants (2 when `None`).
+    pub max_qos: Option<u8>,
 }
 
 /// The broker's TLS listener: its certificate, and the CA its clients'
@@ -65,6 +67,7 @@ impl Default for MosquittoOptions {
             tls: None,
             log_packets: false,
             acl: None,
+            max_qos: None,
         }
     }
 }
@@ -264,15 +267,18 @@ fn config_text(port: u16, dir: &Path, o: &MosquittoOptions) -> String {
             )
         })
         .unwrap_or_default();
-    let acl = match o.acl {
+    let mut access = match o.acl {
         Some(_) => format!("acl_file {}/acl\n", dir.display()),
         None => String::new(),
     };
+    if let Some(q) = o.max_qos {
+        access += &format!("max_qos {q}\n");
+    }
     format!(
         "{user}listener {port} 127.0.0.1\n\
          {tls}\
          allow_anonymous true\n\
-         {acl}\
+         {access}\
          set_tcp_nodelay true\n\
          persistence true\n\
          persistence_location {dir}/\n\
