@@ -438,6 +438,39 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_of_more_events_than_any_real_one_is_dead_lettered_whole() {
+        // 4 MiB of `0,`: two million "events", each of which would have
+        // been a dead letter of its own (hundreds of MB per message).
+        let elements = 2 * 1024 * 1024 - 64;
+        let mut payload =
+            br#"{"batch_id":"019a0000-0000-7000-8000-000000000000","store_id":"s1","events":["#
+                .to_vec();
+        payload.extend(std::iter::repeat_n(&b"0,"[..], elements).flatten());
+        payload.extend_from_slice(b"0]}");
+        let r = route(&topics::store_events_topic("s1"), &payload, MAX);
+        assert_eq!(reasons(&r), ["undecodable_batch"]);
+        let Decision::DeadLetter(dl) = &r.decisions[0] else {
+            panic!("expected a dead letter")
+        };
+        assert_eq!(dl.value, 0..payload.len(), "the whole payload, once");
+        assert!(
+            dl.detail.contains("more than 20000 events"),
+            "{}",
+            dl.detail
+        );
+        // At the limit, each element is still judged on its own.
+        let mut payload =
+            br#"{"batch_id":"019a0000-0000-7000-8000-000000000000","store_id":"s1","events":["#
+                .to_vec();
+        payload.extend(
+            std::iter::repeat_n(&b"0,"[..], protocol::batch::MAX_BATCH_EVENTS - 1).flatten(),
+        );
+        payload.extend_from_slice(b"0]}");
+        let r = route(&topics::store_events_topic("s1"), &payload, MAX);
+        assert_eq!(r.decisions.len(), protocol::batch::MAX_BATCH_EVENTS);
+    }
+
+    #[test]
     fn an_envelope_of_another_store_is_dead_lettered_and_its_neighbours_published() {
         let mut events = sample_json("store-a");
         events.insert(1, sample_json("store-b").remove(0));

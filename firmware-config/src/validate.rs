@@ -320,7 +320,7 @@ impl StoreProfile {
             out,
             "cloud.batch_max_events",
             c.batch_max_events,
-            1..=100_000,
+            1..=protocol::batch::MAX_BATCH_EVENTS,
             "",
         );
         // Up to the contract's largest batch, which every bridge accepts.

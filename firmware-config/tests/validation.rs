@@ -217,7 +217,7 @@ fn cloud_link_settings() {
             "12:8: error: cloud.host: must not be empty (hint: the cloud MQTT broker's host name)",
             "13:8: error: cloud.port: must not be 0 (hint: 8883 for MQTT over TLS)",
             "14:13: error: cloud.client_id: `store 42` is not a usable MQTT client id (hint: non-empty, no spaces, e.g. store-0042-agent)",
-            "15:20: error: cloud.batch_max_events: must be between 1 and 100000, not 0",
+            "15:20: error: cloud.batch_max_events: must be between 1 and 20000, not 0",
             "16:19: error: cloud.batch_max_bytes: must be between 1024 and 4194304 bytes, not 100",
             "17:25: error: cloud.max_batches_in_flight: must be between 1 and 1000, not 5000",
             "18:24: error: cloud.receipt_timeout_secs: must be between 1 and 3600 seconds, not 0",

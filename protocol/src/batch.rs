@@ -17,8 +17,44 @@ pub struct RawBatch<'a> {
     pub batch_id: uuid::Uuid,
     #[serde(borrow)]
     pub store_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "at_most_max_batch_events")]
     pub events: Vec<&'a RawValue>,
+}
+
+/// The most events one batch may hold. A real event is a few hundred bytes,
+/// so even a full [`MAX_BATCH_BYTES`] batch holds well under this; more is a
+/// malformed or hostile payload (4 MiB of `0,` is two million "events"),
+/// which the bridge dead-letters whole instead of element by element.
+pub const MAX_BATCH_EVENTS: usize = 20_000;
+
+/// Reads `events`, refusing more than [`MAX_BATCH_EVENTS`] before holding them.
+fn at_most_max_batch_events<'de, D>(d: D) -> Result<Vec<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Events;
+    impl<'de> serde::de::Visitor<'de> for Events {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_BATCH_EVENTS} events")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut events = Vec::new();
+            while let Some(e) = seq.next_element::<&'de RawValue>()? {
+                if events.len() == MAX_BATCH_EVENTS {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "more than {MAX_BATCH_EVENTS} events in one batch"
+                    )));
+                }
+                events.push(e);
+            }
+            Ok(events)
+        }
+    }
+    d.deserialize_seq(Events)
 }
 
 impl<'a> RawBatch<'a> {
