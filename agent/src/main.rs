@@ -231,7 +231,25 @@ async fn run(profile_path: &Path) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(300)).await;
         })
     };
-    let served = server.await;
+    // Graceful shutdown waits for every open connection, and axum sets hyper
+    // no header or body timeout: a terminal that lost power mid-request (a
+    // half-open connection) would hold the drain until SIGKILL, so the
+    // outbox would never close. In-flight requests need a commit, not
+    // seconds: after the bound, the rest are left behind.
+    let http_drain = (grace / 4).max(Duration::from_secs(1));
+    let served = tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(http_drain).await;
+        } => {
+            tracing::warn!(
+                waited_ms = http_drain.as_millis() as u64,
+                "HTTP connections still open after the drain; closing without them"
+            );
+            Ok(())
+        }
+    };
 
     // Drain: in-flight HTTP requests finished above; devices stop; the
     // forwarder waits a bounded time for receipts; then the outbox closes.

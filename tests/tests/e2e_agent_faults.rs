@@ -889,3 +889,45 @@ fn an_agent_started_on_a_full_disk_keeps_its_outbox_and_delivers_it_once_space_r
     drop(stack);
     drop(disk);
 }
+
+/// SIGTERM while a terminal that lost power mid-request still holds its
+/// connection open (headers half sent, no FIN): the agent must still drain,
+/// close its outbox and exit cleanly within its grace, not wait for the
+/// dead terminal until SIGKILL. The sale acknowledged before it is kept.
+#[test]
+fn sigterm_with_a_terminal_stuck_mid_request_still_stops_cleanly() {
+    use std::io::Write;
+    let mut stack = StoreStack::start("").expect("store stack");
+    let client = reqwest::blocking::Client::new();
+    let r = post_sale(&client, &stack.http_base, "pos-01", 1).expect("agent answers");
+    assert_eq!(r.status().as_u16(), 201);
+    let addr = stack
+        .http_base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut stuck = std::net::TcpStream::connect(&addr).expect("connect");
+    stuck
+        .write_all(b"POST /v1/sales HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n")
+        .expect("half a request");
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    stack
+        .stop_agent_cleanly()
+        .expect("a clean stop despite the stuck connection");
+    let took = started.elapsed();
+    // The harness profile's shutdown_grace_secs is 10: the HTTP drain gets
+    // a quarter of it, the forwarder (link up, nothing pending) none of it.
+    assert!(
+        took < Duration::from_secs(10),
+        "the agent took {took:?} to stop with a stuck connection"
+    );
+    let log = stack.agent.log_tail(200);
+    assert!(
+        log.contains("HTTP connections still open after the drain")
+            && log.contains("store agent stopped cleanly"),
+        "{log}"
+    );
+    drop(stuck);
+    println!("SIGTERM with a half-sent request open: stopped cleanly in {took:?}");
+}
