@@ -1250,3 +1250,100 @@ async fn columns_damaged_past_sqlites_check_are_quarantined_or_skipped_never_a_s
         AppendOutcome::Duplicate(_)
     ));
 }
+
+/// Flips the first occurrence of `find` (changing its last byte) inside a
+/// table leaf page of the closed database at `path`, not in an index page:
+/// the table row then disagrees with its index entries, which `quick_check`
+/// at open does not compare.
+fn flip_in_table_row(path: &std::path::Path, find: &[u8]) {
+    let mut file = std::fs::read(path).expect("read db");
+    let page_size = match u16::from_be_bytes([file[16], file[17]]) {
+        1 => 65_536,
+        n => usize::from(n),
+    };
+    let at = (0..file.len() / page_size)
+        .filter(|&p| file[p * page_size + if p == 0 { 100 } else { 0 }] == 0x0D)
+        .find_map(|p| {
+            let page = &file[p * page_size..(p + 1) * page_size];
+            memchr::memmem::find(page, find).map(|i| p * page_size + i)
+        })
+        .expect("the bytes are in a table leaf page");
+    file[at + find.len() - 1] ^= 0x01;
+    std::fs::write(path, file).expect("write db");
+}
+
+#[tokio::test]
+async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_and_deleted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    let mut ids = vec![];
+    for seq in 1..=2 {
+        let (env, key) = sale(seq);
+        ids.push(env.id);
+        h.append(env, key).await.expect("append");
+    }
+    let r = reading("shelf-a1", 1500);
+    ids.push(r.id);
+    h.append(r, None).await.expect("append");
+    outbox.close().await;
+    let path = dir.path().join("outbox.db");
+    // Sale 1's id column, and the reading's device_id column (which the
+    // telemetry index holds): both only in the table row.
+    flip_in_table_row(&path, ids[0].0.as_bytes());
+    flip_in_table_row(&path, b"shelf-a1");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let quick: String = conn
+            .pragma_query_value(None, "quick_check", |r| r.get(0))
+            .expect("quick_check");
+        assert_eq!(quick, "ok", "damage that quick_check lets pass");
+    }
+
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    let events = all_events(&h).await;
+    assert_eq!(events.len(), 3, "the damaged file was kept, not set aside");
+    assert_eq!(
+        events[0].damage(),
+        Some(Damage::Id {
+            payload_id: Some(ids[0])
+        })
+    );
+    assert!(
+        h.repair_id(events[0].seq, ids[0]).await.expect("repair"),
+        "the row gets its id back"
+    );
+    assert_eq!(
+        h.delete(ids.clone()).await.expect("the receipt's delete"),
+        3,
+        "every receipted row is deleted, the damaged ones included"
+    );
+    assert_eq!(h.stats().rows(), 0);
+    assert_eq!(h.stats().pending_transactions(), 0);
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn a_damaged_count_of_unreported_shed_readings_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    open(dir.path(), 1 << 30, 1000).close().await;
+    {
+        // What a flipped type bit does to the integer: an empty BLOB.
+        let conn = rusqlite::Connection::open(dir.path().join("outbox.db")).expect("open");
+        conn.execute("UPDATE shed_unreported SET count = x''", [])
+            .expect("damage");
+    }
+    let outbox = open(dir.path(), 1 << 30, 1000);
+    let h = outbox.handle();
+    let (env, key) = sale(1);
+    h.append(env, key)
+        .await
+        .expect("the agent takes sales again");
+    outbox.close().await;
+    let conn = rusqlite::Connection::open(dir.path().join("outbox.db")).expect("open");
+    let count: i64 = conn
+        .query_row("SELECT count FROM shed_unreported", [], |r| r.get(0))
+        .expect("an integer again");
+    assert_eq!(count, 0);
+}

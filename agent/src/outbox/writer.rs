@@ -80,8 +80,22 @@ impl Writer {
             .store(pending as u64, Ordering::Relaxed);
         let keys = KeyIndex::load(&conn)?;
         tracing::info!(keys = keys.len(), "idempotency keys loaded");
-        let unreported_shed: i64 =
+        // Read as any type: a flipped type bit in this one row (which
+        // `quick_check` lets pass) must not stop every start.
+        let stored: rusqlite::types::Value =
             conn.query_row("SELECT count FROM shed_unreported", [], |r| r.get(0))?;
+        let unreported_shed = match stored {
+            rusqlite::types::Value::Integer(n) => n,
+            other => {
+                tracing::error!(
+                    stored = ?other,
+                    "the stored count of shed readings not yet reported is damaged; \
+                     those readings can no longer be counted, starting again from 0"
+                );
+                conn.execute("UPDATE shed_unreported SET count = 0", [])?;
+                0
+            }
+        };
         let mut writer = Writer {
             keys,
             conn,
@@ -257,8 +271,19 @@ impl Writer {
                             Ok(Err(OutboxError::DiskFull))
                         } else {
                             let (config, keys) = (&self.config, &mut self.keys);
-                            in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |shed| {
-                                append(&tx, config, &self.stats, keys, &event, key.as_deref(), shed)
+                            // Shedding deletes through the telemetry index.
+                            retry_after_rebuilding_indexes(&tx, || {
+                                in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |shed| {
+                                    append(
+                                        &tx,
+                                        config,
+                                        &self.stats,
+                                        keys,
+                                        &event,
+                                        key.as_deref(),
+                                        shed,
+                                    )
+                                })
                             })
                         };
                         if matches!(&step, Ok(Err(e)) if super::is_disk_full(e)) {
@@ -273,7 +298,13 @@ impl Writer {
                         // each row it removed was receipted, the counters
                         // follow row by row, and the forwarder resends the
                         // rest. Only a lost transaction ends the group.
-                        let outcome = delete(&tx, &self.stats, &ids);
+                        let mut outcome = delete(&tx, &self.stats, &ids);
+                        if matches!(&outcome, Err(e) if index_out_of_step(e)) && !tx.is_autocommit()
+                        {
+                            // Rows already deleted return nothing the second time.
+                            outcome =
+                                rebuild_indexes(&tx).and_then(|()| delete(&tx, &self.stats, &ids));
+                        }
                         let step = if tx.is_autocommit() {
                             Err(outcome.err().unwrap_or(OutboxError::TransactionLost))
                         } else {
@@ -282,17 +313,19 @@ impl Writer {
                         queue_reply(&mut replies, reply, step, Reply::Delete)
                     }
                     Command::Quarantine { seq, reason, reply } => {
-                        let step =
+                        let step = retry_after_rebuilding_indexes(&tx, || {
                             in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
                                 quarantine(&tx, &self.store, &self.stats, seq, &reason)
-                            });
+                            })
+                        });
                         queue_reply(&mut replies, reply, step, Reply::Quarantine)
                     }
                     Command::RepairId { seq, id, reply } => {
-                        let step =
+                        let step = retry_after_rebuilding_indexes(&tx, || {
                             in_savepoint(&tx, &self.stats, &mut self.unreported_shed, |_| {
                                 repair_id(&tx, &self.stats, seq, id)
-                            });
+                            })
+                        });
                         queue_reply(&mut replies, reply, step, Reply::RepairId)
                     }
                     #[cfg(test)]
@@ -687,6 +720,40 @@ fn in_savepoint<T>(
     }
     run_cached(tx, "RELEASE request")?;
     Ok(outcome)
+}
+
+/// SQLite found an index that disagrees with its table row
+/// (`SQLITE_CORRUPT_INDEX`). A flipped bit in an indexed column of a row on
+/// disk (its id, its device) does that, and the `quick_check` at open does
+/// not compare tables with their indexes; the receipt's delete, the id
+/// repair and the quarantine of that row would fail for ever.
+fn index_out_of_step(e: &OutboxError) -> bool {
+    matches!(e, OutboxError::Storage(rusqlite::Error::SqliteFailure(f, _))
+        if f.extended_code == rusqlite::ffi::SQLITE_CORRUPT_INDEX)
+}
+
+/// Rebuilds every index from its table, inside the group's transaction.
+fn rebuild_indexes(tx: &Transaction<'_>) -> Result<(), OutboxError> {
+    tracing::error!(
+        "an outbox index disagrees with its table (a row damaged on disk); rebuilding the indexes"
+    );
+    tx.execute_batch("REINDEX")?;
+    Ok(())
+}
+
+/// Runs a savepointed step; if it failed on an index out of step with its
+/// table, rebuilds the indexes and runs it once more.
+fn retry_after_rebuilding_indexes<T>(
+    tx: &Transaction<'_>,
+    mut step: impl FnMut() -> Result<Result<T, OutboxError>, OutboxError>,
+) -> Result<Result<T, OutboxError>, OutboxError> {
+    match step() {
+        Ok(Err(e)) if index_out_of_step(&e) => match rebuild_indexes(tx) {
+            Ok(()) => step(),
+            Err(rebuild) => Ok(Err(rebuild)),
+        },
+        other => other,
+    }
 }
 
 /// Runs a statement without results from the connection's statement cache:
