@@ -18,7 +18,9 @@
 //! delivery-report thread (a [`ThreadedProducer`] with [`SinkContext`])
 //! decrements its counter and notes every failed record, and the message's
 //! task wakes once, when the last report is in. Failed records then go
-//! through the per-record retry loop ([`KafkaSink::redeliver`]). A report
+//! again together, in the message's order ([`KafkaSink::redeliver_in_order`]:
+//! each retried after its own randomized pause, a store's void could land
+//! ahead of its sale). A report
 //! that never comes (the producer is torn down) counts as a failure, never
 //! as a delivery.
 
@@ -407,17 +409,6 @@ impl KafkaSink {
         self.retry_until_delivered(rec, outcome, cancel).await
     }
 
-    /// Re-produces a record of a message whose delivery failed, until it is
-    /// delivered (see the module doc).
-    pub async fn redeliver(
-        &self,
-        rec: &OutRecord,
-        failure: Failure,
-        cancel: &CancellationToken,
-    ) -> Result<Delivered, SinkError> {
-        self.retry_until_delivered(rec, Err(failure), cancel).await
-    }
-
     async fn retry_until_delivered(
         &self,
         rec: &OutRecord,
@@ -455,6 +446,122 @@ impl KafkaSink {
             let rx = self.enqueue(rec, cancel).await?;
             outcome = Self::report(rx, cancel).await?;
         }
+    }
+
+    /// Re-produces the failed records of one message until each is
+    /// delivered or refused for good, in rounds that keep the message's
+    /// order: after one pause, every record still pending is produced again
+    /// in the order given, and only then are their reports awaited.
+    /// librdkafka's idempotent producer keeps that order within a
+    /// partition, so a store's void cannot land ahead of the sale it voids,
+    /// as it could when each record was retried after a randomized pause of
+    /// its own.
+    pub async fn redeliver_in_order(
+        &self,
+        recs: &[&OutRecord],
+        failures: Vec<Failure>,
+        cancel: &CancellationToken,
+    ) -> Vec<Result<Delivered, SinkError>> {
+        let mut done: Vec<Option<Result<Delivered, SinkError>>> =
+            recs.iter().map(|_| None).collect();
+        let mut last_error: Vec<String> = vec![String::new(); recs.len()];
+        let mut pending: Vec<usize> = Vec::new();
+        for (i, f) in failures.into_iter().enumerate() {
+            match f {
+                Some(e) if is_permanent(&e) => done[i] = Some(Err(SinkError::Rejected(e))),
+                Some(e) => {
+                    last_error[i] = e.to_string();
+                    pending.push(i);
+                }
+                None => {
+                    last_error[i] = "delivery report lost (producer closing)".to_owned();
+                    pending.push(i);
+                }
+            }
+        }
+        let first_pause = Duration::from_millis(200).min(self.retry_max_backoff);
+        let mut backoff = backoff::ExponentialBackoff {
+            current_interval: first_pause,
+            initial_interval: first_pause,
+            max_interval: self.retry_max_backoff,
+            max_elapsed_time: None,
+            ..Default::default()
+        };
+        let stop = |pending: &[usize], done: &mut Vec<Option<_>>, e: &SinkError| {
+            for &i in pending {
+                done[i] = Some(Err(match e {
+                    SinkError::Fatal(m) => SinkError::Fatal(m.clone()),
+                    _ => SinkError::Cancelled,
+                }));
+            }
+        };
+        while !pending.is_empty() {
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                stop(
+                    &pending,
+                    &mut done,
+                    &SinkError::Fatal(format!("{code}: {reason}")),
+                );
+                break;
+            }
+            self.metrics.produce_retries.inc_by(pending.len() as u64);
+            let pause = backoff.next_backoff().unwrap_or(self.retry_max_backoff);
+            tracing::warn!(error = %last_error[pending[0]], records = pending.len(),
+                topic = recs[pending[0]].topic, retry_in_ms = pause.as_millis() as u64,
+                "Kafka delivery failed; producing the message's records again, in order");
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    stop(&pending, &mut done, &SinkError::Cancelled);
+                    break;
+                }
+                _ = tokio::time::sleep(pause) => {}
+            }
+            let mut sent = Vec::with_capacity(pending.len());
+            let mut failed = None;
+            for &i in &pending {
+                match self.enqueue(recs[i], cancel).await {
+                    Ok(rx) => sent.push((i, rx)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let mut still = Vec::new();
+            for (i, rx) in sent {
+                match Self::report(rx, cancel).await {
+                    Ok(Ok(d)) => done[i] = Some(Ok(d)),
+                    Ok(Err(Some(e))) if is_permanent(&e) => {
+                        done[i] = Some(Err(SinkError::Rejected(e)));
+                    }
+                    Ok(Err(e)) => {
+                        last_error[i] = e.map_or_else(
+                            || "delivery report lost (producer closing)".to_owned(),
+                            |e| e.to_string(),
+                        );
+                        still.push(i);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        still.push(i);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                // Cancelled or fatal while producing: the rest stay unsettled.
+                let rest: Vec<usize> = pending
+                    .iter()
+                    .copied()
+                    .filter(|i| done[*i].is_none())
+                    .collect();
+                stop(&rest, &mut done, &e);
+                break;
+            }
+            pending = still;
+        }
+        done.into_iter()
+            .map(|d| d.unwrap_or(Err(SinkError::Cancelled)))
+            .collect()
     }
 
     /// Produces and settles in one call.

@@ -442,6 +442,7 @@ impl Pipeline {
         drop(delivered);
 
         let mut out: Vec<Option<Settled>> = Vec::with_capacity(jobs.len());
+        let mut failed = Vec::new();
         let mut rest = Vec::new();
         for (pos, job) in jobs.into_iter().enumerate() {
             match job {
@@ -449,9 +450,8 @@ impl Pipeline {
                     match failures.binary_search_by_key(&idx, |(i, _)| *i) {
                         Err(_) => out.push(Some(Settled::Delivered(ev.id))),
                         Ok(at) => {
-                            let failure = failures[at].1.take();
                             out.push(None);
-                            rest.push((pos, self.redeliver(ev, rec, failure, source_topic)));
+                            failed.push((pos, ev, rec, failures[at].1.take()));
                         }
                     }
                 }
@@ -461,29 +461,53 @@ impl Pipeline {
                 }
             }
         }
-        if !rest.is_empty() {
-            let (positions, futs): (Vec<usize>, Vec<_>) = rest.into_iter().unzip();
-            let results = futures::future::join_all(futs).await;
-            for (pos, r) in positions.into_iter().zip(results) {
-                out[pos] = Some(r?);
-            }
+        // The failed records go again together, in the message's order
+        // (`KafkaSink::redeliver_in_order`), beside the other settlements.
+        let (positions, futs): (Vec<usize>, Vec<_>) = rest.into_iter().unzip();
+        let (redelivered, settled) = futures::future::join(
+            self.redeliver_in_order(failed, source_topic),
+            futures::future::join_all(futs),
+        )
+        .await;
+        for (pos, r) in redelivered
+            .into_iter()
+            .chain(positions.into_iter().zip(settled))
+        {
+            out[pos] = Some(r?);
         }
         out.into_iter().collect()
     }
 
-    /// A record of the message whose delivery failed: produced again until
-    /// delivered (or dead-lettered if Kafka refuses it for good).
-    fn redeliver<'a>(
-        &'a self,
-        ev: PublishEvent,
-        rec: OutRecord,
-        failure: Failure,
-        source_topic: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Settled>> + Send + 'a>> {
-        Box::pin(async move {
-            let result = self.sink.redeliver(&rec, failure, &self.abort).await;
-            self.settle_delivery(ev, &rec, source_topic, result).await
-        })
+    /// The records of the message whose delivery failed: produced again
+    /// until delivered (or dead-lettered if Kafka refuses one for good).
+    async fn redeliver_in_order(
+        &self,
+        failed: Vec<(usize, PublishEvent, OutRecord, Failure)>,
+        source_topic: &str,
+    ) -> Vec<(usize, Option<Settled>)> {
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        let mut failures = Vec::with_capacity(failed.len());
+        let mut kept = Vec::with_capacity(failed.len());
+        for (pos, ev, rec, failure) in failed {
+            failures.push(failure);
+            kept.push((pos, ev, rec));
+        }
+        let recs: Vec<&OutRecord> = kept.iter().map(|(_, _, rec)| rec).collect();
+        let results = self
+            .sink
+            .redeliver_in_order(&recs, failures, &self.abort)
+            .await;
+        drop(recs);
+        let mut out = Vec::with_capacity(kept.len());
+        for ((pos, ev, rec), result) in kept.into_iter().zip(results) {
+            out.push((
+                pos,
+                self.settle_delivery(ev, &rec, source_topic, result).await,
+            ));
+        }
+        out
     }
 
     /// What one record's delivery attempt means for its event: delivered,

@@ -8,7 +8,7 @@
 
 mod bridge_support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -38,7 +38,9 @@ fn kafka_down_mid_stream_loses_nothing_and_the_bridge_resumes_on_its_own() -> Re
     let (ids, observations) = std::thread::scope(|s| -> Result<_> {
         let publishers: Vec<_> = stores
             .iter()
-            .map(|st| s.spawn(move || publish_stream(st, 700, 10, Duration::from_millis(100))))
+            .map(|st| {
+                s.spawn(move || publish_stream_batches(st, 700, 10, Duration::from_millis(100)))
+            })
             .collect();
 
         std::thread::sleep(Duration::from_secs(5));
@@ -59,16 +61,18 @@ fn kafka_down_mid_stream_loses_nothing_and_the_bridge_resumes_on_its_own() -> Re
         let receipts_late: usize = stores.iter().map(|s| s.receipts().len()).sum();
         kafka.start_again()?;
 
-        let mut ids: HashSet<EventId> = HashSet::new();
+        let mut batches: Vec<Vec<EventId>> = Vec::new();
         for p in publishers {
-            ids.extend(p.join().expect("publisher thread")?);
+            batches.extend(p.join().expect("publisher thread")?);
         }
         Ok((
-            ids,
+            batches,
             (receipts_early, receipts_late, max_in_flight, readyz_during),
         ))
     })?;
     let (receipts_early, receipts_late, max_in_flight, readyz_during) = observations;
+    let batches = ids;
+    let ids: HashSet<EventId> = batches.iter().flatten().copied().collect();
     eprintln!(
         "published {} events in {:?}; during the outage: receipts {receipts_early} -> {receipts_late}, \
          max events in flight {max_in_flight}, /readyz {readyz_during:?}",
@@ -99,8 +103,39 @@ fn kafka_down_mid_stream_loses_nothing_and_the_bridge_resumes_on_its_own() -> Re
         retries > 0.0,
         "records timed out in the Kafka client during the outage and must have been produced again"
     );
+    // Within a message, records of one key (one stream) reach their
+    // partition in the message's order, re-produced ones included: the
+    // first copy of each follows the first copy of the one before it.
+    let mut first: HashMap<EventId, (&str, Option<&str>, i64)> = HashMap::new();
+    for r in &recs {
+        if let Some(id) = record_id(r) {
+            first
+                .entry(id)
+                .or_insert((r.topic.as_str(), r.key.as_deref(), r.offset));
+        }
+    }
+    let mut checked = 0;
+    for batch in &batches {
+        for (i, a) in batch.iter().enumerate() {
+            for b in &batch[i + 1..] {
+                let (Some(fa), Some(fb)) = (first.get(a), first.get(b)) else {
+                    continue;
+                };
+                if (fa.0, fa.1) == (fb.0, fb.1) {
+                    checked += 1;
+                    assert!(
+                        fa.2 < fb.2,
+                        "{a} was sent before {b} in one message but is after it in {} (key {:?}): offsets {} and {}",
+                        fa.0, fa.1, fa.2, fb.2
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "no two events of one stream in a message");
     eprintln!(
-        "all {} events in Kafka; {retries} re-produced records, {} duplicate records",
+        "all {} events in Kafka; {retries} re-produced records, {} duplicate records; \
+         {checked} same-stream pairs within messages in order",
         ids.len(),
         duplicate_count(&recs)
     );

@@ -475,11 +475,26 @@ pub fn publish_stream(
     batch_size: usize,
     interval: Duration,
 ) -> Result<HashSet<EventId>> {
-    let mut ids = HashSet::new();
+    Ok(
+        publish_stream_batches(store, batches, batch_size, interval)?
+            .into_iter()
+            .flatten()
+            .collect(),
+    )
+}
+
+/// [`publish_stream`], returning each batch's ids in the order sent.
+pub fn publish_stream_batches(
+    store: &FakeStore,
+    batches: usize,
+    batch_size: usize,
+    interval: Duration,
+) -> Result<Vec<Vec<EventId>>> {
+    let mut ids = Vec::with_capacity(batches);
     let start = Instant::now();
     for i in 0..batches {
         let events = fresh_events(&store.store_id, batch_size);
-        ids.extend(events.iter().map(|e| e.id));
+        ids.push(events.iter().map(|e| e.id).collect());
         store.publish_events(&events)?;
         let next = start + interval * u32::try_from(i + 1).unwrap_or(u32::MAX);
         if let Some(d) = next.checked_duration_since(Instant::now()) {
