@@ -438,6 +438,29 @@ mod tests {
     }
 
     #[test]
+    fn an_event_or_body_in_positional_array_form_is_dead_lettered_not_published() {
+        let void_body = r#"["pos-01","op-117","2026-11-24",1043,"2026-11-24T10:16:10+01:00",["pos-01","2026-11-24",1042],"CUSTOMER_CANCELLED"]"#;
+        let whole = format!(
+            r#"["01a20000-0000-7000-8000-000000000001","storelink.void",1,"s1","eu-west",["pos_terminal","pos-01"],"2026-11-24T10:16:10+01:00","2026-11-24T09:16:10Z",{void_body}]"#
+        );
+        let body_only = format!(
+            r#"{{"id":"01a20000-0000-7000-8000-000000000002","schema":"storelink.void","schema_version":1,"store_id":"s1","region":"eu-west","source":{{"kind":"pos_terminal","device_id":"pos-01"}},"occurred_at":"2026-11-24T10:16:10+01:00","recorded_at":"2026-11-24T09:16:10Z","body":{void_body}}}"#
+        );
+        let mut events = sample_json("s1");
+        events.insert(1, whole.into_bytes());
+        events.insert(2, body_only.into_bytes());
+        let payload = batch_of("s1", &events);
+        let r = route(&topics::store_events_topic("s1"), &payload, MAX);
+        let got = reasons(&r);
+        assert_eq!(got[1], "undecodable", "{got:?}");
+        assert_eq!(got[2], "undecodable_body", "{got:?}");
+        assert_eq!(
+            got.iter().filter(|r| **r == "publish").count(),
+            events.len() - 2
+        );
+    }
+
+    #[test]
     fn a_batch_of_more_events_than_any_real_one_is_dead_lettered_whole() {
         // 4 MiB of `0,`: two million "events", each of which would have
         // been a dead letter of its own (hundreds of MB per message).

@@ -198,7 +198,29 @@ pub(crate) struct BodySeed(pub EventKind);
 impl<'de> DeserializeSeed<'de> for BodySeed {
     type Value = EventBody;
 
+    /// A body is a JSON object: serde's derived readers would also take a
+    /// struct's fields by position from an array, which a consumer reading
+    /// by name could not read.
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<EventBody, D::Error> {
+        struct ObjectOnly(EventKind);
+        impl<'de> serde::de::Visitor<'de> for ObjectOnly {
+            type Value = EventBody;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a {} body as a JSON object", self.0.schema_name())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EventBody, A::Error> {
+                BodySeed(self.0).fields(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(ObjectOnly(self.0))
+    }
+}
+
+impl BodySeed {
+    fn fields<'de, D: Deserializer<'de>>(self, d: D) -> Result<EventBody, D::Error> {
         Ok(match self.0 {
             EventKind::Sale => EventBody::Sale(Box::new(Sale::deserialize(d)?)),
             EventKind::Return => EventBody::Return(Box::new(Return::deserialize(d)?)),
@@ -330,9 +352,26 @@ impl Envelope {
 
     /// Decodes and checks a whole event: header, schema version and body.
     pub fn from_json(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
-        let raw: RawEnvelope<'_> = serde_json::from_slice(bytes)?;
-        raw.into_typed()
+        RawEnvelope::parse(bytes)?.into_typed()
     }
+}
+
+/// Refuses an envelope or body written as a JSON array. serde's derived
+/// readers accept a struct's fields by position too; a consumer reading by
+/// name could not read such an event, and positional fields cannot evolve
+/// additively (VERSIONING.md). Only the top level is checked here; the
+/// bridge's one-pass reader refuses arrays anywhere a struct belongs.
+fn refuse_positional(json: impl AsRef<[u8]>) -> Result<(), serde_json::Error> {
+    let first = json
+        .as_ref()
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        return Err(serde::de::Error::custom(
+            "a JSON array where an object belongs (fields are named, never positional)",
+        ));
+    }
+    Ok(())
 }
 
 /// The header rules routing depends on (see [`RawEnvelope::check_header`]).
@@ -388,11 +427,13 @@ pub struct RawEnvelope<'a> {
 
 impl<'a> RawEnvelope<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<RawEnvelope<'a>, EnvelopeError> {
+        refuse_positional(bytes)?;
         Ok(serde_json::from_slice(bytes)?)
     }
 
     /// As [`RawEnvelope::parse`], for text already known to be UTF-8.
     pub fn parse_str(text: &'a str) -> Result<RawEnvelope<'a>, EnvelopeError> {
+        refuse_positional(text)?;
         Ok(serde_json::from_str(text)?)
     }
 

@@ -108,3 +108,32 @@ fn every_schema_is_written_at_a_version_readers_of_the_same_build_accept() {
         assert_eq!(env.schema_version, env.schema.written_version());
     }
 }
+
+/// Fields are named: an envelope or a body written as a JSON array (serde's
+/// positional form of a struct) is refused, not read by position. A
+/// consumer reading by name could not read it.
+#[test]
+fn an_envelope_or_body_in_positional_array_form_is_refused() {
+    let void_body = r#"["pos-01","op-117","2026-11-24",1043,"2026-11-24T10:16:10+01:00",["pos-01","2026-11-24",1042],"CUSTOMER_CANCELLED"]"#;
+    let err = EventBody::from_json(EventKind::Void, void_body).expect_err("array body");
+    assert!(err.to_string().contains("JSON object"), "{err}");
+    let as_object = r#"{"terminal_id":"pos-01","operator_id":"op-117","business_day":"2026-11-24","sequence_number":1043,"voided_at":"2026-11-24T10:16:10+01:00","voided":{"terminal_id":"pos-01","business_day":"2026-11-24","sequence_number":1042},"reason_code":"CUSTOMER_CANCELLED"}"#;
+    EventBody::from_json(EventKind::Void, as_object).expect("the same void, named");
+
+    let header =
+        r#""01a20000-0000-7000-8000-000000000001","storelink.void",1,"store-0042","eu-west","#;
+    let positional = format!(
+        r#"[{header}["pos_terminal","pos-01"],"2026-11-24T10:16:10+01:00","2026-11-24T09:16:10Z",{void_body}]"#
+    );
+    let err = Envelope::from_json(positional.as_bytes()).expect_err("array envelope");
+    assert_eq!(err.reason_code(), "undecodable");
+    let array_body = format!(
+        r#"{{"id":"01a20000-0000-7000-8000-000000000001","schema":"storelink.void","schema_version":1,"store_id":"store-0042","region":"eu-west","source":{{"kind":"pos_terminal","device_id":"pos-01"}},"occurred_at":"2026-11-24T10:16:10+01:00","recorded_at":"2026-11-24T09:16:10Z","body":{void_body}}}"#
+    );
+    assert!(Envelope::from_json(array_body.as_bytes()).is_err());
+    let named = array_body.replace(void_body, as_object);
+    Envelope::from_json(named.as_bytes()).expect("the same event, named");
+    // The bridge's one-pass reader agrees.
+    assert!(protocol::checked_envelope::CheckedEnvelope::parse_fast(&array_body).is_none());
+    assert!(protocol::checked_envelope::CheckedEnvelope::parse_fast(&named).is_some());
+}
