@@ -497,21 +497,22 @@ impl RawConfig {
             30 * 86400,
         );
 
-        // Each message the pipeline settles queues a receipt and an ack.
-        // Settled messages come from the received queue and the pipeline's
-        // own limit (the rest are deferred, unacked, to the broker), and the
-        // broker sends no more than receive_maximum unacked. With room for
-        // all of them (and the odd SUBSCRIBE or DISCONNECT) no task ever
-        // waits on a full request channel; one that did could hand its ack
-        // to the next connection, where a forgotten session's packet ids
-        // name other messages (mqtt_source::CurrentConnection).
-        let settling = receive_maximum.min(crate::mqtt_source::RECEIVED_QUEUE as i64 + max_msgs);
+        // Each message the pipeline settles queues a receipt and an ack, and
+        // its permit is freed once both are queued, not sent: while the
+        // event loop cannot write, the pipeline can still settle everything
+        // it holds and everything already in the received queue. (The
+        // Receive Maximum does not bound this: brokers before Mosquitto
+        // 2.0.13 ignore it.) With room for all of those (and the odd
+        // SUBSCRIBE or DISCONNECT) no task ever waits on a full request
+        // channel; one that did could hand its ack to the next connection,
+        // where a forgotten session's packet ids name other messages
+        // (mqtt_source::CurrentConnection).
+        let settling = crate::mqtt_source::RECEIVED_QUEUE as i64 + max_msgs;
         if req_cap < 2 * settling + 16 {
             errors.push(format!(
                 "mqtt.request_channel_capacity ({req_cap}) must be at least {}: a receipt and \
-                 an ack for each of the {settling} messages that can be settling at once \
-                 (mqtt.receive_maximum, or the received queue of {} plus \
-                 limits.max_messages_in_flight), and 16 more",
+                 an ack for each of the {settling} messages that can be settling at once (the \
+                 received queue of {} plus limits.max_messages_in_flight), and 16 more",
                 2 * settling + 16,
                 crate::mqtt_source::RECEIVED_QUEUE
             ));
@@ -852,19 +853,17 @@ mod tests {
     }
 
     #[test]
-    fn the_request_channel_holds_a_receipt_and_an_ack_per_unacked_message() {
+    fn the_request_channel_holds_a_receipt_and_an_ack_per_settling_message() {
+        // 512 received + 1000 in flight (the default): 2 * 1512 + 16.
         let base = "[kafka]\nbootstrap = \"k:9092\"\n[mqtt]\nreceive_maximum = 100\n";
-        let err = validate(&format!("{base}request_channel_capacity = 215\n"), &[])
+        let err = validate(&format!("{base}request_channel_capacity = 3039\n"), &[])
             .expect_err("too small");
-        assert!(err.to_string().contains("must be at least 216"), "{err}");
-        let c = validate(&format!("{base}request_channel_capacity = 216\n"), &[]).expect("enough");
-        assert_eq!(c.mqtt.request_channel_capacity, 216);
-        // A large Receive Maximum: the bridge still settles no more than its
-        // received queue (512) and in-flight limit hold.
-        let big = "[kafka]\nbootstrap = \"k:9092\"\n[mqtt]\nreceive_maximum = 65535\n\
-                   request_channel_capacity = 4096\n[limits]\nmax_messages_in_flight = ";
-        validate(&format!("{big}1000\n"), &[]).expect("512 + 1000 settling fit in 4096");
-        let err = validate(&format!("{big}5000\n"), &[]).expect_err("5512 do not");
+        assert!(err.to_string().contains("must be at least 3040"), "{err}");
+        let c = validate(&format!("{base}request_channel_capacity = 3040\n"), &[]).expect("enough");
+        assert_eq!(c.mqtt.request_channel_capacity, 3040);
+        // The default capacity with a larger in-flight limit.
+        let big = "[kafka]\nbootstrap = \"k:9092\"\n[limits]\nmax_messages_in_flight = 5000\n";
+        let err = validate(big, &[]).expect_err("5512 settling do not fit in 4096");
         assert!(err.to_string().contains("must be at least 11040"), "{err}");
     }
 

@@ -453,9 +453,11 @@ impl KafkaSink {
     /// order: after one pause, every record still pending is produced again
     /// in the order given, and only then are their reports awaited.
     /// librdkafka's idempotent producer keeps that order within a
-    /// partition, so a store's void cannot land ahead of the sale it voids,
-    /// as it could when each record was retried after a randomized pause of
-    /// its own.
+    /// partition, so a void in the same message as its sale cannot land
+    /// ahead of it, as it could when each record was retried after a
+    /// randomized pause of its own. Across messages, order rests on the
+    /// agent: by default it sends a store's next batch only once the
+    /// previous one is receipted (ARCHITECTURE.md, invariant 5).
     pub async fn redeliver_in_order(
         &self,
         recs: &[&OutRecord],
@@ -485,6 +487,9 @@ impl KafkaSink {
             initial_interval: first_pause,
             max_interval: self.retry_max_backoff,
             max_elapsed_time: None,
+            // No jitter: messages that failed together (a store's earlier
+            // batches, with a larger agent window) retry on the same beat.
+            randomization_factor: 0.0,
             ..Default::default()
         };
         let stop = |pending: &[usize], done: &mut Vec<Option<_>>, e: &SinkError| {
@@ -521,6 +526,8 @@ impl KafkaSink {
             for &i in &pending {
                 match self.enqueue(recs[i], cancel).await {
                     Ok(rx) => sent.push((i, rx)),
+                    // Refused at produce time: dead-lettered by the caller.
+                    Err(SinkError::Rejected(e)) => done[i] = Some(Err(SinkError::Rejected(e))),
                     Err(e) => {
                         failed = Some(e);
                         break;

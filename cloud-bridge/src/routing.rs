@@ -130,6 +130,7 @@ pub fn route(mqtt_topic: &str, payload: &[u8], max_event_bytes: usize) -> Routed
     // which accepts the same batches and gives each reject its reason.
     if let Some(batch) = CheckedBatch::parse_fast(text) {
         let publishable = batch.store_id == topic_store
+            && batch.events.len() <= protocol::batch::MAX_BATCH_EVENTS
             && batch
                 .events
                 .iter()

@@ -327,15 +327,26 @@ async fn apply(
                 Some(Err((_, code))) => return Err(format!("altering configs failed: {code}")),
                 None => return Err("alter_configs: no result".to_owned()),
             }
-            // "Ok" is all rdkafka ever says here (module docs): read back.
-            let now = describe(admin, spec.name)
-                .await
-                .map_err(|e| format!("altered configs, but cannot read them back: {e}"))?;
-            let missed: Vec<String> = set
-                .iter()
-                .filter(|(k, v)| now.configs.get(*k) != Some(v))
-                .map(|(k, v)| format!("{k} is {:?}, wanted {v:?}", now.configs.get(*k)))
-                .collect();
+            // "Ok" is all rdkafka ever says here (module docs): read back,
+            // for a while, since the broker that answers may not have
+            // applied the change from the metadata log yet.
+            let mut missed = Vec::new();
+            for attempt in 0..READ_BACK_TRIES {
+                if attempt > 0 {
+                    tokio::time::sleep(READ_BACK_PAUSE).await;
+                }
+                let now = describe(admin, spec.name)
+                    .await
+                    .map_err(|e| format!("altered configs, but cannot read them back: {e}"))?;
+                missed = set
+                    .iter()
+                    .filter(|(k, v)| now.configs.get(*k) != Some(v))
+                    .map(|(k, v)| format!("{k} is {:?}, wanted {v:?}", now.configs.get(*k)))
+                    .collect();
+                if missed.is_empty() {
+                    break;
+                }
+            }
             if missed.is_empty() {
                 Ok(format!(
                     "configs set: {set:?}; other settings kept: {:?}",
@@ -353,6 +364,10 @@ async fn apply(
         Step::Drift(d) => Err(d.clone()),
     }
 }
+
+/// How long an alter is given to show in a describe: 10 × 0.5 s.
+const READ_BACK_TRIES: usize = 10;
+const READ_BACK_PAUSE: Duration = Duration::from_millis(500);
 
 /// The topic settings [`specs`] sets.
 const OUR_CONFIGS: [&str; 3] = ["min.insync.replicas", "retention.ms", "max.message.bytes"];

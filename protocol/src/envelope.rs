@@ -359,8 +359,9 @@ impl Envelope {
 /// Refuses an envelope or body written as a JSON array. serde's derived
 /// readers accept a struct's fields by position too; a consumer reading by
 /// name could not read such an event, and positional fields cannot evolve
-/// additively (VERSIONING.md). Only the top level is checked here; the
-/// bridge's one-pass reader refuses arrays anywhere a struct belongs.
+/// additively (VERSIONING.md). Only the envelope and the body themselves
+/// are checked (here and in [`BodySeed`]): a struct nested in them (the
+/// source, a line item) written as an array is still read by position.
 fn refuse_positional(json: impl AsRef<[u8]>) -> Result<(), serde_json::Error> {
     let first = json
         .as_ref()

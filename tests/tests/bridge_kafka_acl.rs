@@ -136,13 +136,22 @@ fn a_bridge_that_may_only_write_its_topics_says_so_and_delivers() -> Result<()> 
         "prefixed",
     ])?;
     let before = describe_topic(kafka.bootstrap(), KafkaTopic::Transactions.name())?.1;
-    let out = Command::new(bin_path("cloud-bridge")?)
-        .args(["topics", "ensure", "--config"])
-        .arg(dir.path().join(format!("{BRIDGE}.toml")))
-        .env("RUST_LOG", "warn")
-        .output()
-        .context("running cloud-bridge topics ensure")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The new ACL reaches the broker's authorizer through the metadata log:
+    // until then the settings are still "not checked".
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (out, stdout) = loop {
+        let out = Command::new(bin_path("cloud-bridge")?)
+            .args(["topics", "ensure", "--config"])
+            .arg(dir.path().join(format!("{BRIDGE}.toml")))
+            .env("RUST_LOG", "warn")
+            .output()
+            .context("running cloud-bridge topics ensure")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !stdout.contains("settings not checked") || std::time::Instant::now() >= deadline {
+            break (out, stdout);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert_eq!(
         out.status.code(),
         Some(1),

@@ -40,6 +40,7 @@ fn a_receipt_the_broker_refuses_is_counted_and_named_not_taken_for_published() -
         max_queued_messages: 1000,
         ..MosquittoOptions::default()
     })?;
+    let started = Instant::now();
     let bridge = Bridge::start(
         mosquitto.port(),
         kafka.bootstrap(),
@@ -89,10 +90,14 @@ fn a_receipt_the_broker_refuses_is_counted_and_named_not_taken_for_published() -
         .lines()
         .filter(|l| l.contains("ERROR") && l.contains("refused a delivery receipt"))
         .collect();
-    assert_eq!(
+    // At most one line per 10 s window the refusals spread over (one,
+    // unless this machine is very slow), never one per refusal.
+    let windows = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        !lines.is_empty() && (lines.len() as u64) <= windows && lines.len() < 4,
+        "{} error lines for 4 refusals in {} s:\n{log}",
         lines.len(),
-        1,
-        "four refusals within seconds give one error line:\n{log}"
+        started.elapsed().as_secs()
     );
     assert!(
         lines[0].contains("not_authorized") && lines[0].contains("receipts"),

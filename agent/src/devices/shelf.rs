@@ -264,9 +264,10 @@ impl Shelf {
     }
 
     /// The outbox did not store an alert of `kind`: back to the level
-    /// before it, so the next evaluation (a reading or the silence tick)
-    /// raises it again. Otherwise a refused low-stock alert would not come
-    /// again until after a restock.
+    /// before it, so a later evaluation (a reading or the silence tick)
+    /// raises it again once the condition has held for the dwell again.
+    /// Otherwise a refused low-stock alert would not come again until
+    /// after a restock.
     pub fn alert_not_stored(&mut self, kind: StockAlertKind) {
         self.level = match kind {
             StockAlertKind::LowStock => Level::Normal,

@@ -328,7 +328,7 @@ async fn emit(
                         tracing::warn!(
                             sensor,
                             kind,
-                            "stock alert not stored; raised again on the next reading"
+                            "stock alert not stored; raised again if it still holds"
                         );
                         shelf.alert_not_stored(alert_kind);
                     }

@@ -1272,10 +1272,14 @@ fn flip_in_table_row(path: &std::path::Path, find: &[u8]) {
     std::fs::write(path, file).expect("write db");
 }
 
-#[tokio::test]
-async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_and_deleted() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let outbox = open(dir.path(), 1 << 30, 1000);
+/// Two sales and a shelf reading, then (closed) one flipped bit in sale 1's
+/// id column and one in the reading's device_id column, which the telemetry
+/// index holds: both only in the table row. Returns the reopened outbox
+/// and the three ids.
+async fn outbox_with_rows_out_of_step_with_their_indexes(
+    dir: &std::path::Path,
+) -> (Outbox, Vec<EventId>) {
+    let outbox = open(dir, 1 << 30, 1000);
     let h = outbox.handle();
     let mut ids = vec![];
     for seq in 1..=2 {
@@ -1287,9 +1291,7 @@ async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_
     ids.push(r.id);
     h.append(r, None).await.expect("append");
     outbox.close().await;
-    let path = dir.path().join("outbox.db");
-    // Sale 1's id column, and the reading's device_id column (which the
-    // telemetry index holds): both only in the table row.
+    let path = dir.join("outbox.db");
     flip_in_table_row(&path, ids[0].0.as_bytes());
     flip_in_table_row(&path, b"shelf-a1");
     {
@@ -1299,10 +1301,8 @@ async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_
             .expect("quick_check");
         assert_eq!(quick, "ok", "damage that quick_check lets pass");
     }
-
-    let outbox = open(dir.path(), 1 << 30, 1000);
-    let h = outbox.handle();
-    let events = all_events(&h).await;
+    let outbox = open(dir, 1 << 30, 1000);
+    let events = all_events(&outbox.handle()).await;
     assert_eq!(events.len(), 3, "the damaged file was kept, not set aside");
     assert_eq!(
         events[0].damage(),
@@ -1310,8 +1310,18 @@ async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_
             payload_id: Some(ids[0])
         })
     );
+    (outbox, ids)
+}
+
+#[tokio::test]
+async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_and_deleted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (outbox, ids) = outbox_with_rows_out_of_step_with_their_indexes(dir.path()).await;
+    let h = outbox.handle();
+    let seq = all_events(&h).await[0].seq;
+    // The repair meets the id index first (and its retry rebuilds both).
     assert!(
-        h.repair_id(events[0].seq, ids[0]).await.expect("repair"),
+        h.repair_id(seq, ids[0]).await.expect("repair"),
         "the row gets its id back"
     );
     assert_eq!(
@@ -1321,6 +1331,25 @@ async fn a_row_whose_indexed_column_flipped_on_disk_is_still_repaired_receipted_
     );
     assert_eq!(h.stats().rows(), 0);
     assert_eq!(h.stats().pending_transactions(), 0);
+    outbox.close().await;
+}
+
+#[tokio::test]
+async fn a_receipt_meeting_an_index_out_of_step_first_still_deletes_its_rows() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (outbox, ids) = outbox_with_rows_out_of_step_with_their_indexes(dir.path()).await;
+    let h = outbox.handle();
+    // The reading's receipt first: its delete meets the telemetry index.
+    assert_eq!(
+        h.delete(vec![ids[2], ids[1]])
+            .await
+            .expect("the receipt's delete"),
+        2
+    );
+    let seq = all_events(&h).await[0].seq;
+    assert!(h.repair_id(seq, ids[0]).await.expect("repair"));
+    assert_eq!(h.delete(vec![ids[0]]).await.expect("delete"), 1);
+    assert_eq!(h.stats().rows(), 0);
     outbox.close().await;
 }
 

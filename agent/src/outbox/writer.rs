@@ -750,6 +750,9 @@ fn retry_after_rebuilding_indexes<T>(
     match step() {
         Ok(Err(e)) if index_out_of_step(&e) => match rebuild_indexes(tx) {
             Ok(()) => step(),
+            // SQLite dropped the whole transaction (a full disk): the group
+            // is over, as `process` requires.
+            Err(rebuild) if tx.is_autocommit() => Err(rebuild),
             Err(rebuild) => Ok(Err(rebuild)),
         },
         other => other,
