@@ -405,84 +405,37 @@ impl KafkaSink {
         first: DeliveryReceiver,
         cancel: &CancellationToken,
     ) -> Result<Delivered, SinkError> {
-        let outcome = Self::report(first, cancel).await?;
-        self.retry_until_delivered(rec, outcome, cancel).await
-    }
-
-    async fn retry_until_delivered(
-        &self,
-        rec: &OutRecord,
-        first: Result<Delivered, Failure>,
-        cancel: &CancellationToken,
-    ) -> Result<Delivered, SinkError> {
-        let mut outcome = first;
-        let first_pause = Duration::from_millis(200).min(self.retry_max_backoff);
-        let mut backoff = backoff::ExponentialBackoff {
-            // Both: the struct starts from `current_interval` (default 500 ms).
-            current_interval: first_pause,
-            initial_interval: first_pause,
-            max_interval: self.retry_max_backoff,
-            max_elapsed_time: None,
-            ..Default::default()
-        };
-        loop {
-            let err = match outcome {
-                Ok(d) => return Ok(d),
-                Err(Some(e)) if is_permanent(&e) => return Err(SinkError::Rejected(e)),
-                Err(Some(e)) => e.to_string(),
-                Err(None) => "delivery report lost (producer closing)".to_owned(),
-            };
-            if let Some((code, reason)) = self.producer.client().fatal_error() {
-                return Err(SinkError::Fatal(format!("{code}: {reason}")));
-            }
-            self.metrics.produce_retries.inc();
-            let pause = backoff.next_backoff().unwrap_or(self.retry_max_backoff);
-            tracing::warn!(error = %err, topic = rec.topic, retry_in_ms = pause.as_millis() as u64,
-                "Kafka delivery failed; producing the record again");
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(SinkError::Cancelled),
-                _ = tokio::time::sleep(pause) => {}
-            }
-            let rx = self.enqueue(rec, cancel).await?;
-            outcome = Self::report(rx, cancel).await?;
+        match Self::report(first, cancel).await? {
+            Ok(d) => Ok(d),
+            Err(failure) => self
+                .redeliver_in_order(&[rec], vec![failure], cancel)
+                .await
+                .pop()
+                .unwrap_or(Err(SinkError::Cancelled)),
         }
     }
 
-    /// Re-produces the failed records of one message until each is
-    /// delivered or refused for good, in rounds that keep the message's
-    /// order: after one pause, every record still pending is produced again
-    /// in the order given, and only then are their reports awaited.
-    /// librdkafka's idempotent producer keeps that order within a
-    /// partition, so a void in the same message as its sale cannot land
-    /// ahead of it, as it could when each record was retried after a
-    /// randomized pause of its own. Across messages, order rests on the
-    /// agent: by default it sends a store's next batch only once the
-    /// previous one is receipted (ARCHITECTURE.md, invariant 5).
+    /// Re-produces failed records until each is delivered or refused for
+    /// good, in rounds that keep their order: after one pause, every record
+    /// still failing is produced again in the order given, and only then
+    /// are their reports awaited. librdkafka's idempotent producer keeps
+    /// that order within a partition, so a void in the same message as its
+    /// sale cannot land ahead of it, as it could when each record was
+    /// retried after a randomized pause of its own. Across messages, order
+    /// rests on the agent: by default it sends a store's next batch only
+    /// once the previous one is receipted (ARCHITECTURE.md, invariant 5).
     pub async fn redeliver_in_order(
         &self,
         recs: &[&OutRecord],
         failures: Vec<Failure>,
         cancel: &CancellationToken,
     ) -> Vec<Result<Delivered, SinkError>> {
-        let mut done: Vec<Option<Result<Delivered, SinkError>>> =
+        let mut settled: Vec<Option<Result<Delivered, SinkError>>> =
             recs.iter().map(|_| None).collect();
-        let mut last_error: Vec<String> = vec![String::new(); recs.len()];
-        let mut pending: Vec<usize> = Vec::new();
-        for (i, f) in failures.into_iter().enumerate() {
-            match f {
-                Some(e) if is_permanent(&e) => done[i] = Some(Err(SinkError::Rejected(e))),
-                Some(e) => {
-                    last_error[i] = e.to_string();
-                    pending.push(i);
-                }
-                None => {
-                    last_error[i] = "delivery report lost (producer closing)".to_owned();
-                    pending.push(i);
-                }
-            }
-        }
+        let mut failed: Vec<(usize, Failure)> = failures.into_iter().enumerate().collect();
         let first_pause = Duration::from_millis(200).min(self.retry_max_backoff);
         let mut backoff = backoff::ExponentialBackoff {
+            // Both: the struct starts from `current_interval` (default 500 ms).
             current_interval: first_pause,
             initial_interval: first_pause,
             max_interval: self.retry_max_backoff,
@@ -492,83 +445,51 @@ impl KafkaSink {
             randomization_factor: 0.0,
             ..Default::default()
         };
-        let stop = |pending: &[usize], done: &mut Vec<Option<_>>, e: &SinkError| {
-            for &i in pending {
-                done[i] = Some(Err(match e {
-                    SinkError::Fatal(m) => SinkError::Fatal(m.clone()),
-                    _ => SinkError::Cancelled,
-                }));
+        loop {
+            let mut pending = Vec::with_capacity(failed.len());
+            for (i, f) in failed.drain(..) {
+                match f {
+                    // Refused for good: the caller dead-letters it.
+                    Some(e) if is_permanent(&e) => settled[i] = Some(Err(SinkError::Rejected(e))),
+                    f => pending.push((i, f)),
+                }
             }
-        };
-        while !pending.is_empty() {
+            let Some((first, why)) = pending.first() else {
+                return settle_rest(settled, &SinkError::Cancelled);
+            };
             if let Some((code, reason)) = self.producer.client().fatal_error() {
-                stop(
-                    &pending,
-                    &mut done,
-                    &SinkError::Fatal(format!("{code}: {reason}")),
-                );
-                break;
+                return settle_rest(settled, &SinkError::Fatal(format!("{code}: {reason}")));
             }
             self.metrics.produce_retries.inc_by(pending.len() as u64);
             let pause = backoff.next_backoff().unwrap_or(self.retry_max_backoff);
-            tracing::warn!(error = %last_error[pending[0]], records = pending.len(),
-                topic = recs[pending[0]].topic, retry_in_ms = pause.as_millis() as u64,
-                "Kafka delivery failed; producing the message's records again, in order");
+            let error = why.as_ref().map_or_else(
+                || "delivery report lost (producer closing)".to_owned(),
+                |e| e.to_string(),
+            );
+            tracing::warn!(%error, records = pending.len(), topic = recs[*first].topic,
+                retry_in_ms = pause.as_millis() as u64,
+                "Kafka delivery failed; producing the records again, in order");
             tokio::select! {
-                _ = cancel.cancelled() => {
-                    stop(&pending, &mut done, &SinkError::Cancelled);
-                    break;
-                }
+                _ = cancel.cancelled() => return settle_rest(settled, &SinkError::Cancelled),
                 _ = tokio::time::sleep(pause) => {}
             }
             let mut sent = Vec::with_capacity(pending.len());
-            let mut failed = None;
-            for &i in &pending {
+            for (i, _) in pending {
                 match self.enqueue(recs[i], cancel).await {
                     Ok(rx) => sent.push((i, rx)),
-                    // Refused at produce time: dead-lettered by the caller.
-                    Err(SinkError::Rejected(e)) => done[i] = Some(Err(SinkError::Rejected(e))),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                    Err(SinkError::Rejected(e)) => settled[i] = Some(Err(SinkError::Rejected(e))),
+                    // Cancelled or fatal: the rest stay unsettled.
+                    Err(e) => return settle_rest(settled, &e),
                 }
             }
-            let mut still = Vec::new();
             for (i, rx) in sent {
                 match Self::report(rx, cancel).await {
-                    Ok(Ok(d)) => done[i] = Some(Ok(d)),
-                    Ok(Err(Some(e))) if is_permanent(&e) => {
-                        done[i] = Some(Err(SinkError::Rejected(e)));
-                    }
-                    Ok(Err(e)) => {
-                        last_error[i] = e.map_or_else(
-                            || "delivery report lost (producer closing)".to_owned(),
-                            |e| e.to_string(),
-                        );
-                        still.push(i);
-                    }
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                        still.push(i);
-                    }
+                    Ok(Ok(d)) => settled[i] = Some(Ok(d)),
+                    Ok(Err(f)) => failed.push((i, f)),
+                    Err(e) => return settle_rest(settled, &e),
                 }
             }
-            if let Some(e) = failed {
-                // Cancelled or fatal while producing: the rest stay unsettled.
-                let rest: Vec<usize> = pending
-                    .iter()
-                    .copied()
-                    .filter(|i| done[*i].is_none())
-                    .collect();
-                stop(&rest, &mut done, &e);
-                break;
-            }
-            pending = still;
         }
-        done.into_iter()
-            .map(|d| d.unwrap_or(Err(SinkError::Cancelled)))
-            .collect()
     }
 
     /// Produces and settles in one call.
@@ -590,6 +511,25 @@ impl KafkaSink {
 }
 
 /// Errors that no retry can fix.
+/// Records not yet settled end with `stop` (cancelled, or a fatal error:
+/// unsettled, so their message stays unacked).
+fn settle_rest(
+    settled: Vec<Option<Result<Delivered, SinkError>>>,
+    stop: &SinkError,
+) -> Vec<Result<Delivered, SinkError>> {
+    settled
+        .into_iter()
+        .map(|s| {
+            s.unwrap_or_else(|| {
+                Err(match stop {
+                    SinkError::Fatal(m) => SinkError::Fatal(m.clone()),
+                    _ => SinkError::Cancelled,
+                })
+            })
+        })
+        .collect()
+}
+
 fn is_permanent(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
