@@ -298,18 +298,15 @@ impl Writer {
                         // each row it removed was receipted, the counters
                         // follow row by row, and the forwarder resends the
                         // rest. Only a lost transaction ends the group.
-                        let mut outcome = delete(&tx, &self.stats, &ids);
-                        if matches!(&outcome, Err(e) if index_out_of_step(e)) && !tx.is_autocommit()
-                        {
-                            // Rows already deleted return nothing the second time.
-                            outcome =
-                                rebuild_indexes(&tx).and_then(|()| delete(&tx, &self.stats, &ids));
-                        }
-                        let step = if tx.is_autocommit() {
-                            Err(outcome.err().unwrap_or(OutboxError::TransactionLost))
-                        } else {
-                            Ok(outcome)
-                        };
+                        // Rows already deleted return nothing the second time.
+                        let step = retry_after_rebuilding_indexes(&tx, || {
+                            let outcome = delete(&tx, &self.stats, &ids);
+                            if tx.is_autocommit() {
+                                Err(outcome.err().unwrap_or(OutboxError::TransactionLost))
+                            } else {
+                                Ok(outcome)
+                            }
+                        });
                         queue_reply(&mut replies, reply, step, Reply::Delete)
                     }
                     Command::Quarantine { seq, reason, reply } => {
@@ -741,8 +738,9 @@ fn rebuild_indexes(tx: &Transaction<'_>) -> Result<(), OutboxError> {
     Ok(())
 }
 
-/// Runs a savepointed step; if it failed on an index out of step with its
-/// table, rebuilds the indexes and runs it once more.
+/// Runs a step (its own result inside, the group's failure outside); if it
+/// failed on an index out of step with its table, rebuilds the indexes and
+/// runs it once more.
 fn retry_after_rebuilding_indexes<T>(
     tx: &Transaction<'_>,
     mut step: impl FnMut() -> Result<Result<T, OutboxError>, OutboxError>,
