@@ -9,12 +9,12 @@
 //! each distinct cause is logged at once, then at most once per
 //! [`WINDOW`], with the number of repeats held back in between.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
+
+use crate::log_limit::LogLimiter;
 
 /// How often one cause is repeated in the log at most.
 pub const WINDOW: Duration = Duration::from_secs(10);
@@ -23,14 +23,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct KafkaLog {
     client: &'static str,
-    window: Duration,
-    seen: Mutex<HashMap<String, Seen>>,
-}
-
-#[derive(Debug)]
-struct Seen {
-    last: Instant,
-    held_back: u64,
+    limiter: LogLimiter,
 }
 
 impl KafkaLog {
@@ -41,39 +34,12 @@ impl KafkaLog {
     pub fn with_window(client: &'static str, window: Duration) -> KafkaLog {
         KafkaLog {
             client,
-            window,
-            seen: Mutex::new(HashMap::new()),
+            limiter: LogLimiter::new(window),
         }
     }
 
-    /// `Some(repeats held back since the last line)` if `cause` may be
-    /// logged now, `None` if it was logged within the window.
     fn admit(&self, cause: &str, now: Instant) -> Option<u64> {
-        // A poisoned lock only means a panic elsewhere mid-update: the map
-        // is still usable, and dropping a log line is worse.
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match seen.get_mut(cause) {
-            Some(s) if now.duration_since(s.last) < self.window => {
-                s.held_back += 1;
-                None
-            }
-            Some(s) => {
-                s.last = now;
-                Some(std::mem::take(&mut s.held_back))
-            }
-            None => {
-                // Causes are error codes and librdkafka facilities: a small,
-                // fixed set, so the map stays small.
-                seen.insert(
-                    cause.to_owned(),
-                    Seen {
-                        last: now,
-                        held_back: 0,
-                    },
-                );
-                Some(0)
-            }
-        }
+        self.limiter.admit(cause, now)
     }
 
     /// For `ClientContext::log`. Warnings and worse are limited per

@@ -20,6 +20,7 @@ pub mod dedupe;
 pub mod http;
 pub mod kafka_log;
 pub mod kafka_sink;
+pub mod log_limit;
 pub mod metrics;
 pub mod mqtt_source;
 pub mod payload_budget;

@@ -56,6 +56,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::MqttConfig;
+use crate::log_limit::LogLimiter;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::payload_budget::{HeldPayload, PayloadBudget};
 
@@ -232,7 +233,7 @@ pub async fn run_event_loop(
     let mut reconnect = reconnect_backoff();
     let mut connected_at: Option<Instant> = None;
     let mut intake = Intake::Open;
-    let mut refusals = RefusalLog::default();
+    let refusals = LogLimiter::new(REFUSAL_LOG_EVERY);
     // Set once `stop` is cancelled: the deadline for the DISCONNECT.
     let mut stopping: Option<tokio::time::Instant> = None;
     'run: loop {
@@ -327,7 +328,7 @@ pub async fn run_event_loop(
                     PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                 ) =>
             {
-                refusals.record(ack.reason, &metrics);
+                receipt_refused(ack.reason, &refusals, &metrics);
             }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
                 health.subscribed.store(false, Ordering::Relaxed);
@@ -498,41 +499,30 @@ enum Intake {
     Closed,
 }
 
-/// Receipts the broker refused: counted by reason, logged at error level at
+/// How often a refused receipt is logged at most, per reason.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A receipt the broker refused: counted by reason, logged at error level at
 /// most once per [`REFUSAL_LOG_EVERY`] with how many were held back. A
 /// broker ACL without write on the receipts topics refuses every receipt,
 /// and the stores resend for ever.
-#[derive(Debug, Default)]
-struct RefusalLog {
-    last: Option<Instant>,
-    held_back: u64,
-}
-
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl RefusalLog {
-    fn record(&mut self, reason: PubAckReason, metrics: &Metrics) {
-        let label = refusal_label(reason);
-        metrics
-            .receipts_refused
-            .get_or_create(&ReasonLabel {
-                reason: label.to_owned(),
-            })
-            .inc();
-        if self.last.is_some_and(|t| t.elapsed() < REFUSAL_LOG_EVERY) {
-            self.held_back += 1;
-            return;
-        }
+fn receipt_refused(reason: PubAckReason, limiter: &LogLimiter, metrics: &Metrics) {
+    let label = refusal_label(reason);
+    metrics
+        .receipts_refused
+        .get_or_create(&ReasonLabel {
+            reason: label.to_owned(),
+        })
+        .inc();
+    if let Some(held_back) = limiter.admit(label, Instant::now()) {
         tracing::error!(
             reason = label,
-            held_back = self.held_back,
+            held_back,
             topics = %protocol::topics::store_receipts_topic("+"),
             "the MQTT broker refused a delivery receipt: the store will not hear that Kafka \
              has its events and will send them again; the bridge needs publish (write) \
              access to the receipts topics"
         );
-        self.last = Some(Instant::now());
-        self.held_back = 0;
     }
 }
 
