@@ -17,7 +17,6 @@
 
 mod bridge_support;
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -29,7 +28,6 @@ use harness::mosquitto::Mosquitto;
 use harness::process::bin_path;
 use harness::tls::TestPki;
 use protocol::topics::KafkaTopic;
-use protocol::EventId;
 
 const STORE: &str = "store-kafka-acl";
 const BRIDGE: &str = "bridge-kafka-acl";
@@ -81,17 +79,10 @@ fn a_bridge_that_may_only_write_its_topics_says_so_and_delivers() -> Result<()> 
         },
     )?;
 
-    let store = FakeStore::connect(mosquitto.port(), STORE)?;
-    let events = fresh_events(STORE, 200);
-    for batch in events.chunks(50) {
-        store.publish_events(batch)?;
-    }
-    let ids: HashSet<EventId> = events.iter().map(|e| e.id).collect();
-    store
-        .wait_receipted(&ids, Duration::from_secs(60))
-        .with_context(|| format!("bridge log tail:\n{}", bridge.log_tail(30)))?;
-    let records = consume_ids(kafka.bootstrap(), &ids, Duration::from_secs(60))?;
-    assert_each_exactly(&records, &ids, 1);
+    let published =
+        publish_receipted_once_in_kafka(mosquitto.port(), STORE, kafka.bootstrap(), || {
+            bridge.log_tail(30)
+        })?;
 
     // One error line per topic, naming the refusal, and no retry loop.
     let log = bridge.log_tail(10_000);
@@ -117,7 +108,7 @@ fn a_bridge_that_may_only_write_its_topics_says_so_and_delivers() -> Result<()> 
     );
     println!(
         "write-only principal over TLS: {} events receipted, each once in Kafka; the bridge said: {}",
-        ids.len(),
+        published,
         unchecked.first().map(|l| l.trim()).unwrap_or_default()
     );
 

@@ -11,7 +11,6 @@
 
 mod bridge_support;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -20,7 +19,6 @@ use harness::agent::{spawn_bridge, start_bridge_with, BridgeTls};
 use harness::kafka::{BrokerTls, Kafka};
 use harness::mosquitto::Mosquitto;
 use harness::tls::TestPki;
-use protocol::EventId;
 
 const STORE: &str = "store-kafka-tls";
 
@@ -56,22 +54,14 @@ fn the_bridge_produces_over_mutual_tls_and_untrusted_peers_stay_unready() -> Res
         },
     )?;
 
-    let store = FakeStore::connect(mosquitto.port(), STORE)?;
-    let events = fresh_events(STORE, 200);
-    for batch in events.chunks(50) {
-        store.publish_events(batch)?;
-    }
-    let ids: HashSet<EventId> = events.iter().map(|e| e.id).collect();
-    store
-        .wait_receipted(&ids, Duration::from_secs(60))
-        .with_context(|| format!("bridge log tail:\n{}", bridge.log_tail(30)))?;
     // The test reads through the broker's plaintext listener; the bridge
     // only ever had the TLS one.
-    let records = consume_ids(kafka.bootstrap(), &ids, Duration::from_secs(60))?;
-    assert_each_exactly(&records, &ids, 1);
+    let published =
+        publish_receipted_once_in_kafka(mosquitto.port(), STORE, kafka.bootstrap(), || {
+            bridge.log_tail(30)
+        })?;
     println!(
-        "Kafka over mutual TLS ({ssl_bootstrap}): {} events receipted, each once in Kafka",
-        ids.len()
+        "Kafka over mutual TLS ({ssl_bootstrap}): {published} events receipted, each once in Kafka"
     );
 
     // Wrong trust in either direction: a bridge trusting another CA, and a

@@ -58,6 +58,17 @@ fn reading(sensor: &str, grams: i64) -> Envelope {
     )
 }
 
+/// Appends the sales numbered `seqs` with their keys; returns their ids.
+async fn append_sales(h: &OutboxHandle, seqs: std::ops::RangeInclusive<u64>) -> Vec<EventId> {
+    let mut ids = vec![];
+    for seq in seqs {
+        let (env, key) = sale(seq);
+        ids.push(env.id);
+        h.append(env, key).await.expect("append");
+    }
+    ids
+}
+
 async fn all_events(h: &OutboxHandle) -> Vec<StoredEvent> {
     h.read_after(0, 1_000_000, usize::MAX).await.expect("read")
 }
@@ -1129,12 +1140,7 @@ async fn an_event_whose_stored_id_was_damaged_gets_it_back_from_its_payload() {
     let dir = tempfile::tempdir().expect("tmp");
     let outbox = open(dir.path(), 1 << 30, 1000);
     let h = outbox.handle();
-    let mut ids = vec![];
-    for seq in 1..=2 {
-        let (env, key) = sale(seq);
-        ids.push(env.id);
-        h.append(env, key).await.expect("append");
-    }
+    let ids = append_sales(&h, 1..=2).await;
     {
         // One flipped bit in the first row's id column; its payload and the
         // payload's checksum are intact.
@@ -1281,12 +1287,7 @@ async fn outbox_with_rows_out_of_step_with_their_indexes(
 ) -> (Outbox, Vec<EventId>) {
     let outbox = open(dir, 1 << 30, 1000);
     let h = outbox.handle();
-    let mut ids = vec![];
-    for seq in 1..=2 {
-        let (env, key) = sale(seq);
-        ids.push(env.id);
-        h.append(env, key).await.expect("append");
-    }
+    let mut ids = append_sales(&h, 1..=2).await;
     let r = reading("shelf-a1", 1500);
     ids.push(r.id);
     h.append(r, None).await.expect("append");

@@ -548,3 +548,27 @@ pub fn assert_all_receipted_then_in_kafka(
     assert_eq!(lost, 0, "{lost} of {} events lost", ids.len());
     Ok(recs)
 }
+
+/// Publishes 200 fresh events of `store_id` in four batches, waits until
+/// each is receipted (`log`: the bridge's log tail, shown if not), and
+/// asserts each is in Kafka exactly once, read through `bootstrap`.
+/// Returns how many were published.
+pub fn publish_receipted_once_in_kafka(
+    mqtt_port: u16,
+    store_id: &str,
+    bootstrap: &str,
+    log: impl Fn() -> String,
+) -> Result<usize> {
+    let store = FakeStore::connect(mqtt_port, store_id)?;
+    let events = fresh_events(store_id, 200);
+    for batch in events.chunks(50) {
+        store.publish_events(batch)?;
+    }
+    let ids: HashSet<EventId> = events.iter().map(|e| e.id).collect();
+    store
+        .wait_receipted(&ids, Duration::from_secs(60))
+        .with_context(|| format!("bridge log tail:\n{}", log()))?;
+    let records = consume_ids(bootstrap, &ids, Duration::from_secs(60))?;
+    assert_each_exactly(&records, &ids, 1);
+    Ok(ids.len())
+}
