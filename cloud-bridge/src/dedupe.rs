@@ -11,15 +11,34 @@
 //! event Kafka does not have yet. A reservation whose produce is abandoned
 //! (shutdown) is released so a redelivery publishes it.
 //!
+//! Entries are keyed by store *and* event id. Ids are chosen by agents, so a
+//! window keyed by id alone would let one store (hostile, or with a broken
+//! id generator) publish another store's id first: the real event would then
+//! be receipted `Duplicate`, deleted from that store's outbox and never reach
+//! Kafka. Store ids are interned to 4 bytes once per message; the broker's
+//! ACL (one topic per store login) bounds how many there are.
+//!
 //! The window is per replica: a resend that the shared subscription hands to
 //! another replica is published again. Kafka consumers must therefore still
-//! treat the event id (header `storelink.event_id`) as the idempotency key.
+//! treat the store and event id (headers `storelink.store_id` and
+//! `storelink.event_id`) as the idempotency key.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use protocol::EventId;
+
+/// A store's id, interned by [`DedupeWindow::store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StoreKey(u32);
+
+/// What the window remembers: an event id within its store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub store: StoreKey,
+    pub id: EventId,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -44,9 +63,9 @@ const PREALLOCATED_ENTRIES: usize = 1 << 20;
 /// Whole seconds since the window was created (so an id leaves between
 /// `max_age` and `max_age` + 2 s after publication, never before), with the
 /// entry's state in the top bit: 4 bytes where an `Instant` and a state took
-/// 24, so a table bucket is 20 bytes instead of 40 and an eviction slot 20
-/// instead of 32. The default million-entry window reserves 86 MB instead of
-/// 153 MB (2^21 buckets plus 2^21 slots), and a restarted bridge working
+/// 24, so a table bucket is 24 bytes instead of 44 and an eviction slot 24
+/// instead of 36. The default million-entry window reserves about 101 MB
+/// instead of 170 MB (2^21 buckets plus 2^21 slots), and a restarted bridge working
 /// through a backlog faults in that many fewer fresh pages. 2^31 seconds is
 /// 68 years.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +103,12 @@ pub struct DedupeWindow {
     /// foldhash, randomly seeded per process: several times cheaper than
     /// SipHash on 16-byte ids, and a store choosing its own ids still
     /// cannot predict collisions.
-    entries: HashMap<EventId, Stamp, foldhash::fast::RandomState>,
+    entries: HashMap<Key, Stamp, foldhash::fast::RandomState>,
     /// Insertion order for eviction, with the second each slot was pushed;
     /// may hold ids already removed or re-stamped since.
-    order: VecDeque<(EventId, u32)>,
+    order: VecDeque<(Key, u32)>,
+    /// Interned store ids; never shrinks (one entry per store in the fleet).
+    stores: HashMap<Box<str>, StoreKey, foldhash::fast::RandomState>,
 }
 
 impl DedupeWindow {
@@ -99,6 +120,7 @@ impl DedupeWindow {
             epoch: Instant::now(),
             entries: HashMap::with_capacity_and_hasher(slots, Default::default()),
             order: VecDeque::with_capacity(2 * slots),
+            stores: HashMap::default(),
         };
         w.touch_reserved_memory(slots);
         w
@@ -115,14 +137,26 @@ impl DedupeWindow {
     /// memory limit that is too small fails at start, not mid-backlog.
     fn touch_reserved_memory(&mut self, slots: usize) {
         for n in 0..slots {
-            let id = EventId(uuid::Uuid::from_u128(n as u128));
-            self.entries.insert(id, Stamp(0));
+            self.entries.insert(filler_key(n), Stamp(0));
         }
         self.entries.clear();
         let order_slots = self.order.capacity();
         self.order
-            .extend((0..order_slots).map(|n| (EventId(uuid::Uuid::from_u128(n as u128)), 1)));
+            .extend((0..order_slots).map(|n| (filler_key(n), 1)));
         self.order.clear();
+    }
+
+    /// The interned key of `store_id`; look it up once per message.
+    pub fn store(&mut self, store_id: &str) -> StoreKey {
+        if let Some(&k) = self.stores.get(store_id) {
+            return k;
+        }
+        // More than 2^32 distinct stores cannot pass the broker's ACL; if it
+        // ever happened, the last key is shared, which only costs
+        // de-duplication precision between those stores, never an event.
+        let k = StoreKey(u32::try_from(self.stores.len()).unwrap_or(u32::MAX));
+        self.stores.insert(store_id.into(), k);
+        k
     }
 
     pub fn len(&self) -> usize {
@@ -140,7 +174,7 @@ impl DedupeWindow {
     }
 
     /// Looks `id` up; if new, reserves it.
-    pub fn check_and_reserve(&mut self, id: EventId, now: Instant) -> Seen {
+    pub fn check_and_reserve(&mut self, id: Key, now: Instant) -> Seen {
         let secs = self.secs(now);
         self.evict(secs);
         if self.max_entries == 0 {
@@ -161,7 +195,7 @@ impl DedupeWindow {
     }
 
     /// What the window knows of `id` without reserving it.
-    pub fn peek(&self, id: &EventId) -> Option<Seen> {
+    pub fn peek(&self, id: &Key) -> Option<Seen> {
         self.entries.get(id).map(|s| match s.state() {
             State::Reserved => Seen::InFlight,
             State::Published => Seen::Published,
@@ -169,7 +203,7 @@ impl DedupeWindow {
     }
 
     /// Kafka confirmed `id`; the age counts from now.
-    pub fn mark_published(&mut self, id: EventId, now: Instant) {
+    pub fn mark_published(&mut self, id: Key, now: Instant) {
         if self.max_entries == 0 {
             return;
         }
@@ -180,7 +214,7 @@ impl DedupeWindow {
     }
 
     /// The reservation of `id` was abandoned; a later copy may publish it.
-    pub fn release(&mut self, id: &EventId) {
+    pub fn release(&mut self, id: &Key) {
         if let Some(s) = self.entries.get(id) {
             if s.state() == State::Reserved {
                 self.entries.remove(id);
@@ -215,12 +249,22 @@ impl DedupeWindow {
     }
 }
 
+fn filler_key(n: usize) -> Key {
+    Key {
+        store: StoreKey(0),
+        id: EventId(uuid::Uuid::from_u128(n as u128)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn id(n: u128) -> EventId {
-        EventId(uuid::Uuid::from_u128(n))
+    fn id(n: u128) -> Key {
+        Key {
+            store: StoreKey(0),
+            id: EventId(uuid::Uuid::from_u128(n)),
+        }
     }
 
     #[test]
@@ -251,9 +295,31 @@ mod tests {
     }
 
     #[test]
-    fn entries_and_slots_are_20_bytes() {
-        assert_eq!(std::mem::size_of::<(EventId, Stamp)>(), 20);
-        assert_eq!(std::mem::size_of::<(EventId, u32)>(), 20);
+    fn entries_and_slots_are_24_bytes() {
+        assert_eq!(std::mem::size_of::<(Key, Stamp)>(), 24);
+        assert_eq!(std::mem::size_of::<(Key, u32)>(), 24);
+    }
+
+    #[test]
+    fn the_same_id_from_another_store_is_not_a_duplicate() {
+        let t0 = Instant::now();
+        let mut w = DedupeWindow::new(10, Duration::from_secs(60));
+        let (a, b) = (w.store("store-a"), w.store("store-b"));
+        assert_ne!(a, b);
+        assert_eq!(w.store("store-a"), a);
+        let event = EventId(uuid::Uuid::from_u128(42));
+        let from_a = Key {
+            store: a,
+            id: event,
+        };
+        let from_b = Key {
+            store: b,
+            id: event,
+        };
+        assert_eq!(w.check_and_reserve(from_a, t0), Seen::New);
+        w.mark_published(from_a, t0);
+        assert_eq!(w.check_and_reserve(from_b, t0), Seen::New);
+        assert_eq!(w.check_and_reserve(from_a, t0), Seen::Published);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::dead_letter::{dead_letter_record, Why};
-use crate::dedupe::{DedupeWindow, Seen};
+use crate::dedupe::{self, DedupeWindow, Seen, StoreKey};
 use crate::kafka_sink::{
     Delivered, DeliveryReceiver, Failure, KafkaSink, MessageDeliveries, OutRecord, SinkError,
 };
@@ -76,6 +76,23 @@ struct Permits {
     _message: tokio::sync::OwnedSemaphorePermit,
     _events: tokio::sync::OwnedSemaphorePermit,
     _gauge: InFlightGauge,
+}
+
+/// Where a message came from, for the settlement of its events.
+struct Origin {
+    /// The MQTT topic, for dead-letter headers.
+    topic: String,
+    /// The sending store in the dedupe window.
+    store: StoreKey,
+}
+
+impl Origin {
+    fn key(&self, id: EventId) -> dedupe::Key {
+        dedupe::Key {
+            store: self.store,
+            id,
+        }
+    }
 }
 
 /// What one event still needs after dispatch.
@@ -279,17 +296,24 @@ impl Pipeline {
         let mut jobs = Vec::with_capacity(routed.decisions.len());
         let deliveries = MessageDeliveries::new();
         let mut produced: u32 = 0;
-        // One lock for the whole message.
-        let seen: Vec<Seen> = match self.dedupe.lock() {
-            Ok(mut w) => routed
+        // One lock for the whole message. Publishable events always come
+        // from a store's topic (routing dead-letters the rest). The window
+        // is a cache: one poisoned by a panic elsewhere is still usable.
+        let (seen, origin) = {
+            let mut w = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
+            let origin = Origin {
+                topic,
+                store: w.store(store.as_deref().unwrap_or_default()),
+            };
+            let seen: Vec<Seen> = routed
                 .decisions
                 .iter()
                 .map(|d| match d {
-                    Decision::Publish(ev) => w.check_and_reserve(ev.id, now),
+                    Decision::Publish(ev) => w.check_and_reserve(origin.key(ev.id), now),
                     Decision::DeadLetter(_) => Seen::New,
                 })
-                .collect(),
-            Err(_) => vec![Seen::New; routed.decisions.len()],
+                .collect();
+            (seen, origin)
         };
         for (d, seen) in routed.decisions.into_iter().zip(seen) {
             match d {
@@ -308,13 +332,13 @@ impl Pipeline {
                                     jobs.push(Job::Produce { ev, rec, idx });
                                 }
                                 Err(SinkError::Rejected(e)) => {
-                                    self.release(&ev.id);
+                                    self.release(&origin.key(ev.id));
                                     let dl = dead_letter_record(
                                         payload.slice(ev.value.clone()),
                                         Why {
                                             reason: reason::KAFKA_REJECTED,
                                             detail: &e.to_string(),
-                                            source_topic: &topic,
+                                            source_topic: &origin.topic,
                                             store_id: store.as_deref(),
                                             event_id: Some(&ev.id),
                                         },
@@ -334,7 +358,7 @@ impl Pipeline {
                                     // task happens to meet it: the restart
                                     // gets the unacked messages again.
                                     self.on_sink_error(&e);
-                                    self.release(&ev.id);
+                                    self.release(&origin.key(ev.id));
                                     return; // aborting: leave the message unacked
                                 }
                             }
@@ -349,7 +373,7 @@ impl Pipeline {
                         Why {
                             reason: dl.reason,
                             detail: &dl.detail,
-                            source_topic: &topic,
+                            source_topic: &origin.topic,
                             store_id: store.as_deref(),
                             event_id: dl.id.as_ref(),
                         },
@@ -377,7 +401,7 @@ impl Pipeline {
         self.tasks.spawn(
             async move {
                 let settled = this
-                    .settle_all(jobs, &deliveries, produced > 0, &topic)
+                    .settle_all(jobs, &deliveries, produced > 0, &origin)
                     .await;
                 if let Some(settled) = settled {
                     this.finish(
@@ -406,7 +430,7 @@ impl Pipeline {
         jobs: Vec<Job>,
         deliveries: &MessageDeliveries,
         any_produced: bool,
-        source_topic: &str,
+        origin: &Origin,
     ) -> Option<Vec<Settled>> {
         let mut failures: Vec<(u32, Failure)> = Vec::new();
         if any_produced {
@@ -417,7 +441,7 @@ impl Pipeline {
                     if let Ok(mut w) = self.dedupe.lock() {
                         for job in &jobs {
                             if let Job::Produce { ev, .. } = job {
-                                w.release(&ev.id);
+                                w.release(&origin.key(ev.id));
                             }
                         }
                     }
@@ -438,7 +462,7 @@ impl Pipeline {
                 _ => None,
             })
             .collect();
-        self.delivered_all(&delivered);
+        self.delivered_all(&delivered, origin);
         drop(delivered);
 
         let mut out: Vec<Option<Settled>> = Vec::with_capacity(jobs.len());
@@ -457,7 +481,7 @@ impl Pipeline {
                 }
                 other => {
                     out.push(None);
-                    rest.push((pos, Box::pin(self.settle(other, source_topic))));
+                    rest.push((pos, Box::pin(self.settle(other, origin))));
                 }
             }
         }
@@ -465,7 +489,7 @@ impl Pipeline {
         // (`KafkaSink::redeliver_in_order`), beside the other settlements.
         let (positions, futs): (Vec<usize>, Vec<_>) = rest.into_iter().unzip();
         let (redelivered, settled) = futures::future::join(
-            self.redeliver_in_order(failed, source_topic),
+            self.redeliver_in_order(failed, origin),
             futures::future::join_all(futs),
         )
         .await;
@@ -483,7 +507,7 @@ impl Pipeline {
     async fn redeliver_in_order(
         &self,
         failed: Vec<(usize, PublishEvent, OutRecord, Failure)>,
-        source_topic: &str,
+        origin: &Origin,
     ) -> Vec<(usize, Option<Settled>)> {
         if failed.is_empty() {
             return Vec::new();
@@ -502,10 +526,7 @@ impl Pipeline {
         drop(recs);
         let mut out = Vec::with_capacity(kept.len());
         for ((pos, ev, rec), result) in kept.into_iter().zip(results) {
-            out.push((
-                pos,
-                self.settle_delivery(ev, &rec, source_topic, result).await,
-            ));
+            out.push((pos, self.settle_delivery(ev, &rec, origin, result).await));
         }
         out
     }
@@ -517,28 +538,28 @@ impl Pipeline {
         &self,
         ev: PublishEvent,
         rec: &OutRecord,
-        source_topic: &str,
+        origin: &Origin,
         result: Result<Delivered, SinkError>,
     ) -> Option<Settled> {
         match result {
             Ok(d) => {
-                self.delivered(&ev, d.partition, d.offset);
+                self.delivered(&ev, origin, d.partition, d.offset);
                 Some(Settled::Delivered(ev.id))
             }
             Err(SinkError::Rejected(e)) => {
-                self.release(&ev.id);
-                self.dead_letter_rejected(&ev, rec, source_topic, &e.to_string())
+                self.release(&origin.key(ev.id));
+                self.dead_letter_rejected(&ev, rec, &origin.topic, &e.to_string())
                     .await
             }
             Err(e) => {
                 self.on_sink_error(&e);
-                self.release(&ev.id);
+                self.release(&origin.key(ev.id));
                 None
             }
         }
     }
 
-    async fn settle(&self, job: Job, source_topic: &str) -> Option<Settled> {
+    async fn settle(&self, job: Job, origin: &Origin) -> Option<Settled> {
         match job {
             // Settled together in `settle_all`.
             Job::Produce { .. } => None,
@@ -549,7 +570,11 @@ impl Pipeline {
                 // not take the lock from the dispatcher.
                 let mut pause = Duration::from_millis(20);
                 loop {
-                    let state = self.dedupe.lock().ok().and_then(|w| w.peek(&ev.id));
+                    let state = self
+                        .dedupe
+                        .lock()
+                        .ok()
+                        .and_then(|w| w.peek(&origin.key(ev.id)));
                     match state {
                         Some(Seen::Published) => {
                             self.metrics.duplicates_dropped.inc();
@@ -567,13 +592,13 @@ impl Pipeline {
                             let reserved = self
                                 .dedupe
                                 .lock()
-                                .map(|mut w| w.check_and_reserve(ev.id, Instant::now()))
+                                .map(|mut w| w.check_and_reserve(origin.key(ev.id), Instant::now()))
                                 .unwrap_or(Seen::New);
                             if reserved != Seen::New {
                                 continue;
                             }
                             let result = self.sink.send(&rec, &self.abort).await;
-                            return self.settle_delivery(ev, &rec, source_topic, result).await;
+                            return self.settle_delivery(ev, &rec, origin, result).await;
                         }
                     }
                 }
@@ -643,9 +668,9 @@ impl Pipeline {
         }
     }
 
-    fn delivered(&self, ev: &PublishEvent, partition: i32, offset: i64) {
+    fn delivered(&self, ev: &PublishEvent, origin: &Origin, partition: i32, offset: i64) {
         if let Ok(mut w) = self.dedupe.lock() {
-            w.mark_published(ev.id, Instant::now());
+            w.mark_published(origin.key(ev.id), Instant::now());
         }
         self.metrics.published(ev.topic.name());
         let e2e = chrono::Utc::now().signed_duration_since(ev.recorded_at);
@@ -656,14 +681,14 @@ impl Pipeline {
     }
 
     /// [`Self::delivered`] for every event of a message, with one lock.
-    fn delivered_all(&self, evs: &[&PublishEvent]) {
+    fn delivered_all(&self, evs: &[&PublishEvent], origin: &Origin) {
         if evs.is_empty() {
             return;
         }
         let now = Instant::now();
         if let Ok(mut w) = self.dedupe.lock() {
             for ev in evs {
-                w.mark_published(ev.id, now);
+                w.mark_published(origin.key(ev.id), now);
             }
         }
         let wall = chrono::Utc::now();
@@ -676,7 +701,7 @@ impl Pipeline {
         }
     }
 
-    fn release(&self, id: &EventId) {
+    fn release(&self, id: &dedupe::Key) {
         if let Ok(mut w) = self.dedupe.lock() {
             w.release(id);
         }

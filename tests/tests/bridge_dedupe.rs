@@ -1,6 +1,7 @@
 //! A batch re-published by an agent shows up once in Kafka within the
 //! de-duplication window, and is receipted as `Duplicate`. Also: SIGTERM
-//! stops the bridge cleanly with exit status 0.
+//! stops the bridge cleanly with exit status 0. And the window is per store:
+//! an id another store used first is no reason to drop an event.
 
 mod bridge_support;
 
@@ -136,6 +137,68 @@ fn a_republished_batch_shows_up_once_in_kafka_and_is_receipted_duplicate() -> Re
     assert!(
         status.success(),
         "bridge exit status after SIGTERM: {status}"
+    );
+    Ok(())
+}
+
+/// Agents choose event ids. Store A (hostile, or with a broken id
+/// generator) publishes events carrying ids store B will use; B's own events
+/// must still reach Kafka and be receipted `Delivered`, not `Duplicate` (a
+/// `Duplicate` receipt makes B delete events Kafka never got).
+#[test]
+fn an_id_another_store_published_first_does_not_drop_an_event() -> Result<()> {
+    let kafka = harness::kafka::shared();
+    let mosquitto = Mosquitto::start()?;
+    let _bridge = Bridge::start(
+        mosquitto.port(),
+        kafka.bootstrap(),
+        BridgeOptions::replica("dedupe-stores-0"),
+    )?;
+    let store_a = FakeStore::connect(mosquitto.port(), "store-dedupe-a")?;
+    let store_b = FakeStore::connect(mosquitto.port(), "store-dedupe-b")?;
+
+    let b_events = fresh_events("store-dedupe-b", 12);
+    let a_events: Vec<protocol::Envelope> = fresh_events("store-dedupe-a", 12)
+        .into_iter()
+        .zip(&b_events)
+        .map(|(mut a, b)| {
+            a.id = b.id;
+            a
+        })
+        .collect();
+    let ids: HashSet<EventId> = b_events.iter().map(|e| e.id).collect();
+
+    store_a.publish_events(&a_events)?;
+    store_a.wait_receipted(&ids, Duration::from_secs(60))?;
+    store_b.publish_events(&b_events)?;
+    store_b.wait_receipted(&ids, Duration::from_secs(60))?;
+
+    let outcomes = store_b.outcomes();
+    let not_delivered: Vec<_> = ids
+        .iter()
+        .filter_map(|id| {
+            outcomes
+                .get(id)
+                .filter(|(o, _)| *o != DeliveryOutcome::Delivered)
+        })
+        .collect();
+    assert!(
+        not_delivered.is_empty(),
+        "store B's events must be receipted Delivered, got {not_delivered:?}"
+    );
+
+    let recs = consume_ids(kafka.bootstrap(), &ids, Duration::from_secs(60))?;
+    for store in ["store-dedupe-a", "store-dedupe-b"] {
+        let from_store: Vec<harness::kafka::Record> = recs
+            .iter()
+            .filter(|r| r.header_str(protocol::topics::headers::STORE_ID).as_deref() == Some(store))
+            .cloned()
+            .collect();
+        assert_each_exactly(&from_store, &ids, 1);
+    }
+    println!(
+        "{} ids used by two stores: each store's event in Kafka once, store B's receipted Delivered",
+        ids.len()
     );
     Ok(())
 }
