@@ -191,6 +191,10 @@ pub struct Shelf {
     offline_after: Duration,
     dwell: Duration,
     last_emitted: Option<ShelfReading>,
+    /// False when the outbox did not store `last_emitted` (shed or
+    /// refused): it is no baseline for the deadband, but alerts are still
+    /// evaluated on it (the shelf's weight is real either way).
+    baseline_stored: bool,
     level: Level,
     /// The alert waiting out its dwell time, and since when.
     pending: Option<(StockAlertKind, Instant)>,
@@ -216,6 +220,7 @@ impl Shelf {
             offline_after: Duration::from_secs(cfg.offline_after_secs.max(1)),
             dwell: Duration::from_secs(cfg.alert_dwell_secs),
             last_emitted: None,
+            baseline_stored: false,
             level: Level::Unknown,
             pending: None,
             presence: Presence::Unknown,
@@ -235,10 +240,11 @@ impl Shelf {
     /// A parsed reading (call [`Shelf::heard`] first).
     pub fn reading(&mut self, raw: i64, now: Instant, out: &mut Vec<Output>) -> ReadingOutcome {
         let grams = self.cal.grams(raw);
-        let moved = match &self.last_emitted {
-            None => true,
-            Some(last) => grams.abs_diff(last.grams) >= u64::from(self.deadband_grams.max(1)),
-        };
+        let moved = !self.baseline_stored
+            || match &self.last_emitted {
+                None => true,
+                Some(last) => grams.abs_diff(last.grams) >= u64::from(self.deadband_grams.max(1)),
+            };
         if !moved {
             self.evaluate(now, out);
             return ReadingOutcome::WithinDeadband;
@@ -250,6 +256,7 @@ impl Shelf {
             item_count: self.cal.items(grams),
         };
         self.last_emitted = Some(reading.clone());
+        self.baseline_stored = true;
         out.push(Output::Reading(reading));
         self.evaluate(now, out);
         ReadingOutcome::Emitted
@@ -258,9 +265,11 @@ impl Shelf {
     /// The outbox did not store the last emitted reading (shed or refused):
     /// it is no baseline, so the sensor's next reading is sent even if the
     /// weight has not moved. Otherwise the cloud would keep an older weight
-    /// until the shelf changed by a deadband.
+    /// until the shelf changed by a deadband. The reading still counts for
+    /// alerts: a low-stock dwell it started runs on (and its deadline is
+    /// met, not re-armed in a loop).
     pub fn reading_not_stored(&mut self) {
-        self.last_emitted = None;
+        self.baseline_stored = false;
     }
 
     /// The outbox did not store an alert of `kind`: back to the level
@@ -434,6 +443,35 @@ mod tests {
             alerts(&feed(&mut s, raw(4000), t0)),
             [(StockAlertKind::Restocked, 8)]
         );
+    }
+
+    /// A reading the outbox shed or refused started a low-stock dwell: the
+    /// dwell runs out at its deadline and raises the alert, and the next
+    /// deadline is then later than now (before, it stayed in the past and the
+    /// sensor task woke in a loop until the sensor spoke again).
+    #[test]
+    fn a_dwell_started_by_a_reading_not_stored_ends_at_its_deadline() {
+        let mut c = cfg();
+        c.alert_dwell_secs = 5;
+        let t0 = Instant::now();
+        let mut s = shelf(&c, t0);
+        feed(&mut s, raw(5000), t0);
+        // Down to 2 items; the reading is shed.
+        assert_eq!(alerts(&feed(&mut s, raw(1000), t0)), []);
+        s.reading_not_stored();
+        let due = t0 + Duration::from_secs(5);
+        assert_eq!(s.next_deadline(), Some(due));
+        let mut out = vec![];
+        s.tick(due, &mut out);
+        assert_eq!(alerts(&out), [(StockAlertKind::LowStock, 2)]);
+        let next = s.next_deadline().expect("the silence deadline");
+        assert!(next > due, "next deadline {next:?} is not after {due:?}");
+        // The same weight again is still sent (the shed reading was no baseline).
+        let readings = feed(&mut s, raw(1000), due)
+            .iter()
+            .filter(|o| matches!(o, Output::Reading(_)))
+            .count();
+        assert_eq!(readings, 1);
     }
 
     #[test]
