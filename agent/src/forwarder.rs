@@ -120,6 +120,16 @@ impl SendWindow {
         self.in_flight.len() != before
     }
 
+    /// A receipt for `batch_id` came but could not be applied (the delete
+    /// failed): the batch keeps its slot and times out one receipt timeout
+    /// from `now`. Its events are then resent at that pace while the disk
+    /// refuses writes, not once per round trip to the bridge.
+    fn retry_later(&mut self, batch_id: uuid::Uuid, now: Instant) {
+        for b in self.in_flight.iter_mut().filter(|b| b.batch_id == batch_id) {
+            b.sent_at = now;
+        }
+    }
+
     /// Whether the oldest batch has waited longer than the receipt timeout.
     fn overdue(&self, now: Instant) -> bool {
         self.in_flight
@@ -346,13 +356,17 @@ impl Forwarder {
                 false
             }
         };
-        self.window.receipted(r.batch_id);
-        if !applied {
+        if applied {
+            self.window.receipted(r.batch_id);
+        } else {
             // The cursor is past these events: only a rewind sends them
             // again, and the bridge's `duplicate` receipt for them brings
-            // the delete back. Without it, delivered events would hold
-            // capacity and the restart gate until the next reconnect.
-            self.rewind("a receipt could not be applied");
+            // the delete back. The batch's timeout does that rewind, a
+            // receipt timeout from now (a rewind at once would resend the
+            // batch as fast as the bridge answers, for as long as the disk
+            // refuses writes). A receipt of a batch from before a rewind
+            // needs nothing: the rewind already sends its events again.
+            self.window.retry_later(r.batch_id, Instant::now());
         }
         METRICS.batches_in_flight.set(self.window.batches() as i64);
     }
@@ -462,7 +476,14 @@ impl Forwarder {
                 _ = self.outbox.appended() => {},
                 _ = tick.tick() => {
                     if self.window.overdue(Instant::now()) {
-                        tracing::warn!(timeout_s = self.config.receipt_timeout.as_secs(), "no receipt in time");
+                        // Mosquitto's acl_file grants a subscription it will
+                        // deliver nothing on, so a missing read permission on
+                        // the receipts topic looks exactly like this too.
+                        tracing::warn!(
+                            timeout_s = self.config.receipt_timeout.as_secs(),
+                            "no receipt in time: the bridge or Kafka may be down, or the cloud \
+                             broker's ACL does not let this store read its receipts topic"
+                        );
                         self.rewind("receipt timeout");
                     }
                 },
@@ -509,6 +530,22 @@ mod tests {
 
     fn batch() -> uuid::Uuid {
         uuid::Uuid::now_v7()
+    }
+
+    #[test]
+    fn a_receipt_that_could_not_be_applied_times_out_a_full_timeout_later() {
+        let t0 = Instant::now();
+        let mut w = SendWindow::new(4, TIMEOUT);
+        let a = batch();
+        w.sent(a, 10, t0);
+        w.advance(10);
+        // The receipt comes late, after 40 s, and its delete fails.
+        let late = t0 + Duration::from_secs(40);
+        w.retry_later(a, late);
+        assert_eq!(w.batches(), 1, "the batch keeps its slot");
+        assert!(!w.overdue(late + Duration::from_secs(1)));
+        assert!(!w.overdue(late + TIMEOUT));
+        assert!(w.overdue(late + TIMEOUT + Duration::from_secs(1)));
     }
 
     #[test]
