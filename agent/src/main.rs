@@ -163,11 +163,18 @@ async fn run(profile_path: &Path) -> Result<()> {
     let link_shutdown = CancellationToken::new();
     let (link_tx, link_rx) =
         tokio::sync::mpsc::channel(profile.cloud.max_batches_in_flight * 4 + 64);
-    let connection = tokio::spawn(forwarder::run_connection(
-        cloud,
-        store.store_id.clone(),
-        link_tx,
-        link_shutdown.clone(),
+    // The cloud link must run as long as the agent does (see `supervise`).
+    let link_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connection = tokio::spawn(shutdown::supervise(
+        "the cloud connection task",
+        tokio::spawn(forwarder::run_connection(
+            cloud,
+            store.store_id.clone(),
+            link_tx,
+            link_shutdown.clone(),
+        )),
+        shutdown.clone(),
+        link_failed.clone(),
     ));
     let forwarder = Forwarder::new(
         ForwarderConfig {
@@ -180,7 +187,12 @@ async fn run(profile_path: &Path) -> Result<()> {
         handle.clone(),
     );
     let grace = Duration::from_secs(profile.agent.shutdown_grace_secs);
-    let forwarder_task = tokio::spawn(forwarder.run(link_rx, shutdown.clone(), grace / 2));
+    let forwarder_task = tokio::spawn(shutdown::supervise(
+        "the forwarder",
+        tokio::spawn(forwarder.run(link_rx, shutdown.clone(), grace / 2)),
+        shutdown.clone(),
+        link_failed.clone(),
+    ));
 
     let housekeeping = {
         let handle = handle.clone();
@@ -265,8 +277,12 @@ async fn run(profile_path: &Path) -> Result<()> {
     drop(state);
     drop(handle);
     outbox.close().await;
+    served.context("HTTP server failed")?;
+    if link_failed.load(Ordering::Relaxed) {
+        anyhow::bail!("the cloud link stopped while the agent was running (see above); the outbox is closed and intact");
+    }
     tracing::info!("store agent stopped cleanly");
-    served.context("HTTP server failed")
+    Ok(())
 }
 
 /// Reads one token file per profile terminal from `terminal_tokens_dir`.
