@@ -358,6 +358,15 @@ pub struct Scanner {
     #[serde(default = "default_max_frame_len")]
     #[schemars(range(min = 16, max = 8192))]
     pub max_frame_len: usize,
+    /// How long an unfinished read may wait for its terminator after its
+    /// last byte, in milliseconds. Then it is reported as an invalid
+    /// `incomplete` read, so line noise (a power-up byte) or a read cut off
+    /// mid-frame is not glued onto the next scan and does not spoil it. A
+    /// scanner that sends no suffix at all shows up as nothing but
+    /// `incomplete` reads, each with its data.
+    #[serde(default = "default_frame_timeout_ms")]
+    #[schemars(range(min = 20, max = 60_000))]
+    pub frame_timeout_ms: u64,
     /// Longest wait between attempts to reopen a vanished port (exponential
     /// backoff with jitter up to this), in milliseconds.
     #[serde(default = "default_reconnect_max_backoff_ms")]
@@ -406,6 +415,9 @@ fn default_terminator() -> Terminator {
 }
 fn default_max_frame_len() -> usize {
     256
+}
+fn default_frame_timeout_ms() -> u64 {
+    500
 }
 fn default_reconnect_max_backoff_ms() -> u64 {
     5_000

@@ -145,6 +145,7 @@ pub const STANDARD_BAUD_RATES: [u32; 13] = [
 
 pub const MAX_FRAME_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=8192;
 pub const RECONNECT_BACKOFF_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+pub const FRAME_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 20..=60_000;
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
@@ -618,6 +619,13 @@ impl StoreProfile {
                 s.max_frame_len,
                 MAX_FRAME_LEN_RANGE,
                 " bytes",
+            );
+            range(
+                out,
+                &format!("{p}.frame_timeout_ms"),
+                s.frame_timeout_ms,
+                FRAME_TIMEOUT_RANGE_MS,
+                " ms",
             );
             range(
                 out,

@@ -306,7 +306,7 @@ fn serial_settings_are_in_range() {
     assert_problems(
         &[(
             "lane = \"lane-1\"",
-            "lane = \"lane-1\"\nbaud_rate = 9601\ndata_bits = 9\nstop_bits = 3\nmax_frame_len = 8\nreconnect_max_backoff_ms = 5",
+            "lane = \"lane-1\"\nbaud_rate = 9601\ndata_bits = 9\nstop_bits = 3\nmax_frame_len = 8\nreconnect_max_backoff_ms = 5\nframe_timeout_ms = 5",
         )],
         &[
             "27:13: error: scanners[0].baud_rate: 9601 is not a standard baud rate (hint: use one of 300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)",
@@ -314,6 +314,7 @@ fn serial_settings_are_in_range() {
             "29:13: error: scanners[0].stop_bits: must be 1 or 2, not 3",
             "30:17: error: scanners[0].max_frame_len: must be between 16 and 8192 bytes, not 8",
             "31:28: error: scanners[0].reconnect_max_backoff_ms: must be between 100 and 600000 ms, not 5",
+            "32:20: error: scanners[0].frame_timeout_ms: must be between 20 and 60000 ms, not 5",
         ],
     );
     assert_problems(

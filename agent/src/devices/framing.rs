@@ -16,6 +16,9 @@
 //!   suffix does not match the profile never sends the terminator, and
 //!   silently discarding until it came would lose every later read without
 //!   a count. Memory per scanner is bounded by `max_len`.
+//! * An unfinished frame the caller finds idle too long (the scanner's
+//!   `frame_timeout_ms`) is taken out whole and marked incomplete
+//!   ([`Framer::take_idle`]), so it cannot spoil the next read.
 
 use firmware_config::Terminator;
 
@@ -24,6 +27,8 @@ use firmware_config::Terminator;
 pub struct Frame {
     pub bytes: Vec<u8>,
     pub truncated: bool,
+    /// No terminator came within the frame timeout.
+    pub incomplete: bool,
 }
 
 #[derive(Debug)]
@@ -68,6 +73,7 @@ impl Framer {
                     out.push(Frame {
                         bytes: std::mem::take(&mut self.buf),
                         truncated: false,
+                        incomplete: false,
                     });
                 }
             } else {
@@ -75,6 +81,7 @@ impl Framer {
                     out.push(Frame {
                         bytes: std::mem::take(&mut self.buf),
                         truncated: true,
+                        incomplete: false,
                     });
                     self.discarding = true;
                 }
@@ -86,6 +93,22 @@ impl Framer {
     /// Bytes of an unfinished frame.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The unfinished frame, whose terminator did not come in time: marked
+    /// incomplete, and what arrives next starts a new frame. `None` when
+    /// there is none, or when it is the tail of an over-long read already
+    /// reported truncated (dropped: it was counted then).
+    pub fn take_idle(&mut self) -> Option<Frame> {
+        let bytes = std::mem::take(&mut self.buf);
+        if std::mem::take(&mut self.discarding) || bytes.is_empty() {
+            return None;
+        }
+        Some(Frame {
+            bytes,
+            truncated: false,
+            incomplete: true,
+        })
     }
 
     /// Forgets an unfinished frame (the port went away mid-read; what comes
@@ -135,6 +158,31 @@ mod tests {
             vec![ok("A"), ok("B")]
         );
         assert_eq!(frames(Terminator::Lf, 64, &[b"\n\nA\n"]), vec![ok("A")]);
+    }
+
+    #[test]
+    fn an_idle_unfinished_frame_is_taken_out_whole_and_spoils_nothing() {
+        let mut f = Framer::new(Terminator::Cr, 16);
+        let mut out = vec![];
+        assert_eq!(f.take_idle(), None, "nothing pending");
+        f.push(b"\x00", &mut out);
+        let idle = f.take_idle().expect("the stray byte");
+        assert_eq!(
+            (idle.bytes.as_slice(), idle.truncated, idle.incomplete),
+            (&b"\x00"[..], false, true)
+        );
+        f.push(b"]E4963850\r", &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].bytes, b"]E4963850");
+        assert!(!out[0].incomplete);
+        // The tail of an over-long read was reported truncated already.
+        out.clear();
+        f.push(b"0123456789abcdefghij", &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].truncated);
+        assert_eq!(f.take_idle(), None);
+        f.push(b"AB\r", &mut out);
+        assert_eq!(out.last().map(|fr| fr.bytes.as_slice()), Some(&b"AB"[..]));
     }
 
     #[test]
@@ -209,7 +257,8 @@ mod tests {
             out,
             vec![Frame {
                 bytes: b"]E496385074".to_vec(),
-                truncated: false
+                truncated: false,
+                incomplete: false,
             }]
         );
     }

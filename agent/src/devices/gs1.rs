@@ -69,6 +69,8 @@ pub enum ReadError {
     DuplicateAi(String),
     #[error("truncated: read longer than {max_len} bytes was cut")]
     Truncated { max_len: usize },
+    #[error("incomplete: no terminator within {after_ms} ms of the last byte (noise, a read cut off, or a scanner suffix that does not match the profile)")]
+    Incomplete { after_ms: u64 },
 }
 
 impl ReadError {
@@ -87,6 +89,7 @@ impl ReadError {
             ReadError::MissingAi { .. } => "missing_ai",
             ReadError::DuplicateAi(_) => "duplicate_ai",
             ReadError::Truncated { .. } => "truncated",
+            ReadError::Incomplete { .. } => "incomplete",
         }
     }
 }
@@ -266,6 +269,16 @@ pub fn decode_truncated(frame: &[u8], max_len: usize) -> Decoded {
     d.gtin = None;
     d.elements.clear();
     d.error = Some(ReadError::Truncated { max_len });
+    d
+}
+
+/// A read whose terminator never came: decoded for its data, but never
+/// valid and never trusted for a GTIN.
+pub fn decode_incomplete(frame: &[u8], after_ms: u64) -> Decoded {
+    let mut d = decode(frame);
+    d.gtin = None;
+    d.elements.clear();
+    d.error = Some(ReadError::Incomplete { after_ms });
     d
 }
 

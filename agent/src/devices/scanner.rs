@@ -39,6 +39,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub fn scan_of(frame: &Frame, cfg: &Scanner) -> Scan {
     let d = if frame.truncated {
         gs1::decode_truncated(&frame.bytes, cfg.max_frame_len)
+    } else if frame.incomplete {
+        gs1::decode_incomplete(&frame.bytes, cfg.frame_timeout_ms)
     } else {
         gs1::decode_with(&frame.bytes, cfg.eight_digit_reads)
     };
@@ -116,10 +118,20 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
                 }
                 tracing::info!(port = %cfg.port.display(), "scanner port open");
                 submitter.status(&source, DeviceState::Online, None).await;
+                let frame_timeout = Duration::from_millis(cfg.frame_timeout_ms);
                 let why = loop {
+                    // Restarted after every read: the frame timeout counts
+                    // from the last byte.
+                    let idle = tokio::time::sleep(frame_timeout);
                     let n = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         r = port.read(&mut buf) => r,
+                        _ = idle, if framer.pending() > 0 => {
+                            if let Some(frame) = framer.take_idle() {
+                                handle_frame(&cfg, &source, &submitter, &frame).await;
+                            }
+                            continue;
+                        }
                     };
                     match n {
                         Ok(0) => break "the port closed (end of file)".to_owned(),
@@ -193,6 +205,7 @@ mod tests {
         Frame {
             bytes: bytes.to_vec(),
             truncated,
+            incomplete: false,
         }
     }
 
@@ -208,6 +221,7 @@ mod tests {
             flow_control: FlowControl::None,
             terminator: firmware_config::Terminator::Cr,
             max_frame_len,
+            frame_timeout_ms: 500,
             reconnect_max_backoff_ms: 400,
             eight_digit_reads,
         }
@@ -413,6 +427,7 @@ mod pty_tests {
             flow_control: FlowControl::None,
             terminator: firmware_config::Terminator::Cr,
             max_frame_len: 24,
+            frame_timeout_ms: 200,
             reconnect_max_backoff_ms: 300,
             eight_digit_reads: EightDigitReads::UpcE,
         };
@@ -492,19 +507,42 @@ mod pty_tests {
         assert_eq!(scans(&evs)[10]["gtin"], "042100005264");
         assert_eq!(scans(&evs)[10]["data"], "04252614");
 
+        // A stray byte (a scanner powering up on a fixed port) and no
+        // terminator: after the frame timeout it is an invalid read of its
+        // own, and the scan that follows is read whole.
+        write(&feeder, b"\x00");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        write(&feeder, b"]E04006381333931\r");
+        let evs = wait_for(&handle, "the stray byte and the scan after it", |e| {
+            scans(e).len() >= 13
+        })
+        .await;
+        let s = scans(&evs);
+        assert_eq!(s[11]["valid"], false);
+        assert_eq!(s[11]["data"], "\\x00");
+        assert!(
+            s[11]["invalid_reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("incomplete: no terminator within 200 ms")),
+            "{:#?}",
+            s[11]
+        );
+        assert_eq!(s[12]["valid"], true, "{:#?}", s[12]);
+        assert_eq!(s[12]["gtin"], "4006381333931");
+
         let mut text = String::new();
         let mut reg = prometheus_client::registry::Registry::with_prefix("storelink_agent");
         metrics.register(&mut reg);
         prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
         assert!(
             text.contains(
-                r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="valid"} 7"#
+                r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="valid"} 8"#
             ),
             "{text}"
         );
         assert!(
             text.contains(
-                r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="invalid"} 4"#
+                r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="invalid"} 5"#
             ),
             "{text}"
         );
