@@ -632,7 +632,7 @@ fn a_sale_whose_stored_id_was_damaged_on_disk_is_repaired_and_delivered_once() {
 
     let (missing, duplicates) = stack.transactions_in_kafka(&ids, Duration::from_secs(60));
     assert!(missing.is_empty(), "sales missing from Kafka: {missing:?}");
-    assert_eq!(duplicates, 0, "the repaired sale is not resent for ever");
+    assert_eq!(duplicates, 0, "each sale is in Kafka once");
     assert_eq!(
         stack.wait_outbox_empty(Duration::from_secs(30)),
         Some(0),
@@ -718,10 +718,13 @@ fn a_full_disk_refuses_sales_without_losing_acknowledged_ones_and_recovers_after
             503 => {
                 assert!(r.headers().get("retry-after").is_some());
                 let problem: serde_json::Value = r.json().expect("problem");
-                assert!(
-                    ["disk_full", "outbox_unavailable"]
-                        .contains(&problem["code"].as_str().unwrap_or("")),
-                    "{problem}"
+                // Named as what it is: `outbox_unavailable` is the catch-all
+                // for other storage errors and would hide a broken check.
+                assert_eq!(
+                    problem["code"],
+                    "disk_full",
+                    "{problem}; agent log:\n{}",
+                    stack.agent.log_tail(40)
                 );
                 refused_at = Some(seq);
                 break;
@@ -916,12 +919,8 @@ fn sigterm_with_a_terminal_stuck_mid_request_still_stops_cleanly() {
         .stop_agent_cleanly()
         .expect("a clean stop despite the stuck connection");
     let took = started.elapsed();
-    // The harness profile's shutdown_grace_secs is 10: the HTTP drain gets
-    // a quarter of it, the forwarder (link up, nothing pending) none of it.
-    assert!(
-        took < Duration::from_secs(10),
-        "the agent took {took:?} to stop with a stuck connection"
-    );
+    // The bound is shown by its log line, not by timing (the harness's clean
+    // stop waits long enough for an unbounded drain to fail it anyway).
     let log = stack.agent.log_tail(200);
     assert!(
         log.contains("HTTP connections still open after the drain")

@@ -112,6 +112,10 @@ pub enum OutboxError {
     TransactionLost,
     #[error("cannot open outbox {path}: {reason}")]
     Open { path: PathBuf, reason: String },
+    /// A group's commit failed for another reason (the error, as text: each
+    /// request of the group gets its own copy).
+    #[error("the outbox commit failed: {0}")]
+    CommitFailed(String),
 }
 
 /// Result of a successful append.

@@ -523,11 +523,12 @@ fn clone_err(e: &OutboxError) -> OutboxError {
         },
         OutboxError::Closed => OutboxError::Closed,
         OutboxError::DiskFull => OutboxError::DiskFull,
+        // The commit that found the disk full: each request of its group is
+        // refused as `disk_full`, like every request after it, not as a
+        // generic storage failure.
+        other if super::is_disk_full(other) => OutboxError::DiskFull,
         OutboxError::TransactionLost => OutboxError::TransactionLost,
-        other => OutboxError::Open {
-            path: "outbox commit".into(),
-            reason: other.to_string(),
-        },
+        other => OutboxError::CommitFailed(other.to_string()),
     }
 }
 
