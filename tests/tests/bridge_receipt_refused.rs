@@ -107,6 +107,9 @@ fn a_receipt_the_broker_refuses_is_counted_and_named_not_taken_for_published() -
     let published = bridge
         .metric("storelink_bridge_receipts_published_total")
         .context("receipts published")?;
+    // The allowed store's one receipt and the four refused ones: every
+    // receipt was handed to the broker once (the fake stores never resend).
+    assert_eq!(published, 5.0, "receipts handed to the broker");
     println!(
         "{} receipts published (the allowed store's one among them), 4 refused and counted; the bridge said: {}",
         published,

@@ -18,6 +18,23 @@ use serde_json::Value;
 
 /// A socat PTY pair: `port` is what the agent opens as the scanner's serial
 /// device, `feeder` is where the test writes what the scanner "sends".
+/// `stty -a` of a port: the line settings its open file description has.
+fn stty(port: &Path) -> String {
+    let out = Command::new("stty")
+        .arg("-F")
+        .arg(port)
+        .arg("-a")
+        .output()
+        .expect("stty (coreutils) runs");
+    assert!(
+        out.status.success(),
+        "stty -F {} -a: {}",
+        port.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 struct Pty {
     port: PathBuf,
     feeder: PathBuf,
@@ -186,6 +203,25 @@ terminator = 3
     // written before that would race the open.
     assert_eq!(states(&stack, "scan-lane-1", &["online"]), ["online"]);
     assert_eq!(states(&stack, "scan-sco-1", &["online"]), ["online"]);
+    // A pseudo-terminal keeps the line settings the agent applied, as far
+    // as Linux lets it: its pty driver forces 8 data bits without a parity
+    // bit, and a speed set the way serialport does (BOTHER) reads back as 0
+    // through stty. What remains shows the profile was applied: 2 stop bits
+    // and, for even parity, parity checking of input.
+    let settings = stty(&lane.port);
+    for want in ["cstopb", "inpck"] {
+        assert!(
+            settings.split_whitespace().any(|w| w == want),
+            "the lane scanner's port is not set to `{want}`: {settings}"
+        );
+    }
+    let settings = stty(&sco.port);
+    for want in ["-cstopb", "-inpck"] {
+        assert!(
+            settings.split_whitespace().any(|w| w == want),
+            "the self-checkout scanner's port is not set to `{want}`: {settings}"
+        );
+    }
 
     // What a lane scanner sends on a busy morning.
     lane.send(b"]E04006381333931\r"); // EAN-13
