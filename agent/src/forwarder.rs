@@ -18,6 +18,9 @@
 //! * Events are sent in `seq` order over one MQTT topic per store, which the
 //!   broker delivers in order; after a rewind, events are re-sent in the same
 //!   order, so per-stream order by first delivery is preserved.
+//! * A receipt whose delete fails (a disk refusing writes) is not a reason
+//!   to resend: the receipt proves Kafka has the events. The delete alone is
+//!   retried, with a growing pause, and nothing new is sent until it holds.
 //! * Each connection gets a client and event loop of its own. A batch the
 //!   forwarder queued just as a connection dropped dies with it: sent on the
 //!   next connection ahead of the rewind's resends, it would overtake older
@@ -120,16 +123,6 @@ impl SendWindow {
         self.in_flight.len() != before
     }
 
-    /// A receipt for `batch_id` came but could not be applied (the delete
-    /// failed): the batch keeps its slot and times out one receipt timeout
-    /// from `now`. Its events are then resent at that pace while the disk
-    /// refuses writes, not once per round trip to the bridge.
-    fn retry_later(&mut self, batch_id: uuid::Uuid, now: Instant) {
-        for b in self.in_flight.iter_mut().filter(|b| b.batch_id == batch_id) {
-            b.sent_at = now;
-        }
-    }
-
     /// Whether the oldest batch has waited longer than the receipt timeout.
     fn overdue(&self, now: Instant) -> bool {
         self.in_flight
@@ -152,6 +145,54 @@ impl SendWindow {
 
     fn events(&self) -> usize {
         self.in_flight.iter().map(|b| b.events).sum()
+    }
+}
+
+/// Receipted events whose delete failed (the disk refused the write). The
+/// receipt proves Kafka has them, so they are not resent: only the delete
+/// is retried, after a pause that doubles up to the receipt timeout. Nothing
+/// new is sent meanwhile: its receipt could not be applied either, and this
+/// keeps the ids held here to one window's worth.
+#[derive(Debug, Default)]
+struct UndeletedReceipts {
+    ids: Vec<protocol::EventId>,
+    retry_at: Option<Instant>,
+    pause: Duration,
+}
+
+impl UndeletedReceipts {
+    const FIRST_PAUSE: Duration = Duration::from_secs(1);
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Deleting `ids` failed at `now`; the next try waits longer, up to `cap`.
+    fn failed(&mut self, ids: Vec<protocol::EventId>, now: Instant, cap: Duration) {
+        self.ids.extend(ids);
+        self.pause = if self.pause.is_zero() {
+            Self::FIRST_PAUSE
+        } else {
+            self.pause * 2
+        }
+        .min(cap.max(Self::FIRST_PAUSE));
+        self.retry_at = Some(now + self.pause);
+    }
+
+    /// Every id to delete again, once the pause is over.
+    fn due(&mut self, now: Instant) -> Option<Vec<protocol::EventId>> {
+        match self.retry_at {
+            Some(at) if now >= at && !self.ids.is_empty() => {
+                self.retry_at = None;
+                Some(std::mem::take(&mut self.ids))
+            }
+            _ => None,
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+        self.retry_at = None;
     }
 }
 
@@ -297,6 +338,7 @@ pub struct Forwarder {
     client: Option<AsyncClient>,
     topic: String,
     window: SendWindow,
+    undeleted: UndeletedReceipts,
 }
 
 impl Forwarder {
@@ -309,6 +351,7 @@ impl Forwarder {
             client: None,
             topic,
             window,
+            undeleted: UndeletedReceipts::default(),
         }
     }
 
@@ -346,34 +389,44 @@ impl Forwarder {
         }
         // Receipts of batches from before a rewind or a restart still mean
         // Kafka has those events: delete them all the same.
-        let applied = match self.outbox.delete(ids).await {
+        match self.outbox.delete(ids.clone()).await {
+            Ok(n) => tracing::debug!(batch = %r.batch_id, deleted = n, "receipt applied"),
+            Err(e) => {
+                self.undeleted
+                    .failed(ids, Instant::now(), self.config.receipt_timeout);
+                tracing::error!(error = %e, retry_in_ms = self.undeleted.pause.as_millis() as u64,
+                    "could not delete receipted events; retrying the delete, sending nothing new meanwhile");
+            }
+        }
+        self.window.receipted(r.batch_id);
+        METRICS.batches_in_flight.set(self.window.batches() as i64);
+    }
+
+    /// Deletes the receipted events whose delete failed, once their pause is over.
+    async fn retry_undeleted(&mut self) {
+        let now = Instant::now();
+        let Some(ids) = self.undeleted.due(now) else {
+            return;
+        };
+        match self.outbox.delete(ids.clone()).await {
             Ok(n) => {
-                tracing::debug!(batch = %r.batch_id, deleted = n, "receipt applied");
-                true
+                self.undeleted.succeeded();
+                tracing::info!(
+                    deleted = n,
+                    "receipted events deleted after all; sending again"
+                );
             }
             Err(e) => {
-                tracing::error!(error = %e, "could not delete receipted events; they will be resent");
-                false
+                self.undeleted.failed(ids, now, self.config.receipt_timeout);
+                tracing::warn!(error = %e, retry_in_ms = self.undeleted.pause.as_millis() as u64,
+                    "still cannot delete receipted events");
             }
-        };
-        if applied {
-            self.window.receipted(r.batch_id);
-        } else {
-            // The cursor is past these events: only a rewind sends them
-            // again, and the bridge's `duplicate` receipt for them brings
-            // the delete back. The batch's timeout does that rewind, a
-            // receipt timeout from now (a rewind at once would resend the
-            // batch as fast as the bridge answers, for as long as the disk
-            // refuses writes). A receipt of a batch from before a rewind
-            // needs nothing: the rewind already sends its events again.
-            self.window.retry_later(r.batch_id, Instant::now());
         }
-        METRICS.batches_in_flight.set(self.window.batches() as i64);
     }
 
     /// Sends one batch if the window allows; returns whether it sent anything.
     async fn send_next(&mut self) -> bool {
-        if self.client.is_none() || !self.window.has_room() {
+        if self.client.is_none() || !self.window.has_room() || !self.undeleted.is_empty() {
             return false;
         }
         let budget = batch_budget(self.config.batch_max_bytes, &self.config.store_id);
@@ -475,6 +528,7 @@ impl Forwarder {
                 },
                 _ = self.outbox.appended() => {},
                 _ = tick.tick() => {
+                    self.retry_undeleted().await;
                     if self.window.overdue(Instant::now()) {
                         // Mosquitto's acl_file grants a subscription it will
                         // deliver nothing on, so a missing read permission on
@@ -505,6 +559,14 @@ impl Forwarder {
                 },
             }
         }
+        if !self.undeleted.is_empty() {
+            // One last try; what is left is resent after a restart and
+            // receipted `duplicate`.
+            let ids = std::mem::take(&mut self.undeleted.ids);
+            if let Err(e) = self.outbox.delete(ids).await {
+                tracing::warn!(error = %e, "receipted events could not be deleted; they stay in the outbox");
+            }
+        }
         tracing::info!(
             unreceipted_batches = self.window.batches(),
             "forwarder stopped; unreceipted events stay in the outbox"
@@ -533,19 +595,39 @@ mod tests {
     }
 
     #[test]
-    fn a_receipt_that_could_not_be_applied_times_out_a_full_timeout_later() {
+    fn undeleted_receipts_are_retried_with_a_growing_pause_up_to_the_timeout() {
         let t0 = Instant::now();
-        let mut w = SendWindow::new(4, TIMEOUT);
-        let a = batch();
-        w.sent(a, 10, t0);
-        w.advance(10);
-        // The receipt comes late, after 40 s, and its delete fails.
-        let late = t0 + Duration::from_secs(40);
-        w.retry_later(a, late);
-        assert_eq!(w.batches(), 1, "the batch keeps its slot");
-        assert!(!w.overdue(late + Duration::from_secs(1)));
-        assert!(!w.overdue(late + TIMEOUT));
-        assert!(w.overdue(late + TIMEOUT + Duration::from_secs(1)));
+        let ids = || vec![protocol::EventId::new_v7()];
+        let mut u = UndeletedReceipts::default();
+        assert!(u.is_empty());
+        assert_eq!(u.due(t0), None);
+        u.failed(ids(), t0, Duration::from_secs(5));
+        assert!(!u.is_empty());
+        assert_eq!(u.due(t0 + Duration::from_millis(999)), None);
+        let again = u.due(t0 + Duration::from_secs(1)).expect("due after 1 s");
+        assert_eq!(again.len(), 1);
+        // It failed again, with another receipt's ids meanwhile: 2 s, 4 s,
+        // then the cap.
+        let t1 = t0 + Duration::from_secs(1);
+        u.failed(again, t1, Duration::from_secs(5));
+        u.failed(ids(), t1, Duration::from_secs(5));
+        assert_eq!(u.due(t1 + Duration::from_millis(3_999)), None);
+        let again = u.due(t1 + Duration::from_secs(4)).expect("due");
+        assert_eq!(again.len(), 2, "every undeleted id is retried together");
+        let t2 = t1 + Duration::from_secs(4);
+        u.failed(again, t2, Duration::from_secs(5));
+        assert_eq!(u.due(t2 + Duration::from_millis(4_999)), None);
+        assert!(
+            u.due(t2 + Duration::from_secs(5)).is_some(),
+            "capped at 5 s"
+        );
+        u.succeeded();
+        assert!(u.is_empty());
+        u.failed(ids(), t2, Duration::from_secs(5));
+        assert!(
+            u.due(t2 + Duration::from_secs(1)).is_some(),
+            "a success starts over"
+        );
     }
 
     #[test]

@@ -202,6 +202,8 @@ async fn run(profile_path: &Path) -> Result<()> {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    // Fails only when the writer is gone (the agent is
+                    // stopping); the writer logs and retries its own steps.
                     _ = every.tick() => if handle.housekeep().await.is_err() { return },
                 }
             }
