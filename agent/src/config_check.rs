@@ -156,7 +156,7 @@ pub fn summary(path: &Path, p: &StoreProfile, warnings: usize) -> String {
         };
         let _ = writeln!(
             s,
-            "  {} lane {} on {}: {} {}{}{}, {flow}, ends with {term}, frames up to {} bytes",
+            "  {} lane {} on {}: {} {}{}{}, {flow}, ends with {term} within {} ms, frames up to {} bytes",
             sc.id,
             sc.lane,
             sc.port.display(),
@@ -164,6 +164,7 @@ pub fn summary(path: &Path, p: &StoreProfile, warnings: usize) -> String {
             sc.data_bits,
             parity,
             sc.stop_bits,
+            sc.frame_timeout_ms,
             sc.max_frame_len
         );
     }
@@ -233,7 +234,7 @@ mod tests {
             "{s}"
         );
         assert!(
-            s.contains("  scan-desk lane desk on /dev/ttyS0: 9600 7E1, RTS/CTS, ends with CR, frames up to 512 bytes"),
+            s.contains("  scan-desk lane desk on /dev/ttyS0: 9600 7E1, RTS/CTS, ends with CR within 1500 ms, frames up to 512 bytes"),
             "{s}"
         );
         assert!(s.contains("ends with byte 0x03"), "{s}");

@@ -363,9 +363,10 @@ pub struct Scanner {
     /// `incomplete` read, so line noise (a power-up byte) or a read cut off
     /// mid-frame is not glued onto the next scan and does not spoil it. A
     /// scanner that sends no suffix at all shows up as nothing but
-    /// `incomplete` reads, each with its data.
+    /// `incomplete` reads, each with its data. At least 10 characters' time
+    /// at the port's baud rate.
     #[serde(default = "default_frame_timeout_ms")]
-    #[schemars(range(min = 20, max = 60_000))]
+    #[schemars(range(min = 100, max = 60_000))]
     pub frame_timeout_ms: u64,
     /// Longest wait between attempts to reopen a vanished port (exponential
     /// backoff with jitter up to this), in milliseconds.

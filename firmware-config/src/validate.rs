@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::profile::{ShelfSensor, StoreProfile, Terminator};
+use crate::profile::{Parity, ShelfSensor, StoreProfile, Terminator};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,7 +145,7 @@ pub const STANDARD_BAUD_RATES: [u32; 13] = [
 
 pub const MAX_FRAME_LEN_RANGE: std::ops::RangeInclusive<usize> = 16..=8192;
 pub const RECONNECT_BACKOFF_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
-pub const FRAME_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 20..=60_000;
+pub const FRAME_TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
@@ -627,6 +627,26 @@ impl StoreProfile {
                 FRAME_TIMEOUT_RANGE_MS,
                 " ms",
             );
+            // The timeout counts from the last byte: it must outlast the
+            // gaps of a slow line, or every read is cut between bytes. Ten
+            // characters' time leaves room for an adapter that delivers in
+            // chunks (a USB-serial latency timer holds up to 16 ms).
+            let bits = 1
+                + u64::from(s.data_bits)
+                + u64::from(s.parity != Parity::None)
+                + u64::from(s.stop_bits);
+            let ten_chars_ms = (10 * bits * 1000).div_ceil(u64::from(s.baud_rate.max(1)));
+            if s.frame_timeout_ms < ten_chars_ms
+                && FRAME_TIMEOUT_RANGE_MS.contains(&s.frame_timeout_ms)
+            {
+                out.push(Problem::error(
+                    format!("{p}.frame_timeout_ms"),
+                    format!(
+                        "{} ms is less than 10 characters at {} baud ({ten_chars_ms} ms): reads would be cut between bytes",
+                        s.frame_timeout_ms, s.baud_rate
+                    ),
+                ));
+            }
             range(
                 out,
                 &format!("{p}.reconnect_max_backoff_ms"),

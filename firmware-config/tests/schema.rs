@@ -37,6 +37,7 @@ fn schema_refuses_unknown_keys_and_documents_fields() {
         "baud_rate",
         "terminator",
         "max_frame_len",
+        "frame_timeout_ms",
         "reconnect_max_backoff_ms",
     ] {
         assert!(scanner["properties"].get(key).is_some(), "Scanner.{key}");

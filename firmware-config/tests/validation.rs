@@ -314,8 +314,16 @@ fn serial_settings_are_in_range() {
             "29:13: error: scanners[0].stop_bits: must be 1 or 2, not 3",
             "30:17: error: scanners[0].max_frame_len: must be between 16 and 8192 bytes, not 8",
             "31:28: error: scanners[0].reconnect_max_backoff_ms: must be between 100 and 600000 ms, not 5",
-            "32:20: error: scanners[0].frame_timeout_ms: must be between 20 and 60000 ms, not 5",
+            "32:20: error: scanners[0].frame_timeout_ms: must be between 100 and 60000 ms, not 5",
         ],
+    );
+    // 300 baud, 7E1: 10 bits a character, 10 characters take 334 ms.
+    assert_problems(
+        &[(
+            "lane = \"lane-1\"",
+            "lane = \"lane-1\"\nbaud_rate = 300\ndata_bits = 7\nparity = \"even\"\nframe_timeout_ms = 300",
+        )],
+        &["30:20: error: scanners[0].frame_timeout_ms: 300 ms is less than 10 characters at 300 baud (334 ms): reads would be cut between bytes"],
     );
     assert_problems(
         &[("lane = \"lane-1\"", "lane = \"lane-1\"\ndata_bits = 4\nstop_bits = 0\nparity = \"mark\"")],

@@ -124,6 +124,9 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
                     // from the last byte.
                     let idle = tokio::time::sleep(frame_timeout);
                     let n = tokio::select! {
+                        // Bytes already waiting win over a timeout that
+                        // expired while this task waited for a CPU.
+                        biased;
                         _ = shutdown.cancelled() => return,
                         r = port.read(&mut buf) => r,
                         _ = idle, if framer.pending() > 0 => {
