@@ -64,7 +64,7 @@ const PREALLOCATED_ENTRIES: usize = 1 << 20;
 /// `max_age` and `max_age` + 2 s after publication, never before), with the
 /// entry's state in the top bit: 4 bytes where an `Instant` and a state took
 /// 24, so a table bucket is 24 bytes instead of 44 and an eviction slot 24
-/// instead of 36. The default million-entry window reserves about 101 MB
+/// instead of 36. The default million-entry window reserves about 103 MB
 /// instead of 170 MB (2^21 buckets plus 2^21 slots), and a restarted bridge working
 /// through a backlog faults in that many fewer fresh pages. 2^31 seconds is
 /// 68 years.

@@ -3,7 +3,7 @@
 //! Codemap (pure logic apart from I/O):
 //! * [`config`] — `bridge.toml` + `STORELINK_BRIDGE_*`, validated before anything connects.
 //! * [`routing`] — pure: MQTT message → one decision per event (publish / dead-letter).
-//! * [`dedupe`] — pure: the bounded window of recently published event ids.
+//! * [`dedupe`] — pure: the bounded window of recently published (store, event id) pairs.
 //! * [`receipts`], [`dead_letter`] — pure: the receipt and dead-letter records.
 //! * [`mqtt_source`] — the persistent MQTT session, event loop, manual acks.
 //! * [`kafka_sink`] — idempotent producer, retries that never drop.

@@ -297,10 +297,9 @@ impl Pipeline {
         let deliveries = MessageDeliveries::new();
         let mut produced: u32 = 0;
         // One lock for the whole message. Publishable events always come
-        // from a store's topic (routing dead-letters the rest). The window
-        // is a cache: one poisoned by a panic elsewhere is still usable.
+        // from a store's topic (routing dead-letters the rest).
         let (seen, origin) = {
-            let mut w = self.dedupe.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = self.window();
             let origin = Origin {
                 topic,
                 store: w.store(store.as_deref().unwrap_or_default()),
@@ -438,11 +437,10 @@ impl Pipeline {
                 Ok(f) => failures = f,
                 Err(_) => {
                     // Aborting: release the reservations, leave the message unacked.
-                    if let Ok(mut w) = self.dedupe.lock() {
-                        for job in &jobs {
-                            if let Job::Produce { ev, .. } = job {
-                                w.release(&origin.key(ev.id));
-                            }
+                    let mut w = self.window();
+                    for job in &jobs {
+                        if let Job::Produce { ev, .. } = job {
+                            w.release(&origin.key(ev.id));
                         }
                     }
                     return None;
@@ -590,10 +588,8 @@ impl Pipeline {
                         // The first copy was abandoned or dead-lettered: try ourselves.
                         Some(Seen::New) | None => {
                             let reserved = self
-                                .dedupe
-                                .lock()
-                                .map(|mut w| w.check_and_reserve(origin.key(ev.id), Instant::now()))
-                                .unwrap_or(Seen::New);
+                                .window()
+                                .check_and_reserve(origin.key(ev.id), Instant::now());
                             if reserved != Seen::New {
                                 continue;
                             }
@@ -669,9 +665,8 @@ impl Pipeline {
     }
 
     fn delivered(&self, ev: &PublishEvent, origin: &Origin, partition: i32, offset: i64) {
-        if let Ok(mut w) = self.dedupe.lock() {
-            w.mark_published(origin.key(ev.id), Instant::now());
-        }
+        self.window()
+            .mark_published(origin.key(ev.id), Instant::now());
         self.metrics.published(ev.topic.name());
         let e2e = chrono::Utc::now().signed_duration_since(ev.recorded_at);
         if let Ok(std) = e2e.to_std() {
@@ -686,11 +681,11 @@ impl Pipeline {
             return;
         }
         let now = Instant::now();
-        if let Ok(mut w) = self.dedupe.lock() {
-            for ev in evs {
-                w.mark_published(origin.key(ev.id), now);
-            }
+        let mut w = self.window();
+        for ev in evs {
+            w.mark_published(origin.key(ev.id), now);
         }
+        drop(w);
         let wall = chrono::Utc::now();
         for ev in evs {
             self.metrics.published(ev.topic.name());
@@ -701,10 +696,17 @@ impl Pipeline {
         }
     }
 
+    /// The de-duplication window. It is a cache: one poisoned by a panic
+    /// elsewhere is still used, or reservations made before the panic would
+    /// never be published or released (reservations do not age out).
+    fn window(&self) -> std::sync::MutexGuard<'_, DedupeWindow> {
+        self.dedupe
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn release(&self, id: &dedupe::Key) {
-        if let Ok(mut w) = self.dedupe.lock() {
-            w.release(id);
-        }
+        self.window().release(id);
     }
 
     /// Dead letters must fit the producer's `message.max.bytes` with room
