@@ -274,7 +274,7 @@ fn route_event(
         topic: KafkaTopic::for_kind(kind),
         key: topics::partition_key_of(kind, &env),
         value: range,
-        schema_version: env.schema_version,
+        schema_version: env.version_u16(),
         recorded_at: env.recorded_at,
     })
 }
@@ -528,6 +528,8 @@ mod tests {
         let text = String::from_utf8(good.clone()).expect("utf8");
         let unknown = text.replace("storelink.sale", "storelink.teleport");
         let newer = text.replace("\"schema_version\":1", "\"schema_version\":99");
+        // Past any u16: still a version from the future, not undecodable.
+        let far_newer = text.replace("\"schema_version\":1", "\"schema_version\":70000");
         let bad_body = text.replace("\"lines\":", "\"lines_renamed\":");
         let oversized = {
             let mut v: serde_json::Value = serde_json::from_slice(&good).expect("json");
@@ -538,6 +540,7 @@ mod tests {
             good.clone(),
             unknown.into_bytes(),
             newer.into_bytes(),
+            far_newer.into_bytes(),
             bad_body.into_bytes(),
             oversized,
             br#"{"id":"not-a-uuid"}"#.to_vec(),
@@ -551,12 +554,21 @@ mod tests {
                 "publish",
                 "unknown_schema",
                 "unsupported_schema_version",
+                "unsupported_schema_version",
                 "undecodable_body",
                 "oversized",
                 "undecodable",
                 "publish"
             ]
         );
+        match &r.decisions[3] {
+            Decision::DeadLetter(dl) => assert!(
+                dl.detail.contains("version 70000 is newer"),
+                "the detail names the version as written: {}",
+                dl.detail
+            ),
+            other => panic!("version 70000 was not dead-lettered: {other:?}"),
+        }
         // Dead letters keep the offending event's bytes.
         for (d, original) in r.decisions.iter().zip(&events) {
             if let Decision::DeadLetter(dl) = d {

@@ -194,7 +194,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             match field {
                 Field::Id => once(&mut id, map.next_value::<EventId>()?)?,
                 Field::Schema => once(&mut schema, map.next_value()?)?,
-                Field::SchemaVersion => once(&mut version, map.next_value::<u16>()?)?,
+                Field::SchemaVersion => once(&mut version, map.next_value::<u64>()?)?,
                 Field::StoreId => once(&mut store_id, map.next_value()?)?,
                 Field::Region => once(&mut region, map.next_value()?)?,
                 Field::Source => once(&mut source, map.next_value()?)?,
@@ -230,7 +230,8 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         Ok(CheckedEnvelope {
             id: id.ok_or_else(missing)?,
             kind,
-            schema_version: version,
+            // Checked above: at most the readable version.
+            schema_version: u16::try_from(version).unwrap_or(u16::MAX),
             store_id,
             source,
             recorded_at: recorded_at.ok_or_else(missing)?,
@@ -263,7 +264,7 @@ mod tests {
         Some((
             env.id,
             kind,
-            env.schema_version,
+            env.version_u16(),
             env.store_id.into_owned(),
             env.source,
             env.recorded_at,

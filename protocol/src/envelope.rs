@@ -260,7 +260,9 @@ pub enum EnvelopeError {
     #[error("schema `{schema}` version {version} is newer than this reader's {supported}")]
     UnsupportedVersion {
         schema: String,
-        version: u16,
+        /// As written: any JSON unsigned integer, so a version past 65535 is
+        /// named for what it is, not called undecodable.
+        version: u64,
         supported: u16,
     },
     #[error("invalid envelope: {0}")]
@@ -378,13 +380,13 @@ fn refuse_positional(json: impl AsRef<[u8]>) -> Result<(), serde_json::Error> {
 /// The header rules routing depends on (see [`RawEnvelope::check_header`]).
 pub(crate) fn check_header(
     schema: &str,
-    schema_version: u16,
+    schema_version: u64,
     store_id: &str,
     device_id: &str,
 ) -> Result<EventKind, EnvelopeError> {
     let kind = EventKind::from_schema_name(schema)
         .ok_or_else(|| EnvelopeError::UnknownSchema(schema.to_owned()))?;
-    if schema_version == 0 || schema_version > kind.readable_version() {
+    if schema_version == 0 || schema_version > u64::from(kind.readable_version()) {
         return Err(EnvelopeError::UnsupportedVersion {
             schema: schema.to_owned(),
             version: schema_version,
@@ -412,7 +414,9 @@ pub struct RawEnvelope<'a> {
     pub id: EventId,
     #[serde(borrow)]
     pub schema: Cow<'a, str>,
-    pub schema_version: u16,
+    /// As written (see [`EnvelopeError::UnsupportedVersion`]);
+    /// [`RawEnvelope::check_header`] bounds it to a readable `u16`.
+    pub schema_version: u64,
     #[serde(borrow)]
     pub store_id: Cow<'a, str>,
     #[serde(borrow)]
@@ -449,8 +453,15 @@ impl<'a> RawEnvelope<'a> {
         )
     }
 
+    /// The version as the `u16` every reader uses; exact once
+    /// [`RawEnvelope::check_header`] passed (at most the readable version).
+    pub fn version_u16(&self) -> u16 {
+        u16::try_from(self.schema_version).unwrap_or(u16::MAX)
+    }
+
     pub fn into_typed(self) -> Result<Envelope, EnvelopeError> {
         let kind = self.check_header()?;
+        let schema_version = self.version_u16();
         let body =
             EventBody::from_json(kind, self.body.get()).map_err(|source| EnvelopeError::Body {
                 schema: kind.schema_name(),
@@ -459,7 +470,7 @@ impl<'a> RawEnvelope<'a> {
         Ok(Envelope {
             id: self.id,
             schema: kind,
-            schema_version: self.schema_version,
+            schema_version,
             store_id: self.store_id.into_owned(),
             region: self.region.into_owned(),
             source: self.source,
