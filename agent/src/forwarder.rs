@@ -389,9 +389,12 @@ impl Forwarder {
         }
         // Receipts of batches from before a rewind or a restart still mean
         // Kafka has those events: delete them all the same.
-        match self.outbox.delete(ids.clone()).await {
+        match self.outbox.delete(ids).await {
             Ok(n) => tracing::debug!(batch = %r.batch_id, deleted = n, "receipt applied"),
             Err(e) => {
+                // Collected again only on this rare path, not cloned for
+                // every receipt.
+                let ids = r.events.iter().map(|e| e.id).collect();
                 self.undeleted
                     .failed(ids, Instant::now(), self.config.receipt_timeout);
                 tracing::error!(error = %e, retry_in_ms = self.undeleted.pause.as_millis() as u64,

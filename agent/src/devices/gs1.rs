@@ -265,20 +265,20 @@ pub fn decode_with(frame: &[u8], eight: EightDigitReads) -> Decoded {
 /// A read that was cut at `max_len`: decoded for its data, but never
 /// valid and never trusted for a GTIN.
 pub fn decode_truncated(frame: &[u8], max_len: usize) -> Decoded {
-    let mut d = decode(frame);
-    d.gtin = None;
-    d.elements.clear();
-    d.error = Some(ReadError::Truncated { max_len });
-    d
+    decode_untrusted(frame, ReadError::Truncated { max_len })
 }
 
-/// A read whose terminator never came: decoded for its data, but never
-/// valid and never trusted for a GTIN.
+/// A read whose terminator never came: likewise never valid.
 pub fn decode_incomplete(frame: &[u8], after_ms: u64) -> Decoded {
+    decode_untrusted(frame, ReadError::Incomplete { after_ms })
+}
+
+/// A frame known to be only part of a read: its data, and `error`.
+fn decode_untrusted(frame: &[u8], error: ReadError) -> Decoded {
     let mut d = decode(frame);
     d.gtin = None;
     d.elements.clear();
-    d.error = Some(ReadError::Incomplete { after_ms });
+    d.error = Some(error);
     d
 }
 
