@@ -519,18 +519,22 @@ fn a_full_outbox_refuses_sales_sheds_counted_telemetry_and_recovers_once_drained
 
 #[test]
 fn a_garbage_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
-    damaged_outbox_at_start_is_set_aside(|path| {
+    let (_stack, _acknowledged, notice) = damaged_outbox_at_start_is_set_aside(|path| {
         std::fs::write(
             path,
             b"SQLite format 3\0 but then the card died: \xde\xad\xbe\xef",
         )
         .expect("garbage");
     });
+    assert!(
+        notice.contains("no events could be read from it"),
+        "{notice}"
+    );
 }
 
 #[test]
-fn a_truncated_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
-    damaged_outbox_at_start_is_set_aside(|path| {
+fn a_truncated_outbox_file_at_start_is_set_aside_and_the_sales_before_the_cut_reach_kafka() {
+    let (stack, acknowledged, notice) = damaged_outbox_at_start_is_set_aside(|path| {
         let len = std::fs::metadata(path).expect("outbox").len();
         std::fs::OpenOptions::new()
             .write(true)
@@ -539,18 +543,60 @@ fn a_truncated_outbox_file_at_start_is_set_aside_and_the_store_keeps_selling() {
             .set_len(len / 3)
             .expect("truncate");
     });
+    // The cut keeps the oldest pages: the first sales, whole, in order.
+    let recovered: usize = notice
+        .split(" events recovered from it")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the notice says how many events came back: {notice}"));
+    assert!(
+        (20..180).contains(&recovered),
+        "a third of the file holds some of the 200 sales, not all: {notice}"
+    );
+    let (missing, duplicates) =
+        stack.transactions_in_kafka(&acknowledged[..recovered], Duration::from_secs(60));
+    assert!(
+        missing.is_empty(),
+        "every recovered sale reaches Kafka under the id its terminal was given: {} missing",
+        missing.len()
+    );
+    let records = stack
+        .consume_to_end(&[KafkaTopic::Transactions.name()], Duration::from_secs(60))
+        .expect("reading the transactions topic to its end");
+    let ids: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.header_str(protocol::topics::headers::EVENT_ID))
+        .collect();
+    let recovered_ids: Vec<&String> = ids.iter().filter(|id| acknowledged.contains(*id)).collect();
+    assert_eq!(
+        recovered_ids,
+        acknowledged[..recovered].iter().collect::<Vec<_>>(),
+        "exactly the sales before the cut, once each, in posting order"
+    );
+    println!(
+        "truncated outbox: {recovered} of {} acknowledged sales recovered and in Kafka, {duplicates} duplicates; notice: {notice}",
+        acknowledged.len()
+    );
 }
 
 /// An outbox holding a backlog is damaged by `damage` while the agent is
 /// stopped; the agent must start, keep the damaged file aside exactly as it
-/// was, take sales again and report the recovery to the cloud.
-fn damaged_outbox_at_start_is_set_aside(damage: impl FnOnce(&std::path::Path)) {
+/// was, take sales again and report the recovery to the cloud. Returns the
+/// stack, the event ids of the 200 sales acknowledged before the damage, in
+/// posting order, and the recovery notice as it reached Kafka.
+fn damaged_outbox_at_start_is_set_aside(
+    damage: impl FnOnce(&std::path::Path),
+) -> (StoreStack, Vec<String>, String) {
     let mut stack = StoreStack::start("").expect("store stack");
     stack.cloud_mqtt.stop().expect("stop cloud broker");
     let client = reqwest::blocking::Client::new();
+    let mut acknowledged = Vec::new();
     for seq in 1..=200 {
         let r = post_sale(&client, &stack.http_base, "pos-01", seq).expect("agent answers");
         assert_eq!(r.status().as_u16(), 201);
+        let body: serde_json::Value = r.json().expect("json");
+        acknowledged.push(body["event_id"].as_str().expect("event_id").to_owned());
     }
     stack.stop_agent_cleanly().expect("clean stop");
     damage(&stack.outbox_path());
@@ -592,9 +638,12 @@ fn damaged_outbox_at_start_is_set_aside(damage: impl FnOnce(&std::path::Path)) {
         },
         Duration::from_secs(60),
     );
-    assert!(notices
+    let notice = notices
         .iter()
-        .any(|r| String::from_utf8_lossy(&r.value).contains("outbox_recovered")));
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .find(|v| v.contains("outbox_recovered"))
+        .expect("the recovery notice reached Kafka");
+    (stack, acknowledged, notice)
 }
 
 #[test]

@@ -142,6 +142,12 @@ impl KeyIndex {
         Ok(())
     }
 
+    /// A key copied from a damaged outbox and committed (`salvage.rs`):
+    /// remembered as if it had been loaded at start.
+    pub(crate) fn adopt(&mut self, key: Box<str>, entry: KeyEntry) {
+        self.committed.insert(key, entry);
+    }
+
     /// The group committed: staged keys become permanent.
     pub(crate) fn commit(&mut self) {
         self.committed.extend(self.staged.drain());

@@ -28,6 +28,11 @@
 //!   refused: a report of loss must not be lost to the cap, so they may
 //!   take the outbox a few rows past it (shed reports come at most every
 //!   10 s, and at open and close).
+//! * **Damage costs only what it touched.** A file found damaged at open is
+//!   set aside unchanged (`recovery.rs`), and every event still readable
+//!   intact in it is copied into the fresh outbox before anything new
+//!   (`salvage.rs`); the `outbox_recovered` notice says how many came back
+//!   and how much was unreadable.
 //! * **Idempotency.** `(terminal, business day, sequence number)` keys live in
 //!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
 //!   so a re-post after delivery still answers with the original id.
@@ -48,6 +53,7 @@
 
 mod keys;
 mod recovery;
+mod salvage;
 mod schema;
 mod writer;
 
@@ -64,6 +70,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::ingest::StoreIdentity;
 
 pub use recovery::OpenReport;
+pub use salvage::Salvage;
 
 /// Capacity limits and tuning.
 #[derive(Debug, Clone)]
@@ -313,7 +320,7 @@ impl Outbox {
         let appended = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(8192);
         let mut writer = writer::Writer::new(conn, config, store, stats.clone(), appended.clone())?;
-        recovery::report_set_aside(&path, &mut report, |notice| writer.record_notice(notice))?;
+        recovery::report_set_aside(&path, &mut report, &mut writer)?;
         let thread = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || writer.run(rx))

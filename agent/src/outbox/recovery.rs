@@ -6,8 +6,10 @@
 //! aside — never overwritten, never deleted — together with its WAL, an
 //! ERROR line says where it went, a fresh outbox is created, and an
 //! `agent_notice` in it tells the cloud. The agent therefore never
-//! crash-loops on its own storage; the set-aside file can be inspected or
-//! salvaged later.
+//! crash-loops on its own storage. Before the notice, every event that can
+//! still be read intact from the set-aside file is copied into the fresh
+//! outbox and delivered (`salvage.rs`); the file itself is kept as found,
+//! for inspection.
 //!
 //! The notice is derived from the disk, not from what this start did: the
 //! rename happens before the fresh outbox exists, so a second fault in
@@ -16,8 +18,9 @@
 //! Every open therefore reports each `<outbox>.damaged-<stamp>` database
 //! (one notice with its `-wal` and `-shm`) that has no
 //! `<outbox>.reported-damaged-<stamp>` marker, and creates the marker only
-//! once the notice has committed: a crash in between repeats the notice,
-//! it never loses it. The marker is a separate empty file, not a rename of the
+//! once the salvage is complete and the notice has committed: a crash in
+//! between repeats the salvage (which copies nothing twice) and the notice,
+//! it never loses them. The marker is a separate empty file, not a rename of the
 //! set-aside one, so the database keeps the name the notice gave and stays
 //! beside its `-wal`; and its name does not start like a set-aside file, so
 //! whatever lists those (people, scripts) finds only databases.
@@ -34,7 +37,8 @@ use std::path::{Path, PathBuf};
 use protocol::device::{AgentNotice, NoticeCode};
 use rusqlite::Connection;
 
-use super::{schema, sidecars, OutboxError};
+use super::writer::Writer;
+use super::{schema, sidecars, OutboxError, Salvage};
 
 /// What happened when the outbox was opened.
 #[derive(Debug, Clone, Default)]
@@ -44,41 +48,45 @@ pub struct OpenReport {
     /// Set-aside databases reported to the cloud by this open (this one's
     /// and any an earlier start set aside without reporting).
     pub reported: Vec<PathBuf>,
+    /// What was recovered from each of them.
+    pub salvaged: Vec<(PathBuf, Salvage)>,
 }
 
 impl OpenReport {
-    fn notice(&self, aside: &Path) -> AgentNotice {
-        let message = match &self.set_aside {
+    fn notice(&self, aside: &Path, salvage: &Salvage) -> AgentNotice {
+        let found = match &self.set_aside {
             Some((path, why)) if path == aside => format!(
                 "outbox database was damaged ({why}); set aside as {} and a fresh one opened",
                 aside.display()
             ),
             _ => format!(
                 "an earlier start found the outbox database damaged and set it aside as {}, \
-                 but could not report it then; it may hold events that were never sent",
+                 but could not report it then",
                 aside.display()
             ),
         };
         AgentNotice {
             code: NoticeCode::OutboxRecovered,
-            message,
-            count: 0,
+            message: format!("{found}; {}", salvage.summary()),
+            count: salvage.recovered,
         }
     }
 }
 
-/// Records one `OutboxRecovered` notice, through `record`, for each
-/// damaged database set aside beside `path` and not reported yet (see the
-/// module docs), then marks it reported. `record` must return only once the
-/// notice is durable.
+/// For each damaged database set aside beside `path` and not reported yet
+/// (see the module docs): copies its intact events into the outbox
+/// (`salvage.rs`), records one `OutboxRecovered` notice saying what was
+/// found, then marks it reported. A salvage that stopped early (no room,
+/// a failed write) is reported but not marked, so the next start resumes
+/// it; what it already copied is not copied twice.
 ///
 /// A notice that cannot be recorded is an error, as a failed open is: the
 /// set-aside file stays unreported for the next start. A marker that cannot
-/// be written only repeats the notice at the next start.
+/// be written only repeats the salvage and the notice at the next start.
 pub(crate) fn report_set_aside(
     path: &Path,
     report: &mut OpenReport,
-    mut record: impl FnMut(AgentNotice) -> Result<(), OutboxError>,
+    writer: &mut Writer,
 ) -> Result<(), OutboxError> {
     let unreported = unreported_set_aside(path).map_err(|e| OutboxError::Open {
         path: path.to_path_buf(),
@@ -96,12 +104,24 @@ pub(crate) fn report_set_aside(
                 "a damaged outbox set aside by an earlier start was never reported; reporting it now"
             );
         }
-        record(report.notice(&aside.db))?;
-        if let Err(e) = mark_reported(&aside.marker) {
-            tracing::warn!(set_aside = %aside.db.display(), error = %e,
-                "outbox damage reported but not marked as reported; the next start repeats the notice");
+        let salvage = writer.salvage(&aside.db);
+        tracing::warn!(
+            set_aside = %aside.db.display(),
+            recovered = salvage.recovered,
+            quarantined = salvage.quarantined,
+            unreadable_regions = salvage.unreadable_regions,
+            "damaged outbox salvaged: {}",
+            salvage.summary()
+        );
+        writer.record_notice(report.notice(&aside.db, &salvage))?;
+        if salvage.interrupted.is_none() {
+            if let Err(e) = mark_reported(&aside.marker) {
+                tracing::warn!(set_aside = %aside.db.display(), error = %e,
+                    "outbox damage reported but not marked as reported; the next start repeats the notice");
+            }
         }
-        report.reported.push(aside.db);
+        report.reported.push(aside.db.clone());
+        report.salvaged.push((aside.db, salvage));
     }
     Ok(())
 }
@@ -215,12 +235,36 @@ impl From<rusqlite::Error> for OpenFailure {
 }
 
 fn try_open(path: &Path) -> Result<Connection, OpenFailure> {
+    // Checked read-only first, so a damaged file is set aside exactly as it
+    // was found: the write connection's settings, migrations and closing
+    // checkpoint would rewrite at least its header. Should the read-only
+    // check itself be refused by the machine, the write connection checks.
+    let checked = path.exists()
+        && match quick_check_read_only(path) {
+            Ok(()) => true,
+            Err(OpenFailure::Damaged(why)) => return Err(OpenFailure::Damaged(why)),
+            Err(OpenFailure::Unavailable(e)) => {
+                tracing::debug!(error = %e, "read-only check of the outbox refused; checking on open");
+                false
+            }
+        };
     let conn = schema::open_writer(path)?;
+    if !checked {
+        quick_check(&conn)?;
+    }
+    Ok(conn)
+}
+
+fn quick_check_read_only(path: &Path) -> Result<(), OpenFailure> {
+    schema::with_read_only(path, quick_check)?
+}
+
+fn quick_check(conn: &Connection) -> Result<(), OpenFailure> {
     let result: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
     if result != "ok" {
         return Err(OpenFailure::Damaged(result));
     }
-    Ok(conn)
+    Ok(())
 }
 
 pub(crate) fn open_or_recover(path: &Path) -> Result<(Connection, OpenReport), OutboxError> {
@@ -279,7 +323,7 @@ pub(crate) fn open_or_recover(path: &Path) -> Result<(Connection, OpenReport), O
                 conn,
                 OpenReport {
                     set_aside: Some((aside, why)),
-                    reported: Vec::new(),
+                    ..OpenReport::default()
                 },
             ))
         }

@@ -90,6 +90,31 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
+/// Runs `f` on a read-only connection to `path`, which nothing can write
+/// through. Such a connection to a WAL database creates the `-wal` and
+/// `-shm` files if they are missing and, unlike the last writer, leaves
+/// them at close: those it created (with nothing in them) are removed, so
+/// the files beside `path` are left as they were found.
+pub(crate) fn with_read_only<T>(
+    path: &Path,
+    f: impl FnOnce(&Connection) -> T,
+) -> Result<T, rusqlite::Error> {
+    let [wal, shm] = super::sidecars(path);
+    let existed = [wal.exists(), shm.exists()];
+    let result = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map(|conn| f(&conn));
+    if !existed[0] && std::fs::metadata(&wal).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(&wal);
+    }
+    if !existed[1] {
+        let _ = std::fs::remove_file(&shm);
+    }
+    result
+}
+
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, OutboxError> {
     let conn = Connection::open_with_flags(
         path,

@@ -353,19 +353,15 @@ async fn a_set_aside_outbox_left_unreported_by_a_second_fault_is_reported_once_a
 }
 
 #[tokio::test]
-async fn a_truncated_database_file_is_set_aside() {
+async fn a_truncated_database_file_is_set_aside_and_the_sales_before_the_cut_come_back() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("outbox.db");
-    {
+    let ids = {
         let outbox = open(dir.path(), 1 << 30, 1_000_000);
-        let h = outbox.handle();
-        for seq in 1..=500 {
-            let (env, key) = sale(seq);
-            h.append(env, key).await.expect("append");
-        }
-        drop(h);
+        let ids = append_sales(&outbox.handle(), 1..=500).await;
         outbox.close().await;
-    }
+        ids
+    };
     let len = std::fs::metadata(&path).expect("meta").len();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -387,15 +383,27 @@ async fn a_truncated_database_file_is_set_aside() {
         len / 3,
         "kept as it was found"
     );
+    // Rows are appended to new pages at the end of the file, so what the
+    // cut leaves is the oldest sales, in order (and a row cut in half,
+    // which fails its checksum).
+    let salvage = outbox.report.salvaged[0].1.clone();
+    let h = outbox.handle();
+    let back = sale_ids(&all_events(&h).await);
+    assert!(
+        (100..400).contains(&back.len()) && back[..] == ids[..back.len()],
+        "{} sales back; {salvage:?}",
+        back.len()
+    );
+    assert_eq!(salvage.recovered, back.len() as u64);
     let (env, key) = sale(501);
     assert_eq!(
-        outbox.handle().append(env, key).await.expect("append"),
+        h.append(env, key).await.expect("append"),
         AppendOutcome::Stored
     );
     assert_eq!(
-        all_events(&outbox.handle()).await.len(),
-        2,
-        "a fresh outbox: the sale and the recovery notice"
+        all_events(&h).await.len(),
+        back.len() + 2,
+        "the recovered sales, the recovery notice and the new sale"
     );
 }
 
@@ -1376,4 +1384,280 @@ async fn a_damaged_count_of_unreported_shed_readings_does_not_stop_the_start() {
         .query_row("SELECT count FROM shed_unreported", [], |r| r.get(0))
         .expect("an integer again");
     assert_eq!(count, 0);
+}
+
+/// The sales among `events`, as the ids they carry, in outbox order.
+fn sale_ids(events: &[StoredEvent]) -> Vec<EventId> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventKind::Sale.schema_name())
+        .map(|e| e.id)
+        .collect()
+}
+
+/// A SQLite varint at the start of `b`: its value and length.
+fn varint(b: &[u8]) -> (u64, usize) {
+    let mut v = 0u64;
+    for (i, &c) in b.iter().enumerate().take(9) {
+        if i == 8 {
+            return ((v << 8) | u64::from(c), 9);
+        }
+        v = (v << 7) | u64::from(c & 0x7f);
+        if c & 0x80 == 0 {
+            return (v, i + 1);
+        }
+    }
+    (v, 9)
+}
+
+/// The rowids of the cells on table leaf page `page` (0-based, 4 KiB
+/// pages), each with the offset of its record in `file`.
+fn leaf_cells(file: &[u8], page: usize) -> Vec<(i64, usize)> {
+    let base = page * 4096;
+    let header = base + if page == 0 { 100 } else { 0 };
+    if file[header] != 0x0D {
+        return Vec::new();
+    }
+    let cells = usize::from(u16::from_be_bytes([file[header + 3], file[header + 4]]));
+    (0..cells)
+        .map(|i| {
+            let at = header + 8 + 2 * i;
+            let cell = base + usize::from(u16::from_be_bytes([file[at], file[at + 1]]));
+            let (_, a) = varint(&file[cell..]);
+            let (rowid, b) = varint(&file[cell + a..]);
+            (rowid as i64, cell + a + b)
+        })
+        .collect()
+}
+
+/// The `events` leaf page holding the row of `event` (its record holds the
+/// id blob, then the kind, device and payload as text), and the seqs of
+/// every row on it.
+fn events_page_of(file: &[u8], event: &StoredEvent) -> (usize, Vec<i64>) {
+    let id = event.id.0.as_bytes();
+    (0..file.len() / 4096)
+        .find_map(|page| {
+            let cells = leaf_cells(file, page);
+            cells
+                .iter()
+                .any(|&(rowid, rec)| {
+                    let record = &file[rec..(rec + 128).min(file.len())];
+                    rowid == event.seq
+                        && memchr::memmem::find(record, id).is_some()
+                        && memchr::memmem::find(record, b"storelink.salepos-01{\"id\":").is_some()
+                })
+                .then(|| (page, cells.iter().map(|c| c.0).collect()))
+        })
+        .expect("the row is on a table leaf page")
+}
+
+#[tokio::test]
+async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("outbox.db");
+    let (ids, stored) = {
+        let outbox = open(dir.path(), 1 << 30, 1_000_000);
+        let h = outbox.handle();
+        let ids = append_sales(&h, 1..=600).await;
+        let stored = all_events(&h).await;
+        drop(h);
+        outbox.close().await;
+        (ids, stored)
+    };
+    // One leaf page in the middle of the events table turns to garbage (a
+    // torn write), and one payload elsewhere loses a bit (a row SQLite's
+    // own check cannot see).
+    let mut file = std::fs::read(&path).expect("read db");
+    let (torn, torn_seqs) = events_page_of(&file, &stored[300]);
+    let on_torn: HashSet<EventId> = stored
+        .iter()
+        .filter(|e| torn_seqs.contains(&e.seq))
+        .map(|e| e.id)
+        .collect();
+    assert!(
+        on_torn.len() == torn_seqs.len() && (1..10).contains(&on_torn.len()),
+        "{torn_seqs:?}"
+    );
+    file[torn * 4096..(torn + 1) * 4096].fill(0xA5);
+    let flipped = ids[500];
+    let needle = format!("\"id\":\"{}\"", flipped.0.hyphenated());
+    let at = memchr::memmem::find(&file, needle.as_bytes()).expect("payload");
+    file[at + needle.len() + 40] ^= 0x01;
+    std::fs::write(&path, &file).expect("write db");
+
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    let (aside, _why) = outbox.report.set_aside.clone().expect("damage found");
+    let kept = std::fs::read(&aside).expect("set-aside file");
+    let differ: Vec<usize> = (0..kept.len().max(file.len()))
+        .filter(|&i| kept.get(i) != file.get(i))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "salvage reads the damaged file without changing a byte: {} of {} bytes differ, first {:?}, lengths {} / {}",
+        differ.len(), file.len(), &differ[..differ.len().min(10)], kept.len(), file.len()
+    );
+    let expected: Vec<EventId> = ids
+        .iter()
+        .copied()
+        .filter(|id| !on_torn.contains(id) && *id != flipped)
+        .collect();
+    let salvage = &outbox.report.salvaged[0].1;
+    assert_eq!(
+        (
+            salvage.recovered,
+            salvage.quarantined,
+            salvage.unreadable_regions
+        ),
+        (expected.len() as u64, 1, 1),
+        "{salvage:?}"
+    );
+    let h = outbox.handle();
+    let events = all_events(&h).await;
+    assert_eq!(
+        sale_ids(&events),
+        expected,
+        "every readable intact sale is back, in its order, and only those"
+    );
+    assert!(events.iter().all(|e| e.damage().is_none()));
+    let notice = events
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+        .find(|p| p.contains("outbox_recovered"))
+        .expect("recovery notice");
+    assert!(
+        notice.contains(&format!(
+            "{} events recovered from it and queued for delivery",
+            expected.len()
+        )) && notice.contains("1 event failed the checksum")
+            && notice.contains("1 unreadable region skipped"),
+        "{notice}"
+    );
+    assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 1);
+    assert_eq!(h.stats().pending_transactions(), expected.len() as u64);
+
+    // A terminal retrying a recovered sale gets its original id; one
+    // retrying a sale lost with its page stores it again, not a key
+    // pointing at nothing.
+    let (env, key) = sale(11);
+    assert_eq!(
+        h.append(env, key).await.expect("append"),
+        AppendOutcome::Duplicate(ids[10])
+    );
+    let lost = ids
+        .iter()
+        .position(|id| on_torn.contains(id))
+        .expect("lost") as u64
+        + 1;
+    for n in [lost, 501] {
+        let (env, key) = sale(n);
+        assert_eq!(
+            h.append(env, key).await.expect("append"),
+            AppendOutcome::Stored,
+            "sale {n}"
+        );
+    }
+    drop(h);
+    outbox.close().await;
+
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    assert!(
+        outbox.report.salvaged.is_empty(),
+        "salvaged and reported once"
+    );
+    assert_eq!(
+        sale_ids(&all_events(&outbox.handle()).await).len(),
+        expected.len() + 2
+    );
+}
+
+#[tokio::test]
+async fn a_salvage_reads_the_events_a_power_cut_left_only_in_the_wal() {
+    let live = tempfile::tempdir().expect("tmp");
+    let outbox = open(live.path(), 1 << 30, 1_000_000);
+    let h = outbox.handle();
+    let ids = append_sales(&h, 1..=150).await;
+    // The files as a power cut leaves them: the outbox still open, its
+    // last commits in the WAL only.
+    let dir = tempfile::tempdir().expect("tmp");
+    let stamp = "outbox.db.damaged-20261207T101500.000Z";
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::copy(
+            live.path().join(format!("outbox.db{suffix}")),
+            dir.path().join(format!("{stamp}{suffix}")),
+        )
+        .expect("copy");
+    }
+    assert!(
+        std::fs::metadata(dir.path().join(format!("{stamp}-wal")))
+            .expect("wal")
+            .len()
+            > 0
+    );
+    drop(h);
+    outbox.close().await;
+    let before: Vec<Vec<u8>> = ["", "-wal"]
+        .iter()
+        .map(|s| std::fs::read(dir.path().join(format!("{stamp}{s}"))).expect("read"))
+        .collect();
+
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    assert_eq!(sale_ids(&all_events(&outbox.handle()).await), ids);
+    assert_eq!(outbox.report.salvaged[0].1.recovered, 150);
+    let after: Vec<Vec<u8>> = ["", "-wal"]
+        .iter()
+        .map(|s| std::fs::read(dir.path().join(format!("{stamp}{s}"))).expect("read"))
+        .collect();
+    assert!(
+        before == after,
+        "the set-aside database and WAL are kept as found"
+    );
+}
+
+#[tokio::test]
+async fn a_salvage_without_room_on_the_disk_is_left_for_the_next_start_and_the_store_keeps_selling()
+{
+    let live = tempfile::tempdir().expect("tmp");
+    let outbox = open(live.path(), 1 << 30, 1_000_000);
+    let ids = append_sales(&outbox.handle(), 1..=20).await;
+    outbox.close().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let stamp = "outbox.db.damaged-20261207T101500.000Z";
+    std::fs::copy(live.path().join("outbox.db"), dir.path().join(stamp)).expect("copy");
+
+    // A disk with less room than the copy needs: the salvage must not start.
+    super::salvage::tests::FREE_BYTES.with(|f| f.set(Some(1 << 20)));
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    super::salvage::tests::FREE_BYTES.with(|f| f.set(None));
+    let salvage = &outbox.report.salvaged[0].1;
+    assert!(
+        salvage.recovered == 0
+            && salvage
+                .interrupted
+                .as_deref()
+                .is_some_and(|w| w.contains("free disk space")),
+        "{salvage:?}"
+    );
+    let h = outbox.handle();
+    let notices = recovery_notices(&h).await;
+    assert!(
+        notices.len() == 1 && notices[0].contains("resumes at the next start"),
+        "{notices:?}"
+    );
+    let (env, key) = sale(1_000);
+    assert_eq!(
+        h.append(env, key).await.expect("sells"),
+        AppendOutcome::Stored
+    );
+    drop(h);
+    outbox.close().await;
+
+    // Room again: the next start copies the events and reports again.
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    assert_eq!(outbox.report.salvaged[0].1.recovered, 20);
+    let events = all_events(&outbox.handle()).await;
+    assert_eq!(sale_ids(&events)[1..], ids[..]);
+    assert_eq!(recovery_notices(&outbox.handle()).await.len(), 2);
+    outbox.close().await;
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    assert!(outbox.report.salvaged.is_empty(), "then marked reported");
 }

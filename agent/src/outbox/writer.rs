@@ -170,6 +170,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Copies the intact events of the damaged database `aside` into the
+    /// outbox (see `salvage.rs`), at open.
+    pub(crate) fn salvage(&mut self, aside: &std::path::Path) -> super::Salvage {
+        super::salvage::salvage(
+            aside,
+            &mut self.conn,
+            &self.stats,
+            &mut self.keys,
+            self.config.disk_reserve_bytes,
+        )
+    }
+
     /// Reports the readings shed since the last report, if any, in a
     /// transaction of its own (at open and at close, outside the throttle).
     fn report_shed(&mut self) -> Result<(), OutboxError> {
