@@ -339,7 +339,17 @@ pub struct Forwarder {
     topic: String,
     window: SendWindow,
     undeleted: UndeletedReceipts,
+    /// Set when the outbox file turned out damaged while running: the
+    /// forwarder stops, so the agent exits and its next start sets the file
+    /// aside and salvages it (`outbox/salvage.rs`).
+    damaged: Option<String>,
+    /// The last integrity check a failed read prompted (at most one a minute).
+    last_check: Option<Instant>,
 }
+
+/// How often a read failing as corrupt may run `quick_check` (it reads the
+/// whole file).
+const DAMAGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl Forwarder {
     pub fn new(config: ForwarderConfig, outbox: OutboxHandle) -> Self {
@@ -352,6 +362,8 @@ impl Forwarder {
             topic,
             window,
             undeleted: UndeletedReceipts::default(),
+            damaged: None,
+            last_check: None,
         }
     }
 
@@ -427,6 +439,30 @@ impl Forwarder {
         }
     }
 
+    /// A read failed as corrupt: damage that `quick_check` confirms stops
+    /// the forwarder (the same check the next open makes, so the restart
+    /// sets the file aside instead of meeting it again); a read failing
+    /// without it is retried, as any failed read is.
+    async fn check_damage(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_check
+            .is_some_and(|at| now.duration_since(at) < DAMAGE_CHECK_EVERY)
+        {
+            return;
+        }
+        self.last_check = Some(now);
+        match self.outbox.damage_found().await {
+            Ok(Some(why)) => self.damaged = Some(why),
+            Ok(None) => {
+                tracing::warn!(
+                    "the outbox read failed as corrupt but its integrity check passes; retrying"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check the outbox's integrity"),
+        }
+    }
+
     /// Sends one batch if the window allows; returns whether it sent anything.
     async fn send_next(&mut self) -> bool {
         if self.client.is_none() || !self.window.has_room() || !self.undeleted.is_empty() {
@@ -441,6 +477,9 @@ impl Forwarder {
             Ok(ev) => ev,
             Err(e) => {
                 tracing::error!(error = %e, "reading the outbox failed");
+                if e.is_corruption() {
+                    self.check_damage().await;
+                }
                 return false;
             }
         };
@@ -516,6 +555,14 @@ impl Forwarder {
         loop {
             // Fill the window as far as the outbox and the window allow.
             while !shutdown.is_cancelled() && self.send_next().await {}
+            if let Some(why) = self.damaged.take() {
+                // Everything unreceipted stays in the file, which the next
+                // start sets aside and salvages; ending here (supervised)
+                // stops the agent with a failure status so it is restarted.
+                tracing::error!(damage = %why,
+                    "the outbox database is damaged; stopping the agent so its next start sets the file aside and recovers its events");
+                return;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 msg = link.recv() => match msg {

@@ -4,4 +4,5 @@ pub mod bench;
 pub mod kafka;
 pub mod mosquitto;
 pub mod process;
+pub mod sqlite_file;
 pub mod tls;

@@ -37,7 +37,7 @@
 //!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
 //!   so a re-post after delivery still answers with the original id.
 //!
-//! # On-disk format (schema version 3, `PRAGMA user_version`)
+//! # On-disk format (schema version 4, `PRAGMA user_version`)
 //!
 //! ```sql
 //! events(seq INTEGER PRIMARY KEY AUTOINCREMENT, id BLOB UNIQUE, kind TEXT,
@@ -45,6 +45,7 @@
 //! idempotency_keys(key TEXT, event_id BLOB, body_crc INTEGER, created_ms INTEGER)  -- append-only, see keys.rs
 //! quarantine(seq, id, payload, reason, at_ms)   -- rows that failed their checksum
 //! shed_unreported(only = 1, count)               -- readings shed, not yet reported
+//! salvage_progress(source, next_seq)             -- see salvage.rs
 //! ```
 //! `payload` is the event's envelope JSON, byte for byte what goes to Kafka;
 //! `crc32` covers it and is verified before sending, as is `id` against the
@@ -450,6 +451,26 @@ impl OutboxHandle {
         .map_err(|_| OutboxError::Closed)?
     }
 
+    /// SQLite's `quick_check` of the database as it is now: `None` if it
+    /// is sound, else what is wrong (the check failing as corrupt counts).
+    pub async fn damage_found(&self) -> Result<Option<String>, OutboxError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| OutboxError::Closed)?;
+            let checked: Result<String, OutboxError> = conn
+                .pragma_query_value(None, "quick_check", |r| r.get(0))
+                .map_err(OutboxError::from);
+            match checked {
+                Ok(result) if result == "ok" => Ok(None),
+                Ok(result) => Ok(Some(result)),
+                Err(e) if e.is_corruption() => Ok(Some(e.to_string())),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|_| OutboxError::Closed)?
+    }
+
     pub fn stats(&self) -> &OutboxStats {
         &self.stats
     }
@@ -472,6 +493,18 @@ pub(crate) fn priority_of(kind: EventKind) -> i64 {
         2
     } else {
         1
+    }
+}
+
+impl OutboxError {
+    /// SQLite found the database file damaged (`SQLITE_CORRUPT`,
+    /// `SQLITE_NOTADB`).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::Storage(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
     }
 }
 

@@ -206,7 +206,7 @@ enum OpenFailure {
 }
 
 /// Errors that say nothing about the file's contents.
-fn is_environmental(e: &rusqlite::Error) -> bool {
+pub(super) fn is_environmental(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
     matches!(
         e.sqlite_error_code(),

@@ -10,34 +10,39 @@
 //!   found, for whoever inspects it later.
 //! * Tables are read in rowid order, and a region SQLite cannot read (a
 //!   corrupt or missing page) is stepped over: the next readable rowid is
-//!   found by doubling, then bisecting, so one bad page costs the rows on
-//!   it, not the rest of the file.
+//!   searched one by one for a while (a few pages' rows, so a good page
+//!   between two bad ones is not jumped), then by doubling and bisecting,
+//!   so one bad page costs the rows on it, not the rest of the file.
 //! * An event is copied only if its payload matches its stored checksum,
 //!   under the id its payload carries; a row that does not match goes to
 //!   `quarantine` with the reason, as a checksum failure at send time does.
 //! * Events are appended in their old `seq` order with their original
-//!   `created_ms`, in transactions of [`CHUNK`] rows. An event whose id is
-//!   already in the outbox is not copied again, so a salvage cut short by a
-//!   crash and repeated at the next start stores nothing twice.
-//! * Idempotency keys come along, so a terminal retrying a recovered sale
-//!   gets its original id instead of storing a second sale. If part of the
-//!   events table was unreadable, only the keys of events found are kept:
-//!   a key whose event is missing may belong to a sale lost with its page,
-//!   and a terminal replaying its journal must then store it again (a copy
-//!   of a delivered sale is removed downstream by its natural key; a lost
-//!   sale could not be brought back).
+//!   `created_ms`, in transactions of [`CHUNK`] rows, each recording in
+//!   `salvage_progress` the next `seq` to read: a salvage cut short (a crash,
+//!   a full disk) resumes there at the next start and copies nothing twice,
+//!   not even what was delivered meanwhile. An event whose id is already in
+//!   the outbox is not copied again either.
+//! * Idempotency keys come along for the events in the outbox, so a
+//!   terminal retrying a recovered sale gets its original id instead of
+//!   storing a second sale. The key of an event not found is not kept: its
+//!   sale may have been lost with its page, and a terminal replaying its
+//!   journal must then store it again (a second copy of a sale delivered
+//!   long ago is removed downstream by its natural key; a lost sale could
+//!   not be brought back).
+//! * A file that cannot be opened for the machine's sake (a lock, an I/O
+//!   error, permissions) is left for the next start, like a disk without
+//!   room for the copy; only a file SQLite cannot read at all is given up.
 //!
 //! Salvage runs at open, before the store takes traffic, so the recovered
 //! events precede every new one. A file set aside by an earlier start
 //! whose report was cut short is salvaged at the next open, after whatever
 //! that start stored.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use protocol::{EventId, EventKind};
-use rusqlite::{params, Connection, Row, Statement};
+use rusqlite::{params, Connection, OptionalExtension, Row, Statement};
 
 use super::keys::{KeyEntry, KeyIndex};
 use super::schema::with_read_only;
@@ -104,6 +109,19 @@ impl Salvage {
     }
 }
 
+impl Salvage {
+    /// The file could not be read: given up if that is the file's fault,
+    /// left for the next start if it is the machine's (a lock, an I/O
+    /// error, permissions).
+    fn set_unreadable(&mut self, e: rusqlite::Error) {
+        if super::recovery::is_environmental(&e) {
+            self.interrupted = Some(format!("cannot read it now: {e}"));
+        } else {
+            self.unreadable = Some(e.to_string());
+        }
+    }
+}
+
 fn count(n: u64, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
@@ -127,8 +145,15 @@ pub(crate) fn salvage(
         out.interrupted = Some(why);
         return out;
     }
-    if let Err(e) = with_read_only(aside, |src| copy_from(src, dest, stats, keys, &mut out)) {
-        out.unreadable = Some(e.to_string());
+    // The set-aside file's name: unique per damage (it carries the stamp).
+    let source = aside
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Err(e) = with_read_only(aside, |src| {
+        copy_from(src, dest, stats, keys, &source, &mut out)
+    }) {
+        out.set_unreadable(e);
     }
     out
 }
@@ -138,6 +163,7 @@ fn copy_from(
     dest: &mut Connection,
     stats: &OutboxStats,
     keys: &mut KeyIndex,
+    source: &str,
     out: &mut Salvage,
 ) {
     // Without it SQLite refuses a file shorter than its header says (a
@@ -147,28 +173,46 @@ fn copy_from(
     if let Err(e) = src.pragma_update(None, "writable_schema", true) {
         tracing::warn!(error = %e, "salvage: cannot relax the schema checks; a truncated file may read as nothing");
     }
-    let mut ids = Ids::default();
+    let resume = match dest
+        .query_row(
+            "SELECT next_seq FROM salvage_progress WHERE source = ?1",
+            [source],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+    {
+        Ok(next) => next.unwrap_or(0),
+        Err(e) => {
+            out.interrupted = Some(e.to_string());
+            return;
+        }
+    };
     let mut pending: Vec<SourceEvent> = Vec::with_capacity(CHUNK);
     let events = scan(
         src,
+        resume,
         "SELECT seq, id, kind, device_id, payload, crc32, created_ms
          FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-        &mut |row| {
+        &mut |row, next| {
             pending.push(SourceEvent::read(row));
             if pending.len() >= CHUNK {
-                copy_events(dest, stats, &mut pending, &mut ids, out)?;
+                copy_events(dest, stats, &mut pending, source, next, out)?;
             }
             Ok(())
         },
-    )
-    .and_then(|scanned| {
-        copy_events(dest, stats, &mut pending, &mut ids, out)?;
-        Ok(scanned)
-    });
+    );
+    let events = match events {
+        // The rest, and the progress past the end (`i64::MAX`): a repeat
+        // of this salvage copies no event again.
+        Ok(scanned) => {
+            copy_events(dest, stats, &mut pending, source, i64::MAX, out).map(|()| scanned)
+        }
+        Err(e) => Err(e),
+    };
     match events {
         Ok(Scanned::Read { skipped }) => out.unreadable_regions = skipped,
-        Ok(Scanned::Unreadable(why)) => {
-            out.unreadable = Some(why);
+        Ok(Scanned::Unreadable(e)) => {
+            out.set_unreadable(e);
             return;
         }
         Err(e) => {
@@ -176,17 +220,15 @@ fn copy_from(
             return;
         }
     }
-    let all_events_read = out.unreadable_regions == 0;
     let mut pending_keys: Vec<(Box<str>, KeyEntry, i64)> = Vec::with_capacity(CHUNK);
     let copied = scan(
         src,
+        0,
         "SELECT rowid, key, event_id, body_crc, created_ms
          FROM idempotency_keys WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2",
-        &mut |row| {
+        &mut |row, _| {
             if let Some((key, entry, created_ms)) = read_key(row) {
-                let delivered_or_queued = ids.found.contains(&entry.event_id)
-                    || (all_events_read && !ids.lost.contains(&entry.event_id));
-                if delivered_or_queued && keys.get(&key).is_none() {
+                if keys.get(&key).is_none() && in_outbox(dest, entry.event_id)? {
                     pending_keys.push((key, entry, created_ms));
                 }
             }
@@ -206,12 +248,19 @@ fn copy_from(
         Ok(Scanned::Read { skipped }) if skipped > 0 => {
             tracing::warn!(skipped, "salvage: some idempotency keys were unreadable")
         }
-        Ok(Scanned::Unreadable(why)) => {
-            tracing::warn!(%why, "salvage: the idempotency keys were unreadable")
+        Ok(Scanned::Unreadable(e)) => {
+            tracing::warn!(error = %e, "salvage: the idempotency keys were unreadable")
         }
         Ok(_) => {}
         Err(e) => out.interrupted = Some(e.to_string()),
     }
+}
+
+/// Whether the outbox holds an event with this id.
+fn in_outbox(dest: &Connection, id: EventId) -> Result<bool, OutboxError> {
+    Ok(dest
+        .prepare_cached("SELECT 1 FROM events WHERE id = ?1")?
+        .exists([id.0.as_bytes().as_slice()])?)
 }
 
 /// The copy needs about the damaged file's size in free space, on top of
@@ -253,7 +302,7 @@ enum Scanned {
     /// Read to its end, stepping over `skipped` unreadable regions.
     Read { skipped: u64 },
     /// Not even the query could be prepared (the schema is unreadable).
-    Unreadable(String),
+    Unreadable(rusqlite::Error),
 }
 
 enum ScanError {
@@ -263,23 +312,29 @@ enum ScanError {
     Destination(OutboxError),
 }
 
+/// A row handed on by [`scan`], with the rowid the scan would read from
+/// next if it stopped here.
+type Each<'a> = dyn FnMut(&Row<'_>, i64) -> Result<(), OutboxError> + 'a;
+
 /// Reads every row of `sql` (which selects rowid first, takes `rowid >= ?1`
-/// and `LIMIT ?2`) in rowid order, handing each to `each`, and steps over
-/// regions that fail to read. `each` failing stops the scan with its error.
+/// and `LIMIT ?2`) from rowid `from` on, in rowid order, handing each to
+/// `each`, and steps over regions that fail to read. `each` failing stops
+/// the scan with its error.
 ///
 /// `>=`, not `>`: SQLite seeks `rowid > p` by first landing on `p`, so a
 /// probe past the last row of a damaged page would still read that page,
 /// and the first good row after it would be skipped.
 fn scan(
     src: &Connection,
+    from: i64,
     sql: &str,
-    each: &mut dyn FnMut(&Row<'_>) -> Result<(), OutboxError>,
+    each: &mut Each<'_>,
 ) -> Result<Scanned, OutboxError> {
     let mut stmt = match src.prepare(sql) {
         Ok(s) => s,
-        Err(e) => return Ok(Scanned::Unreadable(e.to_string())),
+        Err(e) => return Ok(Scanned::Unreadable(e)),
     };
-    let mut from = Some(i64::MIN);
+    let mut from = Some(from);
     let mut skipped = 0u64;
     while let Some(start) = from {
         match read_chunk(&mut stmt, start, each) {
@@ -302,7 +357,7 @@ fn scan(
 fn read_chunk(
     stmt: &mut Statement<'_>,
     mut from: i64,
-    each: &mut dyn FnMut(&Row<'_>) -> Result<(), OutboxError>,
+    each: &mut Each<'_>,
 ) -> Result<Option<i64>, (i64, ScanError)> {
     let mut rows = stmt
         .query(params![from, CHUNK as i64])
@@ -318,9 +373,10 @@ fn read_chunk(
             );
             return Err((from, ScanError::Source(e)));
         }
-        each(row).map_err(|e| (from, ScanError::Destination(e)))?;
+        let next = rowid.checked_add(1);
+        each(row, next.unwrap_or(i64::MAX)).map_err(|e| (from, ScanError::Destination(e)))?;
         n += 1;
-        match rowid.checked_add(1) {
+        match next {
             Some(next) => from = next,
             None => return Ok(None),
         }
@@ -328,9 +384,14 @@ fn read_chunk(
     Ok((n == CHUNK).then_some(from))
 }
 
+/// Rowids probed one by one after a failure before the search doubles: a
+/// few pages' worth, so a readable page between two damaged ones is found.
+const PROBE_ONE_BY_ONE: i64 = 4096;
+
 /// The smallest rowid `p > failed` from which reading works again (the
-/// first row at or after `p` reads, or there is none), found by doubling
-/// the step and then bisecting; `None` if nothing after `failed` reads.
+/// first row at or after `p` reads, or there is none): probed one by one
+/// for [`PROBE_ONE_BY_ONE`] rowids, then by doubling the step (up to
+/// `i64::MAX`) and bisecting; `None` if nothing after `failed` reads.
 fn next_readable(stmt: &mut Statement<'_>, failed: i64) -> Option<i64> {
     let mut reads_from = |p: i64| {
         stmt.query(params![p, 1])
@@ -338,14 +399,24 @@ fn next_readable(stmt: &mut Statement<'_>, failed: i64) -> Option<i64> {
             .is_ok()
     };
     let mut failing = failed;
-    let mut step = 1i64;
+    for _ in 0..PROBE_ONE_BY_ONE {
+        let p = failing.checked_add(1)?;
+        if reads_from(p) {
+            return Some(p);
+        }
+        failing = p;
+    }
+    let mut step = 2i64;
     let mut working = loop {
-        let p = failed.checked_add(step)?;
+        let p = failing.saturating_add(step);
         if reads_from(p) {
             break p;
         }
+        if p == i64::MAX {
+            return None;
+        }
         failing = p;
-        step = step.checked_mul(2)?;
+        step = step.saturating_mul(2);
     };
     while working - failing > 1 {
         let mid = failing + (working - failing) / 2;
@@ -415,25 +486,21 @@ impl SourceEvent {
     }
 }
 
-/// The ids of the events read so far.
-#[derive(Default)]
-struct Ids {
-    /// Intact: copied, or already in the outbox.
-    found: HashSet<EventId>,
-    /// Damaged (quarantined): these events will never be delivered.
-    lost: HashSet<EventId>,
-}
-
-/// Appends `pending` in one transaction; counts only once it committed.
+/// Appends `pending` in one transaction, with the progress `next_seq`;
+/// counts only once it committed.
 fn copy_events(
     dest: &mut Connection,
     stats: &OutboxStats,
     pending: &mut Vec<SourceEvent>,
-    ids: &mut Ids,
+    source: &str,
+    next_seq: i64,
     out: &mut Salvage,
 ) -> Result<(), OutboxError> {
-    if pending.is_empty() {
-        return Ok(());
+    #[cfg(test)]
+    if tests::FAIL_COPIES_AFTER.with(|f| f.get()) == Some(out.recovered) {
+        return Err(OutboxError::CommitFailed(
+            "a failure injected by a test".into(),
+        ));
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     let tx = dest.transaction()?;
@@ -475,6 +542,11 @@ fn copy_events(
             present += 1;
         }
     }
+    tx.prepare_cached(
+        "INSERT INTO salvage_progress (source, next_seq) VALUES (?1, ?2)
+         ON CONFLICT (source) DO UPDATE SET next_seq = excluded.next_seq",
+    )?
+    .execute(params![source, next_seq])?;
     tx.commit()?;
     for (kind, len) in &recovered {
         stats.rows.fetch_add(1, Ordering::Relaxed);
@@ -489,15 +561,7 @@ fn copy_events(
     out.recovered += recovered.len() as u64;
     out.already_present += present;
     out.quarantined += quarantined;
-    for ev in pending.drain(..) {
-        if let Some(id) = ev.id {
-            if ev.damage().is_some() {
-                ids.lost.insert(id);
-            } else {
-                ids.found.insert(id);
-            }
-        }
-    }
+    pending.clear();
     Ok(())
 }
 
@@ -555,6 +619,8 @@ pub(crate) mod tests {
         /// Free space a test pretends the disk has (salvage runs in
         /// `Outbox::open`, on the test's own thread).
         pub(crate) static FREE_BYTES: Cell<Option<u64>> = const { Cell::new(None) };
+        /// A copy fails once this many events were recovered.
+        pub(crate) static FAIL_COPIES_AFTER: Cell<Option<u64>> = const { Cell::new(None) };
     }
 
     #[test]
@@ -570,8 +636,9 @@ pub(crate) mod tests {
         let mut seen = Vec::new();
         let scanned = scan(
             &conn,
+            i64::MIN,
             "SELECT rowid, v FROM t WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2",
-            &mut |row| {
+            &mut |row, _| {
                 seen.push(row.get::<_, i64>(1).expect("v"));
                 Ok(())
             },

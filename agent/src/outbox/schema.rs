@@ -53,6 +53,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL
     );
     INSERT INTO shed_unreported (only, count) VALUES (1, 0);",
+    // 4: how far the salvage of each damaged outbox set aside got (see
+    // salvage.rs), committed with the rows it copied, so a salvage cut
+    // short resumes where it stopped instead of copying again what was
+    // delivered since.
+    "CREATE TABLE salvage_progress (
+        source TEXT PRIMARY KEY,
+        next_seq INTEGER NOT NULL
+    );",
 ];
 
 /// Opens the write connection with the durability settings the invariants need.

@@ -1464,21 +1464,34 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
         outbox.close().await;
         (ids, stored)
     };
-    // One leaf page in the middle of the events table turns to garbage (a
-    // torn write), and one payload elsewhere loses a bit (a row SQLite's
-    // own check cannot see).
+    // Leaf pages of the events table turn to garbage (torn writes): the
+    // first one, where every read starts, and two in the middle with one
+    // good page between them. One payload elsewhere loses a bit (a row
+    // SQLite's own check cannot see).
     let mut file = std::fs::read(&path).expect("read db");
-    let (torn, torn_seqs) = events_page_of(&file, &stored[300]);
+    let first_unseen = |seen: &[i64]| {
+        stored
+            .iter()
+            .position(|e| e.seq > 300 && !seen.contains(&e.seq))
+            .expect("more rows")
+    };
+    let (p0, s0) = events_page_of(&file, &stored[0]);
+    let (p1, s1) = events_page_of(&file, &stored[300]);
+    let (_island, s2) = events_page_of(&file, &stored[first_unseen(&s1)]);
+    let (p3, s3) = events_page_of(&file, &stored[first_unseen(&[&s1[..], &s2[..]].concat())]);
+    let torn_seqs: Vec<i64> = [&s0[..], &s1[..], &s3[..]].concat();
     let on_torn: HashSet<EventId> = stored
         .iter()
         .filter(|e| torn_seqs.contains(&e.seq))
         .map(|e| e.id)
         .collect();
     assert!(
-        on_torn.len() == torn_seqs.len() && (1..10).contains(&on_torn.len()),
-        "{torn_seqs:?}"
+        on_torn.len() == torn_seqs.len() && (3..20).contains(&on_torn.len()) && !s2.is_empty(),
+        "{torn_seqs:?}, island {s2:?}"
     );
-    file[torn * 4096..(torn + 1) * 4096].fill(0xA5);
+    for torn in [p0, p1, p3] {
+        file[torn * 4096..(torn + 1) * 4096].fill(0xA5);
+    }
     let flipped = ids[500];
     let needle = format!("\"id\":\"{}\"", flipped.0.hyphenated());
     let at = memchr::memmem::find(&file, needle.as_bytes()).expect("payload");
@@ -1508,7 +1521,7 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
             salvage.quarantined,
             salvage.unreadable_regions
         ),
-        (expected.len() as u64, 1, 1),
+        (expected.len() as u64, 1, 3),
         "{salvage:?}"
     );
     let h = outbox.handle();
@@ -1529,7 +1542,7 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
             "{} events recovered from it and queued for delivery",
             expected.len()
         )) && notice.contains("1 event failed the checksum")
-            && notice.contains("1 unreadable region skipped"),
+            && notice.contains("3 unreadable regions skipped"),
         "{notice}"
     );
     assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 1);
@@ -1660,4 +1673,49 @@ async fn a_salvage_without_room_on_the_disk_is_left_for_the_next_start_and_the_s
     outbox.close().await;
     let outbox = open(dir.path(), 1 << 30, 1_000_000);
     assert!(outbox.report.salvaged.is_empty(), "then marked reported");
+}
+
+#[tokio::test]
+async fn a_salvage_cut_short_resumes_where_it_stopped_and_never_brings_back_what_was_delivered() {
+    let live = tempfile::tempdir().expect("tmp");
+    let outbox = open(live.path(), 1 << 30, 1_000_000);
+    let ids = append_sales(&outbox.handle(), 1..=2_500).await;
+    outbox.close().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        live.path().join("outbox.db"),
+        dir.path().join("outbox.db.damaged-20261207T101500.000Z"),
+    )
+    .expect("copy");
+
+    // The copy fails after its first transaction (a full disk, say).
+    super::salvage::tests::FAIL_COPIES_AFTER.with(|f| f.set(Some(1_000)));
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    super::salvage::tests::FAIL_COPIES_AFTER.with(|f| f.set(None));
+    let salvage = outbox.report.salvaged[0].1.clone();
+    assert!(
+        salvage.recovered == 1_000 && salvage.interrupted.is_some(),
+        "{salvage:?}"
+    );
+    // The store runs on and delivers what came back.
+    let h = outbox.handle();
+    let back = sale_ids(&all_events(&h).await);
+    assert_eq!(back, ids[..1_000]);
+    assert_eq!(h.delete(back).await.expect("receipt"), 1_000);
+    drop(h);
+    outbox.close().await;
+
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    assert_eq!(outbox.report.salvaged[0].1.recovered, 1_500);
+    assert_eq!(
+        sale_ids(&all_events(&outbox.handle()).await),
+        ids[1_000..],
+        "the rest, in order, and none of the delivered ones again"
+    );
+    outbox.close().await;
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    assert!(
+        outbox.report.salvaged.is_empty(),
+        "complete, so reported for good"
+    );
 }
