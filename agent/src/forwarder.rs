@@ -343,13 +343,16 @@ pub struct Forwarder {
     /// forwarder stops, so the agent exits and its next start sets the file
     /// aside and salvages it (`outbox/salvage.rs`).
     damaged: Option<String>,
-    /// The last integrity check a failed read prompted (at most one a minute).
-    last_check: Option<Instant>,
+    /// The last integrity check a failed read prompted, and the wait before
+    /// another may run.
+    last_check: Option<(Instant, Duration)>,
 }
 
 /// How often a read failing as corrupt may run `quick_check` (it reads the
-/// whole file).
+/// whole file): a minute, doubling while the check keeps passing, up to an
+/// hour.
 const DAMAGE_CHECK_EVERY: Duration = Duration::from_secs(60);
+const DAMAGE_CHECK_AT_MOST_EVERY: Duration = Duration::from_secs(3600);
 
 impl Forwarder {
     pub fn new(config: ForwarderConfig, outbox: OutboxHandle) -> Self {
@@ -445,20 +448,18 @@ impl Forwarder {
     /// without it is retried, as any failed read is.
     async fn check_damage(&mut self) {
         let now = Instant::now();
-        if self
-            .last_check
-            .is_some_and(|at| now.duration_since(at) < DAMAGE_CHECK_EVERY)
-        {
-            return;
-        }
-        self.last_check = Some(now);
+        let wait = match self.last_check {
+            Some((at, wait)) if now.duration_since(at) < wait => return,
+            Some((_, wait)) => (wait * 2).min(DAMAGE_CHECK_AT_MOST_EVERY),
+            None => DAMAGE_CHECK_EVERY,
+        };
+        self.last_check = Some((now, wait));
         match self.outbox.damage_found().await {
             Ok(Some(why)) => self.damaged = Some(why),
-            Ok(None) => {
-                tracing::warn!(
-                    "the outbox read failed as corrupt but its integrity check passes; retrying"
-                )
-            }
+            Ok(None) => tracing::warn!(
+                next_check_s = wait.as_secs(),
+                "the outbox read failed as corrupt but its integrity check passes; retrying"
+            ),
             Err(e) => tracing::warn!(error = %e, "could not check the outbox's integrity"),
         }
     }

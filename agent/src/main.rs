@@ -281,7 +281,7 @@ async fn run(profile_path: &Path) -> Result<()> {
     outbox.close().await;
     served.context("HTTP server failed")?;
     if link_failed.load(Ordering::Relaxed) {
-        anyhow::bail!("the cloud link stopped while the agent was running (see above); the outbox is closed and intact");
+        anyhow::bail!("the cloud link stopped while the agent was running (see above); the outbox is closed, and the next start resumes from it");
     }
     tracing::info!("store agent stopped cleanly");
     Ok(())

@@ -19,22 +19,42 @@ fn varint(b: &[u8]) -> (u64, usize) {
     (v, 9)
 }
 
-/// The rowids of the cells on table leaf page `page` (0-based), each with
-/// the offset of its record in `file`; empty for any other kind of page.
-pub fn leaf_cells(file: &[u8], page: usize) -> Vec<(i64, usize)> {
+/// A cell of a table leaf page.
+#[derive(Debug, Clone, Copy)]
+pub struct Cell {
+    pub rowid: i64,
+    /// Where its record starts in the file, and its length (rows of the
+    /// agent's size fit in their page: no overflow pages).
+    pub record: usize,
+    pub len: usize,
+}
+
+/// The cells on table leaf page `page` (0-based); empty for any other kind
+/// of page. A page cut short by a truncation reads as if zero-filled, as
+/// SQLite reads it.
+pub fn leaf_cells(file: &[u8], page: usize) -> Vec<Cell> {
     let base = page * PAGE;
-    let header = base + if page == 0 { 100 } else { 0 };
-    if file.len() < base + PAGE || file[header] != 0x0D {
+    if base >= file.len() {
         return Vec::new();
     }
-    let cells = usize::from(u16::from_be_bytes([file[header + 3], file[header + 4]]));
+    let mut bytes = file[base..file.len().min(base + PAGE)].to_vec();
+    bytes.resize(PAGE, 0);
+    let header = if page == 0 { 100 } else { 0 };
+    if bytes[header] != 0x0D {
+        return Vec::new();
+    }
+    let cells = usize::from(u16::from_be_bytes([bytes[header + 3], bytes[header + 4]]));
     (0..cells)
         .filter_map(|i| {
             let at = header + 8 + 2 * i;
-            let cell = base + usize::from(u16::from_be_bytes([file[at], file[at + 1]]));
-            let (_, a) = varint(file.get(cell..)?);
-            let (rowid, b) = varint(file.get(cell + a..)?);
-            Some((rowid as i64, cell + a + b))
+            let cell = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+            let (len, a) = varint(bytes.get(cell..)?);
+            let (rowid, b) = varint(bytes.get(cell + a..)?);
+            Some(Cell {
+                rowid: rowid as i64,
+                record: base + cell + a + b,
+                len: usize::try_from(len).ok()?,
+            })
         })
         .collect()
 }
@@ -42,14 +62,17 @@ pub fn leaf_cells(file: &[u8], page: usize) -> Vec<(i64, usize)> {
 /// The leaf page whose live cells include a record containing `needle`
 /// within its first `within` bytes, and that page's rowids.
 pub fn leaf_page_holding(file: &[u8], needle: &[u8], within: usize) -> Option<(usize, Vec<i64>)> {
-    (0..file.len() / PAGE).find_map(|page| {
+    (0..file.len().div_ceil(PAGE)).find_map(|page| {
         let cells = leaf_cells(file, page);
         cells
             .iter()
-            .any(|&(_, rec)| {
-                let record = &file[rec..(rec + within).min(file.len())];
-                memchr::memmem::find(record, needle).is_some()
-            })
-            .then(|| (page, cells.iter().map(|c| c.0).collect()))
+            .any(|c| record_contains(file, c, needle, within))
+            .then(|| (page, cells.iter().map(|c| c.rowid).collect()))
     })
+}
+
+/// Whether `needle` is within the first `within` bytes of the cell's record.
+pub fn record_contains(file: &[u8], cell: &Cell, needle: &[u8], within: usize) -> bool {
+    let end = (cell.record + within).min(file.len());
+    cell.record < end && memchr::memmem::find(&file[cell.record..end], needle).is_some()
 }

@@ -35,7 +35,10 @@
 //!   and how much was unreadable.
 //! * **Idempotency.** `(terminal, business day, sequence number)` keys live in
 //!   `idempotency_keys` for 7 days, longer than any event stays in `events`,
-//!   so a re-post after delivery still answers with the original id.
+//!   so a re-post after delivery still answers with the original id. (After
+//!   a damaged file is salvaged, only the keys of the events recovered from
+//!   it come along: a key whose event is gone may belong to a sale lost
+//!   with its page, which a re-post must be able to store again.)
 //!
 //! # On-disk format (schema version 4, `PRAGMA user_version`)
 //!

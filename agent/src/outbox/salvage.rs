@@ -193,24 +193,37 @@ fn copy_from(
         resume,
         "SELECT seq, id, kind, device_id, payload, crc32, created_ms
          FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-        &mut |row, next| {
-            pending.push(SourceEvent::read(row));
-            if pending.len() >= CHUNK {
-                copy_events(dest, stats, &mut pending, source, next, out)?;
+        &mut |visit| match visit {
+            Visit::Row(row, next) => {
+                pending.push(SourceEvent::read(row));
+                if pending.len() >= CHUNK {
+                    copy_events(dest, stats, &mut pending, source, next, out)?;
+                }
+                Ok(())
             }
-            Ok(())
+            // Committed at once: a restart does not search the region again.
+            Visit::Skipped { resume } => {
+                copy_events(dest, stats, &mut pending, source, resume, out)
+            }
         },
     );
-    let events = match events {
-        // The rest, and the progress past the end (`i64::MAX`): a repeat
-        // of this salvage copies no event again.
-        Ok(scanned) => {
-            copy_events(dest, stats, &mut pending, source, i64::MAX, out).map(|()| scanned)
-        }
-        Err(e) => Err(e),
-    };
     match events {
-        Ok(Scanned::Read { skipped }) => out.unreadable_regions = skipped,
+        Ok(Scanned::Read { skipped }) => {
+            out.unreadable_regions = skipped;
+            // The rest, and the progress past the end (`i64::MAX`): a
+            // repeat of this salvage copies no event again.
+            if let Err(e) = copy_events(dest, stats, &mut pending, source, i64::MAX, out) {
+                out.interrupted = Some(e.to_string());
+                return;
+            }
+        }
+        Ok(Scanned::Stopped { at, error }) => {
+            out.interrupted = Some(format!("cannot read it now: {error}"));
+            if let Err(e) = copy_events(dest, stats, &mut pending, source, at, out) {
+                tracing::warn!(error = %e, "salvage: could not keep what was read before it stopped");
+            }
+            return;
+        }
         Ok(Scanned::Unreadable(e)) => {
             out.set_unreadable(e);
             return;
@@ -226,10 +239,12 @@ fn copy_from(
         0,
         "SELECT rowid, key, event_id, body_crc, created_ms
          FROM idempotency_keys WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2",
-        &mut |row, _| {
-            if let Some((key, entry, created_ms)) = read_key(row) {
-                if keys.get(&key).is_none() && in_outbox(dest, entry.event_id)? {
-                    pending_keys.push((key, entry, created_ms));
+        &mut |visit| {
+            if let Visit::Row(row, _) = visit {
+                if let Some((key, entry, created_ms)) = read_key(row) {
+                    if keys.get(&key).is_none() && in_outbox(dest, entry.event_id)? {
+                        pending_keys.push((key, entry, created_ms));
+                    }
                 }
             }
             if pending_keys.len() >= CHUNK {
@@ -248,10 +263,14 @@ fn copy_from(
         Ok(Scanned::Read { skipped }) if skipped > 0 => {
             tracing::warn!(skipped, "salvage: some idempotency keys were unreadable")
         }
+        Ok(Scanned::Read { .. }) => {}
         Ok(Scanned::Unreadable(e)) => {
             tracing::warn!(error = %e, "salvage: the idempotency keys were unreadable")
         }
-        Ok(_) => {}
+        // The keys pass runs again at the next start (events are done).
+        Ok(Scanned::Stopped { error, .. }) => {
+            out.interrupted = Some(format!("cannot read its idempotency keys now: {error}"))
+        }
         Err(e) => out.interrupted = Some(e.to_string()),
     }
 }
@@ -301,20 +320,38 @@ fn free_bytes(path: &Path) -> Option<u64> {
 enum Scanned {
     /// Read to its end, stepping over `skipped` unreadable regions.
     Read { skipped: u64 },
+    /// Stopped at rowid `at` by the machine, not the file (a lock, memory,
+    /// permissions): every row before `at` was handed on.
+    Stopped { at: i64, error: rusqlite::Error },
     /// Not even the query could be prepared (the schema is unreadable).
     Unreadable(rusqlite::Error),
 }
 
+/// What [`scan`] hands on.
+enum Visit<'r, 's> {
+    /// A row, with the rowid the scan reads from next.
+    Row(&'r Row<'s>, i64),
+    /// An unreadable region was stepped over; reading resumes at `resume`
+    /// (`i64::MAX`: nothing after it reads).
+    Skipped { resume: i64 },
+}
+
+type Each<'a> = dyn FnMut(Visit<'_, '_>) -> Result<(), OutboxError> + 'a;
+
 enum ScanError {
-    /// The damaged file failed a read: step over the region.
+    /// The file failed a read.
     Source(rusqlite::Error),
     /// The fresh outbox refused a write: stop.
     Destination(OutboxError),
 }
 
-/// A row handed on by [`scan`], with the rowid the scan would read from
-/// next if it stopped here.
-type Each<'a> = dyn FnMut(&Row<'_>, i64) -> Result<(), OutboxError> + 'a;
+/// A failed read says the file is damaged, unless the machine is the
+/// cause. An I/O error counts as damage (a bad sector stays bad) once it
+/// repeats, so a salvage is never held up for ever by one sector.
+fn is_machine(e: &rusqlite::Error) -> bool {
+    super::recovery::is_environmental(e)
+        && e.sqlite_error_code() != Some(rusqlite::ErrorCode::SystemIoFailure)
+}
 
 /// Reads every row of `sql` (which selects rowid first, takes `rowid >= ?1`
 /// and `LIMIT ?2`) from rowid `from` on, in rowid order, handing each to
@@ -332,19 +369,44 @@ fn scan(
 ) -> Result<Scanned, OutboxError> {
     let mut stmt = match src.prepare(sql) {
         Ok(s) => s,
+        Err(e) if is_machine(&e) => return Ok(Scanned::Stopped { at: from, error: e }),
         Err(e) => return Ok(Scanned::Unreadable(e)),
     };
     let mut from = Some(from);
     let mut skipped = 0u64;
+    let mut retried_at = None;
     while let Some(start) = from {
         match read_chunk(&mut stmt, start, each) {
             Ok(next) => from = next,
             Err((_, ScanError::Destination(e))) => return Err(e),
+            Err((at, ScanError::Source(error))) if is_machine(&error) => {
+                return Ok(Scanned::Stopped { at, error });
+            }
+            Err((at, ScanError::Source(e)))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure)
+                    && retried_at != Some(at) =>
+            {
+                tracing::warn!(rowid = at, error = %e, "salvage: an I/O error; reading again once");
+                retried_at = Some(at);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
             Err((failed_at, ScanError::Source(e))) => {
                 skipped += 1;
-                from = next_readable(&mut stmt, failed_at);
-                tracing::warn!(from_rowid = failed_at, resume = ?from, error = %e,
+                let resume = match next_readable(&mut stmt, failed_at) {
+                    Ok(resume) => resume,
+                    Err(error) => {
+                        return Ok(Scanned::Stopped {
+                            at: failed_at,
+                            error,
+                        })
+                    }
+                };
+                tracing::warn!(from_rowid = failed_at, ?resume, error = %e,
                     "salvage: an unreadable region of the damaged outbox is skipped");
+                each(Visit::Skipped {
+                    resume: resume.unwrap_or(i64::MAX),
+                })?;
+                from = resume;
             }
         }
     }
@@ -374,7 +436,8 @@ fn read_chunk(
             return Err((from, ScanError::Source(e)));
         }
         let next = rowid.checked_add(1);
-        each(row, next.unwrap_or(i64::MAX)).map_err(|e| (from, ScanError::Destination(e)))?;
+        each(Visit::Row(row, next.unwrap_or(i64::MAX)))
+            .map_err(|e| (from, ScanError::Destination(e)))?;
         n += 1;
         match next {
             Some(next) => from = next,
@@ -385,48 +448,61 @@ fn read_chunk(
 }
 
 /// Rowids probed one by one after a failure before the search doubles: a
-/// few pages' worth, so a readable page between two damaged ones is found.
+/// few pages' worth, so a readable page between two damaged ones is found…
 const PROBE_ONE_BY_ONE: i64 = 4096;
+/// … unless the probes are slow (a failing card answering each read with
+/// an I/O error after a long retry): then the search doubles sooner.
+const PROBE_ONE_BY_ONE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The smallest rowid `p > failed` from which reading works again (the
 /// first row at or after `p` reads, or there is none): probed one by one
-/// for [`PROBE_ONE_BY_ONE`] rowids, then by doubling the step (up to
-/// `i64::MAX`) and bisecting; `None` if nothing after `failed` reads.
-fn next_readable(stmt: &mut Statement<'_>, failed: i64) -> Option<i64> {
-    let mut reads_from = |p: i64| {
-        stmt.query(params![p, 1])
-            .and_then(|mut rows| rows.next().map(|_| ()))
-            .is_ok()
+/// (see [`PROBE_ONE_BY_ONE`]), then by doubling the step (up to `i64::MAX`)
+/// and bisecting; `None` if nothing after `failed` reads. A probe refused
+/// by the machine rather than the file ends the search with its error.
+fn next_readable(stmt: &mut Statement<'_>, failed: i64) -> Result<Option<i64>, rusqlite::Error> {
+    let mut reads_from = |p: i64| match stmt
+        .query(params![p, 1])
+        .and_then(|mut rows| rows.next().map(|_| ()))
+    {
+        Ok(()) => Ok(true),
+        Err(e) if is_machine(&e) => Err(e),
+        Err(_) => Ok(false),
     };
+    let started = std::time::Instant::now();
     let mut failing = failed;
     for _ in 0..PROBE_ONE_BY_ONE {
-        let p = failing.checked_add(1)?;
-        if reads_from(p) {
-            return Some(p);
+        let Some(p) = failing.checked_add(1) else {
+            return Ok(None);
+        };
+        if reads_from(p)? {
+            return Ok(Some(p));
         }
         failing = p;
+        if started.elapsed() > PROBE_ONE_BY_ONE_FOR {
+            break;
+        }
     }
     let mut step = 2i64;
     let mut working = loop {
         let p = failing.saturating_add(step);
-        if reads_from(p) {
+        if reads_from(p)? {
             break p;
         }
         if p == i64::MAX {
-            return None;
+            return Ok(None);
         }
         failing = p;
         step = step.saturating_mul(2);
     };
     while working - failing > 1 {
         let mid = failing + (working - failing) / 2;
-        if reads_from(mid) {
+        if reads_from(mid)? {
             working = mid;
         } else {
             failing = mid;
         }
     }
-    Some(working)
+    Ok(Some(working))
 }
 
 /// An `events` row of the damaged file, as far as it could be read.
@@ -638,8 +714,10 @@ pub(crate) mod tests {
             &conn,
             i64::MIN,
             "SELECT rowid, v FROM t WHERE rowid >= ?1 ORDER BY rowid LIMIT ?2",
-            &mut |row, _| {
-                seen.push(row.get::<_, i64>(1).expect("v"));
+            &mut |visit| {
+                if let Visit::Row(row, _) = visit {
+                    seen.push(row.get::<_, i64>(1).expect("v"));
+                }
                 Ok(())
             },
         )

@@ -1465,32 +1465,36 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
         (ids, stored)
     };
     // Leaf pages of the events table turn to garbage (torn writes): the
-    // first one, where every read starts, and two in the middle with one
-    // good page between them. One payload elsewhere loses a bit (a row
-    // SQLite's own check cannot see).
+    // first one, where every read starts; then six in a row in the middle
+    // (more rowids than the search's first doubling steps), one good page,
+    // and one more torn. One payload elsewhere loses a bit (a row SQLite's
+    // own check cannot see).
     let mut file = std::fs::read(&path).expect("read db");
-    let first_unseen = |seen: &[i64]| {
-        stored
+    let mut leaves: Vec<(usize, Vec<i64>)> = vec![events_page_of(&file, &stored[0])];
+    let mut at = 300;
+    while leaves.len() < 9 {
+        let (page, seqs) = events_page_of(&file, &stored[at]);
+        at = stored
             .iter()
-            .position(|e| e.seq > 300 && !seen.contains(&e.seq))
-            .expect("more rows")
-    };
-    let (p0, s0) = events_page_of(&file, &stored[0]);
-    let (p1, s1) = events_page_of(&file, &stored[300]);
-    let (_island, s2) = events_page_of(&file, &stored[first_unseen(&s1)]);
-    let (p3, s3) = events_page_of(&file, &stored[first_unseen(&[&s1[..], &s2[..]].concat())]);
-    let torn_seqs: Vec<i64> = [&s0[..], &s1[..], &s3[..]].concat();
+            .position(|e| e.seq > *seqs.iter().max().expect("rows"))
+            .expect("more rows");
+        leaves.push((page, seqs));
+    }
+    let island = leaves.remove(7);
+    let torn_seqs: Vec<i64> = leaves.iter().flat_map(|(_, seqs)| seqs.clone()).collect();
     let on_torn: HashSet<EventId> = stored
         .iter()
         .filter(|e| torn_seqs.contains(&e.seq))
         .map(|e| e.id)
         .collect();
+    let middle: usize = leaves[1..7].iter().map(|(_, seqs)| seqs.len()).sum();
     assert!(
-        on_torn.len() == torn_seqs.len() && (3..20).contains(&on_torn.len()) && !s2.is_empty(),
-        "{torn_seqs:?}, island {s2:?}"
+        on_torn.len() == torn_seqs.len() && middle > 16 && !island.1.is_empty(),
+        "{torn_seqs:?}, island {:?}",
+        island.1
     );
-    for torn in [p0, p1, p3] {
-        file[torn * 4096..(torn + 1) * 4096].fill(0xA5);
+    for (page, _) in &leaves {
+        file[page * 4096..(page + 1) * 4096].fill(0xA5);
     }
     let flipped = ids[500];
     let needle = format!("\"id\":\"{}\"", flipped.0.hyphenated());
@@ -1522,7 +1526,7 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
             salvage.unreadable_regions
         ),
         (expected.len() as u64, 1, 3),
-        "{salvage:?}"
+        "the first leaf, the six in a row and the last one are three regions: {salvage:?}"
     );
     let h = outbox.handle();
     let events = all_events(&h).await;
