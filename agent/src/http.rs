@@ -561,6 +561,7 @@ async fn outbox(State(state): State<Arc<AppState>>) -> Response {
         "compacted_total": s.compacted_total.load(Ordering::Relaxed),
         "quarantined_total": s.quarantined_total.load(Ordering::Relaxed),
         "ids_repaired_total": s.ids_repaired_total.load(Ordering::Relaxed),
+        "salvaged_total": s.salvaged_total.load(Ordering::Relaxed),
     }))
     .into_response()
 }

@@ -196,6 +196,11 @@ pub fn registry(stats: Arc<OutboxStats>) -> Registry {
         LiveCounter(live(|s| &s.quarantined_total)),
     );
     r.register(
+        "outbox_salvaged",
+        "Events recovered from damaged outbox files set aside at start",
+        LiveCounter(live(|s| &s.salvaged_total)),
+    );
+    r.register(
         "outbox_ids_repaired",
         "Stored events whose damaged id column was rewritten from their intact payload",
         LiveCounter(live(|s| &s.ids_repaired_total)),

@@ -221,6 +221,8 @@ pub struct OutboxStats {
     pub compacted_total: AtomicU64,
     pub commits_total: AtomicU64,
     pub quarantined_total: AtomicU64,
+    /// Events recovered from damaged outboxes set aside at start.
+    pub salvaged_total: AtomicU64,
     /// Stored events whose id column was damaged and rewritten from their
     /// intact payload (then sent, not quarantined).
     pub ids_repaired_total: AtomicU64,

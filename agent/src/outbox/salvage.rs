@@ -634,6 +634,9 @@ fn copy_events(
     stats
         .quarantined_total
         .fetch_add(quarantined, Ordering::Relaxed);
+    stats
+        .salvaged_total
+        .fetch_add(recovered.len() as u64, Ordering::Relaxed);
     out.recovered += recovered.len() as u64;
     out.already_present += present;
     out.quarantined += quarantined;

@@ -1550,6 +1550,10 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
         "{notice}"
     );
     assert_eq!(h.stats().quarantined_total.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        h.stats().salvaged_total.load(Ordering::Relaxed),
+        expected.len() as u64
+    );
     assert_eq!(h.stats().pending_transactions(), expected.len() as u64);
 
     // A terminal retrying a recovered sale gets its original id; one
