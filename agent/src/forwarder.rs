@@ -450,16 +450,20 @@ impl Forwarder {
         let now = Instant::now();
         let wait = match self.last_check {
             Some((at, wait)) if now.duration_since(at) < wait => return,
-            Some((_, wait)) => (wait * 2).min(DAMAGE_CHECK_AT_MOST_EVERY),
+            Some((_, wait)) => wait,
             None => DAMAGE_CHECK_EVERY,
         };
         self.last_check = Some((now, wait));
         match self.outbox.damage_found().await {
             Ok(Some(why)) => self.damaged = Some(why),
-            Ok(None) => tracing::warn!(
-                next_check_s = wait.as_secs(),
-                "the outbox read failed as corrupt but its integrity check passes; retrying"
-            ),
+            Ok(None) => {
+                let next = (wait * 2).min(DAMAGE_CHECK_AT_MOST_EVERY);
+                self.last_check = Some((now, next));
+                tracing::warn!(
+                    next_check_s = next.as_secs(),
+                    "the outbox read failed as corrupt but its integrity check passes; retrying"
+                );
+            }
             Err(e) => tracing::warn!(error = %e, "could not check the outbox's integrity"),
         }
     }

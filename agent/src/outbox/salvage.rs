@@ -188,25 +188,31 @@ fn copy_from(
         }
     };
     let mut pending: Vec<SourceEvent> = Vec::with_capacity(CHUNK);
-    let events = scan(
-        src,
-        resume,
-        "SELECT seq, id, kind, device_id, payload, crc32, created_ms
+    // `i64::MAX` marks the events read to their end (a row at exactly that
+    // rowid, in a hostile file, would otherwise be read again).
+    let events = if resume == i64::MAX {
+        Ok(Scanned::Read { skipped: 0 })
+    } else {
+        scan(
+            src,
+            resume,
+            "SELECT seq, id, kind, device_id, payload, crc32, created_ms
          FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
-        &mut |visit| match visit {
-            Visit::Row(row, next) => {
-                pending.push(SourceEvent::read(row));
-                if pending.len() >= CHUNK {
-                    copy_events(dest, stats, &mut pending, source, next, out)?;
+            &mut |visit| match visit {
+                Visit::Row(row, next) => {
+                    pending.push(SourceEvent::read(row));
+                    if pending.len() >= CHUNK {
+                        copy_events(dest, stats, &mut pending, source, next, out)?;
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-            // Committed at once: a restart does not search the region again.
-            Visit::Skipped { resume } => {
-                copy_events(dest, stats, &mut pending, source, resume, out)
-            }
-        },
-    );
+                // Committed at once: a restart does not search the region again.
+                Visit::Skipped { resume } => {
+                    copy_events(dest, stats, &mut pending, source, resume, out)
+                }
+            },
+        )
+    };
     match events {
         Ok(Scanned::Read { skipped }) => {
             out.unreadable_regions = skipped;
@@ -388,6 +394,8 @@ fn scan(
             {
                 tracing::warn!(rowid = at, error = %e, "salvage: an I/O error; reading again once");
                 retried_at = Some(at);
+                // From where it failed: the rows before were handed on.
+                from = Some(at);
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             Err((failed_at, ScanError::Source(e))) => {
@@ -459,50 +467,82 @@ const PROBE_ONE_BY_ONE_FOR: std::time::Duration = std::time::Duration::from_secs
 /// (see [`PROBE_ONE_BY_ONE`]), then by doubling the step (up to `i64::MAX`)
 /// and bisecting; `None` if nothing after `failed` reads. A probe refused
 /// by the machine rather than the file ends the search with its error.
+///
+/// A search that met I/O errors is made again after a pause and the
+/// nearer answer kept: a card reader resetting for a moment must not make
+/// the search jump over readable rows, or give the rest of the file up.
 fn next_readable(stmt: &mut Statement<'_>, failed: i64) -> Result<Option<i64>, rusqlite::Error> {
+    let (first, met_io_errors) = search_readable(stmt, failed)?;
+    if !met_io_errors {
+        return Ok(first);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (second, _) = search_readable(stmt, failed)?;
+    Ok(match (first, second) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// One search of [`next_readable`]; also says whether a probe failed with
+/// an I/O error.
+fn search_readable(
+    stmt: &mut Statement<'_>,
+    failed: i64,
+) -> Result<(Option<i64>, bool), rusqlite::Error> {
+    let mut met_io_errors = false;
     let mut reads_from = |p: i64| match stmt
         .query(params![p, 1])
         .and_then(|mut rows| rows.next().map(|_| ()))
     {
         Ok(()) => Ok(true),
         Err(e) if is_machine(&e) => Err(e),
-        Err(_) => Ok(false),
+        Err(e) => {
+            met_io_errors |= e.sqlite_error_code() == Some(rusqlite::ErrorCode::SystemIoFailure);
+            Ok(false)
+        }
     };
     let started = std::time::Instant::now();
     let mut failing = failed;
+    let mut found = None;
     for _ in 0..PROBE_ONE_BY_ONE {
         let Some(p) = failing.checked_add(1) else {
-            return Ok(None);
+            break;
         };
         if reads_from(p)? {
-            return Ok(Some(p));
+            found = Some(p);
+            break;
         }
         failing = p;
         if started.elapsed() > PROBE_ONE_BY_ONE_FOR {
             break;
         }
     }
-    let mut step = 2i64;
-    let mut working = loop {
-        let p = failing.saturating_add(step);
-        if reads_from(p)? {
-            break p;
-        }
-        if p == i64::MAX {
-            return Ok(None);
-        }
-        failing = p;
-        step = step.saturating_mul(2);
-    };
-    while working - failing > 1 {
-        let mid = failing + (working - failing) / 2;
-        if reads_from(mid)? {
-            working = mid;
-        } else {
-            failing = mid;
+    if found.is_none() && failing < i64::MAX {
+        let mut step = 2i64;
+        loop {
+            let p = failing.saturating_add(step);
+            if reads_from(p)? {
+                let mut working = p;
+                while working - failing > 1 {
+                    let mid = failing + (working - failing) / 2;
+                    if reads_from(mid)? {
+                        working = mid;
+                    } else {
+                        failing = mid;
+                    }
+                }
+                found = Some(working);
+                break;
+            }
+            if p == i64::MAX {
+                break;
+            }
+            failing = p;
+            step = step.saturating_mul(2);
         }
     }
-    Ok(Some(working))
+    Ok((found, met_io_errors))
 }
 
 /// An `events` row of the damaged file, as far as it could be read.
