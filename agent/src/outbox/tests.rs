@@ -1395,60 +1395,24 @@ fn sale_ids(events: &[StoredEvent]) -> Vec<EventId> {
         .collect()
 }
 
-/// A SQLite varint at the start of `b`: its value and length.
-fn varint(b: &[u8]) -> (u64, usize) {
-    let mut v = 0u64;
-    for (i, &c) in b.iter().enumerate().take(9) {
-        if i == 8 {
-            return ((v << 8) | u64::from(c), 9);
-        }
-        v = (v << 7) | u64::from(c & 0x7f);
-        if c & 0x80 == 0 {
-            return (v, i + 1);
-        }
-    }
-    (v, 9)
-}
-
-/// The rowids of the cells on table leaf page `page` (0-based, 4 KiB
-/// pages), each with the offset of its record in `file`.
-fn leaf_cells(file: &[u8], page: usize) -> Vec<(i64, usize)> {
-    let base = page * 4096;
-    let header = base + if page == 0 { 100 } else { 0 };
-    if file[header] != 0x0D {
-        return Vec::new();
-    }
-    let cells = usize::from(u16::from_be_bytes([file[header + 3], file[header + 4]]));
-    (0..cells)
-        .map(|i| {
-            let at = header + 8 + 2 * i;
-            let cell = base + usize::from(u16::from_be_bytes([file[at], file[at + 1]]));
-            let (_, a) = varint(&file[cell..]);
-            let (rowid, b) = varint(&file[cell + a..]);
-            (rowid as i64, cell + a + b)
-        })
+/// The leaf pages of the `events` table in key order, as SQLite's own
+/// `dbstat` table lists them, each with the seqs of its rows (0-based page
+/// numbers; `stored` is every row, in seq order).
+fn events_leaves(path: &std::path::Path, stored: &[StoredEvent]) -> Vec<(usize, Vec<i64>)> {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT pageno, ncell FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' ORDER BY path")
+        .expect("dbstat");
+    let leaves: Vec<(usize, usize)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut seqs = stored.iter().map(|e| e.seq);
+    leaves
+        .into_iter()
+        .map(|(pageno, cells)| (pageno - 1, seqs.by_ref().take(cells).collect()))
         .collect()
-}
-
-/// The `events` leaf page holding the row of `event` (its record holds the
-/// id blob, then the kind, device and payload as text), and the seqs of
-/// every row on it.
-fn events_page_of(file: &[u8], event: &StoredEvent) -> (usize, Vec<i64>) {
-    let id = event.id.0.as_bytes();
-    (0..file.len() / 4096)
-        .find_map(|page| {
-            let cells = leaf_cells(file, page);
-            cells
-                .iter()
-                .any(|&(rowid, rec)| {
-                    let record = &file[rec..(rec + 128).min(file.len())];
-                    rowid == event.seq
-                        && memchr::memmem::find(record, id).is_some()
-                        && memchr::memmem::find(record, b"storelink.salepos-01{\"id\":").is_some()
-                })
-                .then(|| (page, cells.iter().map(|c| c.0).collect()))
-        })
-        .expect("the row is on a table leaf page")
 }
 
 #[tokio::test]
@@ -1469,17 +1433,19 @@ async fn a_damaged_outbox_gives_back_every_event_it_can_still_read() {
     // (more rowids than the search's first doubling steps), one good page,
     // and one more torn. One payload elsewhere loses a bit (a row SQLite's
     // own check cannot see).
+    let all_leaves = events_leaves(&path, &stored);
     let mut file = std::fs::read(&path).expect("read db");
-    let mut leaves: Vec<(usize, Vec<i64>)> = vec![events_page_of(&file, &stored[0])];
-    let mut at = 300;
-    while leaves.len() < 9 {
-        let (page, seqs) = events_page_of(&file, &stored[at]);
-        at = stored
+    let leaf_of = |seq: i64| {
+        all_leaves
             .iter()
-            .position(|e| e.seq > *seqs.iter().max().expect("rows"))
-            .expect("more rows");
-        leaves.push((page, seqs));
-    }
+            .position(|(_, seqs)| seqs.contains(&seq))
+            .expect("a leaf holds it")
+    };
+    let first_torn_run = leaf_of(stored[300].seq);
+    let mut leaves: Vec<(usize, Vec<i64>)> = std::iter::once(0)
+        .chain(first_torn_run..first_torn_run + 8)
+        .map(|i| all_leaves[i].clone())
+        .collect();
     let island = leaves.remove(7);
     let torn_seqs: Vec<i64> = leaves.iter().flat_map(|(_, seqs)| seqs.clone()).collect();
     let on_torn: HashSet<EventId> = stored
