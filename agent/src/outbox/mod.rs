@@ -229,6 +229,15 @@ pub struct OutboxStats {
 }
 
 impl OutboxStats {
+    /// An event of `kind` with `bytes` of payload was committed.
+    pub(crate) fn count_added(&self, kind: EventKind, bytes: u64) {
+        self.rows.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if kind.is_transaction() {
+            self.pending_transactions.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
     }
@@ -462,14 +471,16 @@ impl OutboxHandle {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| OutboxError::Closed)?;
-            let checked: Result<String, OutboxError> = conn
-                .pragma_query_value(None, "quick_check", |r| r.get(0))
-                .map_err(OutboxError::from);
-            match checked {
-                Ok(result) if result == "ok" => Ok(None),
-                Ok(result) => Ok(Some(result)),
-                Err(e) if e.is_corruption() => Ok(Some(e.to_string())),
-                Err(e) => Err(e),
+            match schema::quick_check(&conn) {
+                Ok(found) => Ok(found),
+                Err(e) => {
+                    let e = OutboxError::from(e);
+                    if e.is_corruption() {
+                        Ok(Some(e.to_string()))
+                    } else {
+                        Err(e)
+                    }
+                }
             }
         })
         .await

@@ -260,11 +260,10 @@ fn quick_check_read_only(path: &Path) -> Result<(), OpenFailure> {
 }
 
 fn quick_check(conn: &Connection) -> Result<(), OpenFailure> {
-    let result: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
-    if result != "ok" {
-        return Err(OpenFailure::Damaged(result));
+    match schema::quick_check(conn)? {
+        None => Ok(()),
+        Some(problem) => Err(OpenFailure::Damaged(problem)),
     }
-    Ok(())
 }
 
 pub(crate) fn open_or_recover(path: &Path) -> Result<(Connection, OpenReport), OutboxError> {

@@ -81,35 +81,31 @@ impl Salvage {
             "{} recovered from it and queued for delivery",
             count(self.recovered, "event")
         );
-        if self.already_present > 0 {
-            s += &format!(
-                ", {} already in the outbox",
-                count(self.already_present, "event")
-            );
-        }
-        if self.quarantined > 0 {
-            s += &format!(
-                ", {} failed the checksum and quarantined",
-                count(self.quarantined, "event")
-            );
-        }
-        if self.unreadable_regions > 0 {
-            s += &format!(
-                ", {} skipped (events there are lost)",
-                count(self.unreadable_regions, "unreadable region")
-            );
-        }
-        if self.keys > 0 {
-            s += &format!(", {} kept", count(self.keys, "idempotency key"));
+        // Only what happened: a clause whose count is zero is left out.
+        for (n, what, clause) in [
+            (self.already_present, "event", "already in the outbox"),
+            (
+                self.quarantined,
+                "event",
+                "failed the checksum and quarantined",
+            ),
+            (
+                self.unreadable_regions,
+                "unreadable region",
+                "skipped (events there are lost)",
+            ),
+            (self.keys, "idempotency key", "kept"),
+        ] {
+            if n > 0 {
+                s += &format!(", {} {clause}", count(n, what));
+            }
         }
         if let Some(why) = &self.interrupted {
             s += &format!("; recovery stopped early ({why}) and resumes at the next start");
         }
         s
     }
-}
 
-impl Salvage {
     /// The file could not be read: given up if that is the file's fault,
     /// left for the next start if it is the machine's (a lock, an I/O
     /// error, permissions).
@@ -665,11 +661,7 @@ fn copy_events(
     .execute(params![source, next_seq])?;
     tx.commit()?;
     for (kind, len) in &recovered {
-        stats.rows.fetch_add(1, Ordering::Relaxed);
-        stats.bytes.fetch_add(*len, Ordering::Relaxed);
-        if kind.is_transaction() {
-            stats.pending_transactions.fetch_add(1, Ordering::Relaxed);
-        }
+        stats.count_added(*kind, *len);
     }
     stats
         .quarantined_total

@@ -98,6 +98,13 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
+/// SQLite's `quick_check`: `None` if the database is sound, else the first
+/// problem it names.
+pub(crate) fn quick_check(conn: &Connection) -> Result<Option<String>, rusqlite::Error> {
+    let result: String = conn.pragma_query_value(None, "quick_check", |r| r.get(0))?;
+    Ok((result != "ok").then_some(result))
+}
+
 /// Runs `f` on a read-only connection to `path`, which nothing can write
 /// through. Such a connection to a WAL database creates the `-wal` and
 /// `-shm` files if they are missing and, unlike the last writer, leaves

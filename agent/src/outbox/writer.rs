@@ -619,13 +619,7 @@ fn insert(
         i64::from(ev.crc32),
         now_ms(),
     ])?;
-    stats.rows.fetch_add(1, Ordering::Relaxed);
-    stats
-        .bytes
-        .fetch_add(ev.payload.len() as u64, Ordering::Relaxed);
-    if ev.kind.is_transaction() {
-        stats.pending_transactions.fetch_add(1, Ordering::Relaxed);
-    }
+    stats.count_added(ev.kind, ev.payload.len() as u64);
     Ok(())
 }
 
