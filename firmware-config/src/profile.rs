@@ -432,9 +432,17 @@ pub struct ShelfSensor {
     pub gtin: String,
     /// Raw counts with an empty shelf.
     pub zero_offset: i64,
-    /// Raw counts per gram (from two-point calibration).
+    /// Raw counts per gram (from two-point calibration), rounded to a whole
+    /// number. Give this or `span`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub counts_per_gram: i64,
+    pub counts_per_gram: Option<i64>,
+    /// The second point of the two-point calibration itself: the raw counts
+    /// read with a known weight on the shelf. Exact where a whole
+    /// `counts_per_gram` would round (a 5 kg cell at 97.4 counts per gram
+    /// reads 4.1 kg as 4,117 g with 97). Give this or `counts_per_gram`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span: Option<SpanPoint>,
     #[schemars(range(min = 1))]
     pub unit_weight_grams: u32,
     /// Raise low-stock when the count falls to this or below…
@@ -453,6 +461,44 @@ pub struct ShelfSensor {
     #[serde(default)]
     #[schemars(range(max = 86_400))]
     pub alert_dwell_secs: u64,
+}
+
+/// A known weight on a shelf and what the load cell read with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpanPoint {
+    /// The known weight, in grams.
+    #[schemars(range(min = 1))]
+    pub grams: u32,
+    /// Raw counts read with it on the shelf.
+    pub raw: i64,
+}
+
+/// A sensor's counts per gram as an exact fraction: `counts` raw counts
+/// above the zero offset for every `grams` grams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scale {
+    pub counts: i128,
+    pub grams: i128,
+}
+
+impl ShelfSensor {
+    /// The calibration's scale, or `None` when the profile gives none, both,
+    /// or one that is not positive (validation reports each of those).
+    pub fn scale(&self) -> Option<Scale> {
+        let scale = match (self.counts_per_gram, self.span) {
+            (Some(cpg), None) => Scale {
+                counts: i128::from(cpg),
+                grams: 1,
+            },
+            (None, Some(span)) => Scale {
+                counts: i128::from(span.raw) - i128::from(self.zero_offset),
+                grams: i128::from(span.grams),
+            },
+            _ => return None,
+        };
+        (scale.counts > 0 && scale.grams > 0).then_some(scale)
+    }
 }
 
 fn default_deadband() -> u32 {

@@ -699,17 +699,7 @@ fn check_sensor(p: &str, s: &ShelfSensor, out: &mut Vec<Problem>) {
             .with_hint("8, 12, 13 or 14 digits ending in the GS1 mod-10 check digit"),
         );
     }
-    if s.counts_per_gram <= 0 {
-        out.push(
-            Problem::error(
-                format!("{p}.counts_per_gram"),
-                format!("must be greater than 0, not {}", s.counts_per_gram),
-            )
-            .with_hint(
-                "from two-point calibration: (raw with a known weight - zero_offset) / grams",
-            ),
-        );
-    }
+    check_calibration(p, s, out);
     if s.unit_weight_grams == 0 {
         out.push(
             Problem::error(format!("{p}.unit_weight_grams"), "must be greater than 0")
@@ -754,6 +744,62 @@ fn check_sensor(p: &str, s: &ShelfSensor, out: &mut Vec<Problem>) {
         0..=86_400,
         " seconds",
     );
+}
+
+/// A sensor's scale comes from exactly one of `counts_per_gram` and `span`.
+fn check_calibration(p: &str, s: &ShelfSensor, out: &mut Vec<Problem>) {
+    const HINT: &str =
+        "two-point calibration: zero_offset is the raw counts with the shelf empty; \
+         span = { grams = <a known weight>, raw = <the raw counts with it on the shelf> }";
+    match (s.counts_per_gram, s.span) {
+        (None, None) => out.push(
+            Problem::error(
+                p.to_owned(),
+                "has no calibration: give counts_per_gram or span",
+            )
+            .with_hint(HINT),
+        ),
+        (Some(_), Some(_)) => out.push(
+            Problem::error(
+                format!("{p}.span"),
+                "give counts_per_gram or span, not both: they can disagree",
+            )
+            .with_hint("span is exact; counts_per_gram is rounded to a whole number"),
+        ),
+        (Some(cpg), None) if cpg <= 0 => out.push(
+            Problem::error(
+                format!("{p}.counts_per_gram"),
+                format!("must be greater than 0, not {cpg}"),
+            )
+            .with_hint(
+                "from two-point calibration: (raw with a known weight - zero_offset) / grams",
+            ),
+        ),
+        (Some(_), None) => {}
+        (None, Some(span)) => {
+            if span.grams == 0 {
+                out.push(
+                    Problem::error(format!("{p}.span.grams"), "must be greater than 0")
+                        .with_hint(HINT),
+                );
+            }
+            if span.raw <= s.zero_offset {
+                out.push(
+                    Problem::error(
+                        format!("{p}.span.raw"),
+                        format!(
+                            "must be greater than zero_offset ({}), not {}",
+                            s.zero_offset, span.raw
+                        ),
+                    )
+                    .with_hint(
+                        "the raw counts with the known weight on the shelf; a cell whose \
+                         counts fall under load is wired the other way round",
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn range<T: PartialOrd + std::fmt::Display>(

@@ -380,6 +380,40 @@ fn sensor_gtins_must_validate() {
     );
 }
 
+/// A sensor's scale comes from exactly one of `counts_per_gram` and `span`,
+/// and a span point must be above the empty shelf.
+#[test]
+fn sensor_calibration_from_a_span_point_or_a_whole_counts_per_gram() {
+    assert_problems(
+        &[(
+            "counts_per_gram = 420",
+            "span = { grams = 5000, raw = 10488608 }",
+        )],
+        &[],
+    );
+    assert_problems(
+        &[("counts_per_gram = 420\n", "")],
+        &["33:1: error: shelf_sensors[0]: has no calibration: give counts_per_gram or span (hint: two-point calibration: zero_offset is the raw counts with the shelf empty; span = { grams = <a known weight>, raw = <the raw counts with it on the shelf> })"],
+    );
+    assert_problems(
+        &[(
+            "counts_per_gram = 420",
+            "counts_per_gram = 420\nspan = { grams = 5000, raw = 10488608 }",
+        )],
+        &["38:8: error: shelf_sensors[0].span: give counts_per_gram or span, not both: they can disagree (hint: span is exact; counts_per_gram is rounded to a whole number)"],
+    );
+    assert_problems(
+        &[(
+            "counts_per_gram = 420",
+            "span = { grams = 0, raw = 8388608 }",
+        )],
+        &[
+            "37:18: error: shelf_sensors[0].span.grams: must be greater than 0 (hint: two-point calibration: zero_offset is the raw counts with the shelf empty; span = { grams = <a known weight>, raw = <the raw counts with it on the shelf> })",
+            "37:27: error: shelf_sensors[0].span.raw: must be greater than zero_offset (8388608), not 8388608 (hint: the raw counts with the known weight on the shelf; a cell whose counts fall under load is wired the other way round)",
+        ],
+    );
+}
+
 #[test]
 fn sensor_calibration_and_thresholds() {
     assert_problems(

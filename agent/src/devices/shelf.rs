@@ -14,8 +14,9 @@
 //! still shows the sensor is alive).
 //!
 //! # Per reading
-//! 1. grams = (raw − zero_offset) / counts_per_gram, integer maths, rounded
-//!    half away from zero; item_count = round(grams / unit_weight), never
+//! 1. grams = (raw − zero_offset) / counts_per_gram, integer maths on the
+//!    calibration's exact fraction (`span`, or a whole `counts_per_gram`),
+//!    rounded half away from zero; item_count = round(grams / unit_weight), never
 //!    below 0.
 //! 2. Deadband: a [`ShelfReading`] is emitted only when the weight moved at
 //!    least `deadband_grams` (at least 1 g) from the last emitted reading
@@ -35,7 +36,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset};
-use firmware_config::ShelfSensor;
+use firmware_config::{Scale, ShelfSensor};
 use protocol::device::{DeviceState, ShelfReading, StockAlert, StockAlertKind};
 use protocol::Gtin;
 use tokio::time::Instant;
@@ -119,15 +120,18 @@ pub fn div_round(n: i128, d: i128) -> i128 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Calibration {
     pub zero_offset: i64,
-    pub counts_per_gram: i64,
+    /// Counts per gram as a fraction, both parts positive.
+    pub scale: Scale,
     pub unit_weight_grams: u32,
 }
 
 impl Calibration {
     pub fn grams(&self, raw: i64) -> i64 {
+        // (raw − zero) fits 65 bits and scale.grams 32, so the product
+        // cannot overflow an i128.
         let g = div_round(
-            i128::from(raw) - i128::from(self.zero_offset),
-            i128::from(self.counts_per_gram.max(1)),
+            (i128::from(raw) - i128::from(self.zero_offset)) * self.scale.grams.max(1),
+            self.scale.counts.max(1),
         );
         i64::try_from(g).unwrap_or(if g < 0 { i64::MIN } else { i64::MAX })
     }
@@ -205,13 +209,14 @@ pub struct Shelf {
 
 impl Shelf {
     /// A state machine for `cfg`, whose silence is measured from `now`.
-    /// `cfg.gtin` must be valid (the profile validation guarantees it).
-    pub fn new(cfg: &ShelfSensor, gtin: Gtin, now: Instant) -> Shelf {
+    /// `gtin` and `scale` come from `cfg` (the profile validation
+    /// guarantees both are valid).
+    pub fn new(cfg: &ShelfSensor, gtin: Gtin, scale: Scale, now: Instant) -> Shelf {
         Shelf {
             gtin,
             cal: Calibration {
                 zero_offset: cfg.zero_offset,
-                counts_per_gram: cfg.counts_per_gram,
+                scale,
                 unit_weight_grams: cfg.unit_weight_grams,
             },
             low_stock_at: cfg.low_stock_at,
@@ -371,7 +376,8 @@ mod tests {
             id: "shelf-a1".into(),
             gtin: "05901234123457".into(),
             zero_offset: 8_388_608,
-            counts_per_gram: 420,
+            counts_per_gram: Some(420),
+            span: None,
             unit_weight_grams: 500,
             low_stock_at: 3,
             restocked_at: 6,
@@ -382,7 +388,12 @@ mod tests {
     }
 
     fn shelf(c: &ShelfSensor, now: Instant) -> Shelf {
-        Shelf::new(c, c.gtin.parse().expect("valid"), now)
+        Shelf::new(
+            c,
+            c.gtin.parse().expect("valid"),
+            c.scale().expect("calibrated"),
+            now,
+        )
     }
 
     /// Raw counts for a weight in grams under `cfg()`.
@@ -519,7 +530,10 @@ mod tests {
     fn calibration_rounds_half_away_from_zero() {
         let c = Calibration {
             zero_offset: 1000,
-            counts_per_gram: 4,
+            scale: Scale {
+                counts: 4,
+                grams: 1,
+            },
             unit_weight_grams: 250,
         };
         assert_eq!(c.grams(1000), 0);
@@ -534,11 +548,61 @@ mod tests {
         assert_eq!(c.items(-400), 0);
         let extreme = Calibration {
             zero_offset: i64::MIN,
-            counts_per_gram: 1,
+            scale: Scale {
+                counts: 1,
+                grams: 1,
+            },
             unit_weight_grams: 1,
         };
         assert_eq!(extreme.grams(i64::MAX), i64::MAX);
         assert_eq!(extreme.items(i64::MAX), u32::MAX);
+        let widest = Calibration {
+            zero_offset: i64::MIN,
+            scale: Scale {
+                counts: 1,
+                grams: i128::from(u32::MAX),
+            },
+            unit_weight_grams: 1,
+        };
+        assert_eq!(widest.grams(i64::MAX), i64::MAX);
+        assert_eq!(widest.grams(i64::MIN), 0);
+    }
+
+    /// A 5 kg cell reads 97.4 counts per gram: calibrated by its span point,
+    /// 4,100 g on the shelf reads 4,100 g. A whole counts_per_gram of 97
+    /// reads 4,117 g, an error that grows with the load.
+    #[test]
+    fn a_span_calibration_keeps_the_fraction_a_whole_counts_per_gram_rounds_away() {
+        let zero = 8_388_100;
+        let span = ShelfSensor {
+            zero_offset: zero,
+            counts_per_gram: None,
+            span: Some(firmware_config::SpanPoint {
+                grams: 5000,
+                raw: zero + 487_000,
+            }),
+            ..cfg()
+        };
+        let exact = Calibration {
+            zero_offset: zero,
+            scale: span.scale().expect("calibrated"),
+            unit_weight_grams: 1560,
+        };
+        let raw_4100 = zero + 4100 * 974 / 10;
+        assert_eq!(exact.grams(raw_4100), 4100);
+        assert_eq!(exact.grams(zero + 487_000), 5000);
+        assert_eq!(exact.grams(zero + 48), 0); // 0.49 g
+        assert_eq!(exact.grams(zero + 49), 1); // 0.503 g
+        let whole = Calibration {
+            scale: ShelfSensor {
+                counts_per_gram: Some(97),
+                ..cfg()
+            }
+            .scale()
+            .expect("calibrated"),
+            ..exact.clone()
+        };
+        assert_eq!(whole.grams(raw_4100), 4117);
     }
 
     #[test]

@@ -80,10 +80,14 @@ pub fn spawn(
             tracing::error!(sensor = %cfg.id, gtin = %cfg.gtin, "shelf sensor has an invalid GTIN; ignored");
             continue;
         };
+        let Some(scale) = cfg.scale() else {
+            tracing::error!(sensor = %cfg.id, "shelf sensor has no usable calibration; ignored");
+            continue;
+        };
         states.insert(
             cfg.id.clone(),
             Sensor {
-                shelf: Shelf::new(cfg, gtin, now),
+                shelf: Shelf::new(cfg, gtin, scale, now),
                 source: Source {
                     kind: SourceKind::ShelfSensor,
                     device_id: cfg.id.clone(),
@@ -354,7 +358,8 @@ mod tests {
             id: "shelf-a1".into(),
             gtin: "05901234123457".into(),
             zero_offset: 0,
-            counts_per_gram: 1,
+            counts_per_gram: Some(1),
+            span: None,
             unit_weight_grams: 500,
             low_stock_at: 3,
             restocked_at: 6,
@@ -390,7 +395,12 @@ mod tests {
         let mut states = HashMap::from([(
             cfg.id.clone(),
             Sensor {
-                shelf: Shelf::new(&cfg, cfg.gtin.parse().expect("gtin"), Instant::now()),
+                shelf: Shelf::new(
+                    &cfg,
+                    cfg.gtin.parse().expect("gtin"),
+                    cfg.scale().expect("calibrated"),
+                    Instant::now(),
+                ),
                 source: Source {
                     kind: SourceKind::ShelfSensor,
                     device_id: cfg.id.clone(),
