@@ -1693,3 +1693,111 @@ async fn a_salvage_cut_short_resumes_where_it_stopped_and_never_brings_back_what
         "complete, so reported for good"
     );
 }
+
+/// A set-aside copy of an outbox of `n` sales: its directory, the sales'
+/// ids, and the events table's leaves (see [`events_leaves`]) with every
+/// stored event.
+async fn set_aside_copy_of(
+    n: u64,
+) -> (
+    tempfile::TempDir,
+    Vec<EventId>,
+    Vec<(usize, Vec<i64>)>,
+    Vec<StoredEvent>,
+) {
+    let live = tempfile::tempdir().expect("tmp");
+    let outbox = open(live.path(), 1 << 30, 1_000_000);
+    let h = outbox.handle();
+    let ids = append_sales(&h, 1..=n).await;
+    let stored = all_events(&h).await;
+    drop(h);
+    outbox.close().await;
+    let leaves = events_leaves(&live.path().join("outbox.db"), &stored);
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::copy(
+        live.path().join("outbox.db"),
+        dir.path().join("outbox.db.damaged-20261207T101500.000Z"),
+    )
+    .expect("copy");
+    (dir, ids, leaves, stored)
+}
+
+/// A card whose read fails once and then works: the salvage reads the
+/// page again instead of writing its rows off.
+#[tokio::test]
+async fn a_salvage_reads_again_a_page_whose_read_failed_once_and_loses_nothing() {
+    let (dir, ids, leaves, stored) = set_aside_copy_of(2_500).await;
+    let (page, _) = leaves
+        .iter()
+        .find(|(_, seqs)| seqs.contains(&stored[1_200].seq))
+        .expect("a leaf holds it");
+    let faults = faulty_vfs::arm(faulty_vfs::ReadFaults {
+        path_contains: "damaged-".into(),
+        page_size: 4096,
+        pages: HashMap::from([(*page as u64, 1)]),
+        burst: None,
+    });
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    let failed = faults.counts();
+    drop(faults);
+    let salvage = outbox.report.salvaged[0].1.clone();
+    assert_eq!(failed.listed, 1, "the page's read failed once");
+    assert!(
+        salvage.recovered == 2_500 && salvage.keys == 2_500 && salvage.unreadable_regions == 0,
+        "{salvage:?}"
+    );
+    assert_eq!(sale_ids(&all_events(&outbox.handle()).await), ids);
+    outbox.close().await;
+}
+
+/// A sector that never reads costs the rows on its page, and no more: not
+/// when the card reader also resets while the salvage searches for where
+/// reading works again (every read fails for a while), which would make a
+/// single search jump past the rest of the file.
+#[tokio::test]
+async fn a_page_that_never_reads_costs_only_its_rows_even_if_the_reader_resets_meanwhile() {
+    let (dir, ids, leaves, stored) = set_aside_copy_of(2_500).await;
+    let (page, on_page) = leaves
+        .iter()
+        .find(|(_, seqs)| seqs.contains(&stored[1_200].seq))
+        .expect("a leaf holds it")
+        .clone();
+    let lost: HashSet<EventId> = stored
+        .iter()
+        .filter(|e| on_page.contains(&e.seq))
+        .map(|e| e.id)
+        .collect();
+    assert!(!lost.is_empty());
+    let faults = faulty_vfs::arm(faulty_vfs::ReadFaults {
+        path_contains: "damaged-".into(),
+        page_size: 4096,
+        pages: HashMap::from([(page as u64, faulty_vfs::ALWAYS)]),
+        // The first read and the read again fail; then the reader resets.
+        burst: Some(faulty_vfs::Burst {
+            after_failures: 2,
+            lasting: std::time::Duration::from_millis(600),
+        }),
+    });
+    let outbox = open(dir.path(), 1 << 30, 1_000_000);
+    let failed = faults.counts();
+    drop(faults);
+    let expected: Vec<EventId> = ids
+        .iter()
+        .copied()
+        .filter(|id| !lost.contains(id))
+        .collect();
+    let salvage = outbox.report.salvaged[0].1.clone();
+    assert!(
+        failed.listed >= 2 && failed.in_burst > 0,
+        "the page failed and the reader reset: {failed:?}"
+    );
+    assert!(
+        salvage.recovered == expected.len() as u64
+            && salvage.keys == expected.len() as u64
+            && salvage.unreadable_regions == 1,
+        "{} rows on the bad page, {salvage:?}, {failed:?}",
+        lost.len()
+    );
+    assert_eq!(sale_ids(&all_events(&outbox.handle()).await), expected);
+    outbox.close().await;
+}
