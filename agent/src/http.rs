@@ -378,6 +378,9 @@ trait PosRecord: DeserializeOwned {
         Ok(())
     }
     fn validate(&self) -> Result<(), Problems>;
+    /// Leaves out what only repeats this store's own id, so the event keeps
+    /// the lowest schema version that carries it.
+    fn drop_own_store(&mut self, _store_id: &str) {}
     fn reference(&self) -> TransactionRef;
     fn occurred_at(&self) -> chrono::DateTime<chrono::FixedOffset>;
     /// The currency of the record's amounts, if it has any.
@@ -441,6 +444,13 @@ impl PosRecord for Return {
     fn validate(&self) -> Result<(), Problems> {
         Return::validate(self)
     }
+    fn drop_own_store(&mut self, store_id: &str) {
+        if let Some(original) = &mut self.original {
+            if original.store_id.as_deref() == Some(store_id) {
+                original.store_id = None;
+            }
+        }
+    }
     fn reference(&self) -> TransactionRef {
         self.transaction.reference()
     }
@@ -459,6 +469,11 @@ impl PosRecord for Void {
     const ROUTE: &'static str = "/v1/voids";
     fn validate(&self) -> Result<(), Problems> {
         Void::validate(self)
+    }
+    fn drop_own_store(&mut self, store_id: &str) {
+        if self.voided.store_id.as_deref() == Some(store_id) {
+            self.voided.store_id = None;
+        }
     }
     fn reference(&self) -> TransactionRef {
         Void::reference(self)
@@ -482,8 +497,9 @@ async fn post_record<R: PosRecord>(
     let started = Instant::now();
     let result = async {
         let body = body.map_err(body_problem)?;
-        let record: R = decode(&body)?;
+        let mut record: R = decode(&body)?;
         R::refuse_other_kinds(&body)?;
+        record.drop_own_store(&state.ingest.store().store_id);
         let mut problems = record.validate().err().unwrap_or_default();
         if let Some(currency) = record.currency().filter(|c| *c != state.currency) {
             problems.push(FieldError::new(
@@ -669,6 +685,92 @@ mod tests {
         assert_eq!(again["event_id"], first["event_id"]);
         assert_eq!(again["duplicate"], true);
         assert_eq!(f.state.outbox_stats.rows(), 1);
+    }
+
+    /// Version 2's records (cash rounding, nothing to pay, another store's
+    /// sale returned) are stored as posted, at version 2; naming this
+    /// store's own id keeps a return or a void at version 1; a void of
+    /// another store's transaction is refused.
+    #[tokio::test]
+    async fn version_2_records_are_stored_at_version_2_and_only_those() {
+        let f = fixture(1000, None);
+        let posts = [
+            (
+                "/v1/sales",
+                serde_json::to_value(protocol::samples::sale_with_cash_rounding()),
+            ),
+            (
+                "/v1/sales",
+                serde_json::to_value(protocol::samples::fully_discounted_sale()),
+            ),
+            (
+                "/v1/returns",
+                serde_json::to_value(protocol::samples::return_of_another_stores_sale()),
+            ),
+        ];
+        for (route, body) in posts {
+            let body = serde_json::to_vec(&body.expect("json")).expect("json");
+            let (status, _, p) = call(&f.app, "POST", route, body, None).await;
+            assert_eq!(status, StatusCode::CREATED, "{route}: {p}");
+        }
+        let mut own = protocol::samples::return_();
+        if let Some(o) = &mut own.original {
+            o.store_id = Some("store-test".into());
+        }
+        let mut own_void = protocol::samples::void();
+        own_void.voided.store_id = Some("store-test".into());
+        let mut other_void = protocol::samples::void();
+        other_void.sequence_number += 1;
+        other_void.voided.store_id = Some("store-0017".into());
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/returns",
+            serde_json::to_vec(&own).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/voids",
+            serde_json::to_vec(&own_void).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+        let (status, _, p) = call(
+            &f.app,
+            "POST",
+            "/v1/voids",
+            serde_json::to_vec(&other_void).expect("json"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(p["errors"][0]["field"], "voided.store_id", "{p}");
+        assert_eq!(p["errors"][0]["code"], "not_allowed", "{p}");
+
+        let stored: Vec<serde_json::Value> = f
+            ._outbox
+            .handle()
+            .read_after(0, usize::MAX, usize::MAX)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| serde_json::from_slice(&e.payload).expect("json"))
+            .collect();
+        let versions: Vec<u64> = stored
+            .iter()
+            .map(|e| e["schema_version"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(versions, [2, 2, 2, 1, 1]);
+        assert_eq!(stored[0]["body"]["totals"]["rounding"], -2);
+        assert_eq!(stored[1]["body"]["tenders"], serde_json::json!([]));
+        assert_eq!(stored[2]["body"]["original"]["store_id"], "store-0017");
+        assert!(stored[3]["body"]["original"].get("store_id").is_none());
+        assert!(stored[4]["body"]["voided"].get("store_id").is_none());
     }
 
     #[tokio::test]

@@ -341,9 +341,11 @@ mod tests {
         )
     }
 
+    /// One event of every kind, and the version-2 ones too.
     fn sample_json(store: &str) -> Vec<Vec<u8>> {
         samples::envelopes(store)
             .iter()
+            .chain(&samples::version_2_envelopes(store))
             .map(|e| e.to_json())
             .collect()
     }

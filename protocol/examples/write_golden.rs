@@ -6,8 +6,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use protocol::EventKind;
-
 fn main() -> ExitCode {
     let Some(version) = std::env::args().nth(1) else {
         eprintln!("usage: write_golden <version directory, e.g. v2>");
@@ -32,15 +30,37 @@ fn main() -> ExitCode {
 }
 
 fn write(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let version = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let (envelopes, names): (_, &[&str]) = match version {
+        "v1" => (
+            protocol::samples::envelopes("store-0042"),
+            &[
+                "sale",
+                "sale_jpy",
+                "return",
+                "void",
+                "scan",
+                "shelf_reading",
+                "stock_alert",
+                "device_status",
+                "agent_notice",
+            ],
+        ),
+        "v2" => (
+            protocol::samples::version_2_envelopes("store-0042"),
+            &[
+                "sale_cash_rounding",
+                "sale_fully_discounted",
+                "return_other_store",
+            ],
+        ),
+        other => return Err(format!("no samples for version `{other}`").into()),
+    };
+    if envelopes.len() != names.len() {
+        return Err("a sample without a file name".into());
+    }
     std::fs::create_dir_all(dir)?;
-    for (i, env) in protocol::samples::envelopes("store-0042")
-        .into_iter()
-        .enumerate()
-    {
-        let name = match (env.schema, i) {
-            (EventKind::Sale, 1) => "sale_jpy".to_string(),
-            (k, _) => k.schema_name().trim_start_matches("storelink.").to_string(),
-        };
+    for (env, name) in envelopes.into_iter().zip(names) {
         let json = serde_json::to_string_pretty(&env)?;
         std::fs::write(dir.join(format!("{name}.json")), json + "\n")?;
     }

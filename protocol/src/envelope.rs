@@ -116,16 +116,24 @@ impl EventKind {
     /// accept every version up to it; a newer one goes to the dead-letter
     /// topic until the reader is upgraded.
     pub fn readable_version(&self) -> u16 {
-        1
+        match self {
+            // v2: cash rounding, a zero total without tenders, a return of
+            // another store's sale (VERSIONING.md, "Versions so far").
+            EventKind::Sale | EventKind::Return => 2,
+            _ => 1,
+        }
     }
 
-    /// The version this build writes. It trails [`Self::readable_version`]
-    /// by a release when a schema gains a version: bridges that can read it
-    /// must be everywhere before agents write it (VERSIONING.md, rule 4),
-    /// or a store's events would be dead-lettered and, receipted as such,
-    /// leave its outbox.
+    /// The newest version this build writes. It trails
+    /// [`Self::readable_version`] by a release when a schema gains a
+    /// version: bridges that can read it must be everywhere before agents
+    /// write it (VERSIONING.md, rule 4), or a store's events would be
+    /// dead-lettered and, receipted as such, leave its outbox. Each event
+    /// is written at the lowest version that carries it
+    /// ([`EventBody::schema_version`]), so only events that need the newest
+    /// one are written at it.
     pub fn written_version(&self) -> u16 {
-        1
+        self.readable_version()
     }
 
     /// Transactions are what the business is paid on: never shed, refused
@@ -180,6 +188,16 @@ impl EventBody {
             EventBody::StockAlert(_) => EventKind::StockAlert,
             EventBody::DeviceStatus(_) => EventKind::DeviceStatus,
             EventBody::AgentNotice(_) => EventKind::AgentNotice,
+        }
+    }
+
+    /// The lowest version of its schema that carries this body (at most
+    /// [`EventKind::written_version`]).
+    pub fn schema_version(&self) -> u16 {
+        match self {
+            EventBody::Sale(s) => s.schema_version(),
+            EventBody::Return(r) => r.schema_version(),
+            _ => 1,
         }
     }
 
@@ -288,7 +306,8 @@ impl EnvelopeError {
 }
 
 impl Envelope {
-    /// A new event with a fresh UUIDv7 and the current schema version.
+    /// A new event with a fresh UUIDv7, at the lowest schema version that
+    /// carries its body.
     pub fn new(
         store_id: impl Into<String>,
         region: impl Into<String>,
@@ -300,7 +319,7 @@ impl Envelope {
         Envelope {
             id: EventId::new_v7(),
             schema,
-            schema_version: schema.written_version(),
+            schema_version: body.schema_version(),
             store_id: store_id.into(),
             region: region.into(),
             source,

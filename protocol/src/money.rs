@@ -34,14 +34,21 @@ const EXPONENT_2: &[&str] = &[
     "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN",
     "QAR", "RON", "RSD", "RUB", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS",
     "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TOP", "TRY", "TTD", "TWD",
-    "TZS", "UAH", "USD", "UYU", "UZS", "VES", "WST", "XCD", "YER", "ZAR", "ZMW", "ZWG",
+    "TZS", "UAH", "USD", "UYU", "UZS", "VED", "VES", "WST", "XCD", "XCG", "YER", "ZAR", "ZMW",
+    "ZWG",
 ];
 /// Currencies whose minor unit is not a decimal subdivision (1 ariary = 5
 /// iraimbilanja). ISO 4217 still lists exponent 2 for them; amounts are kept
 /// in the listed minor unit and formatting is the only thing that differs.
 const NON_DECIMAL: &[&str] = &["MGA", "MRU"];
 
-/// An ISO 4217 alphabetic currency code known to this protocol version.
+/// An ISO 4217 alphabetic currency code.
+///
+/// Parsing (`"EUR".parse()`, a store profile) accepts only the codes in the
+/// table above. Reading an event accepts any three capital letters, so a
+/// code ISO adds after this build (as XCG replaced ANG in 2025) does not
+/// make every reader dead-letter that store's events; [`Currency::is_known`]
+/// says whether the table has it, and validation refuses one it lacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency([u8; 3]);
 
@@ -59,11 +66,19 @@ impl Currency {
 
     /// The alphabetic code, e.g. `"EUR"`.
     pub fn code(&self) -> &str {
-        // The constructor only accepts codes from the ASCII tables above.
+        // Both constructors accept only ASCII capital letters.
         std::str::from_utf8(&self.0).unwrap_or("???")
     }
 
-    /// Number of decimal digits of the minor unit: 2 for EUR, 0 for JPY, 3 for KWD.
+    /// Whether this build's ISO 4217 table lists the code.
+    pub fn is_known(&self) -> bool {
+        [EXPONENT_0, EXPONENT_2, EXPONENT_3, EXPONENT_4, NON_DECIMAL]
+            .iter()
+            .any(|table| table.contains(&self.code()))
+    }
+
+    /// Number of decimal digits of the minor unit: 2 for EUR, 0 for JPY, 3
+    /// for KWD (and 2 for a code this build does not know).
     pub fn exponent(&self) -> u32 {
         let code = self.code();
         if EXPONENT_0.contains(&code) {
@@ -112,7 +127,10 @@ impl Serialize for Currency {
 impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        code.parse().map_err(serde::de::Error::custom)
+        match code.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Currency([a, b, c])),
+            _ => Err(serde::de::Error::custom(UnknownCurrency(code.into_owned()))),
+        }
     }
 }
 
@@ -214,6 +232,22 @@ mod tests {
         for bad in ["EUD", "eur", "EURO", "", "€"] {
             assert_eq!(bad.parse::<Currency>(), Err(UnknownCurrency(bad.into())));
         }
+        for new in ["XCG", "VED"] {
+            assert_eq!(new.parse::<Currency>().map(|c| c.exponent()), Ok(2));
+        }
+    }
+
+    /// A reader takes any three capital letters (a code newer than its
+    /// table), and says it does not know them; anything else is refused.
+    #[test]
+    fn events_read_a_code_newer_than_the_table() {
+        let read = |s: &str| serde_json::from_str::<Currency>(&format!("\"{s}\""));
+        let newer = read("QQQ").expect("three capitals");
+        assert!(!newer.is_known() && newer.code() == "QQQ");
+        assert!(read("EUR").expect("EUR").is_known());
+        for bad in ["eur", "EURO", "", "€", "E1R"] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -253,6 +287,7 @@ mod tests {
     fn currency_serde_is_the_plain_code() {
         let json = serde_json::to_string(&Currency::JPY).unwrap_or_default();
         assert_eq!(json, "\"JPY\"");
-        assert!(serde_json::from_str::<Currency>("\"XXX\"").is_err());
+        assert!(serde_json::from_str::<Currency>("\"XXX\"").is_ok_and(|c| !c.is_known()));
+        assert!(serde_json::from_str::<Currency>("\"xxx\"").is_err());
     }
 }

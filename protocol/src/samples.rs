@@ -83,6 +83,7 @@ pub fn sale_numbered(terminal_id: &str, sequence_number: u64) -> Sale {
             grand: 587,
             tendered: 1000,
             change: 413,
+            rounding: 0,
         },
     }
 }
@@ -126,6 +127,7 @@ pub fn sale_jpy() -> Sale {
             grand: 324,
             tendered: 324,
             change: 0,
+            rounding: 0,
         },
     }
 }
@@ -146,16 +148,62 @@ pub fn return_() -> Return {
         grand: 199,
         tendered: 199,
         change: 0,
+        rounding: 0,
     };
     Return {
         transaction: t,
         original: Some(TransactionRef {
+            store_id: None,
             terminal_id: "pos-01".into(),
             business_day: business_day(),
             sequence_number: 1042,
         }),
         reason_code: "DEFECTIVE".into(),
     }
+}
+
+/// Version 2: [`sale`] paid in cash in a store that rounds cash to 5 cents
+/// (the Netherlands): 5.87 due, 5.85 paid, 4.15 change.
+pub fn sale_with_cash_rounding() -> Sale {
+    let mut s = sale_numbered("pos-01", 1044);
+    s.totals.change = 415;
+    s.totals.rounding = -2;
+    s
+}
+
+/// Version 2: a sale whose one line is given away in full (a staff gift):
+/// nothing to pay, so no tender.
+pub fn fully_discounted_sale() -> Sale {
+    let mut s = sale_numbered("pos-01", 1045);
+    s.lines.truncate(1);
+    s.lines[0].quantity = Quantity::Units(1);
+    s.lines[0].extended_amount = 199;
+    s.lines[0].discounts = vec![Discount {
+        amount: 199,
+        reason: "STAFF-GIFT".into(),
+    }];
+    s.tax.clear();
+    s.tenders.clear();
+    s.totals = Totals {
+        gross: 199,
+        discounts: 199,
+        tax: 0,
+        grand: 0,
+        tendered: 0,
+        change: 0,
+        rounding: 0,
+    };
+    s
+}
+
+/// Version 2: [`return_`] of goods bought in another store of the chain.
+pub fn return_of_another_stores_sale() -> Return {
+    let mut r = return_();
+    r.transaction.sequence_number = 1051;
+    if let Some(original) = &mut r.original {
+        original.store_id = Some("store-0017".into());
+    }
+    r
 }
 
 pub fn void() -> Void {
@@ -166,6 +214,7 @@ pub fn void() -> Void {
         sequence_number: 1043,
         voided_at: at("2026-11-24T10:16:10+01:00"),
         voided: TransactionRef {
+            store_id: None,
             terminal_id: "pos-01".into(),
             business_day: business_day(),
             sequence_number: 1042,
@@ -235,6 +284,24 @@ pub fn agent_notice() -> AgentNotice {
 }
 
 /// An envelope around one sample body of every kind.
+/// One event of each kind version 2 added, written at version 2
+/// (`samples/v2/`).
+pub fn version_2_envelopes(store_id: &str) -> Vec<Envelope> {
+    let source = Source {
+        kind: SourceKind::PosTerminal,
+        device_id: "pos-01".into(),
+    };
+    let t = at("2026-11-24T10:17:40+01:00");
+    [
+        EventBody::Sale(Box::new(sale_with_cash_rounding())),
+        EventBody::Sale(Box::new(fully_discounted_sale())),
+        EventBody::Return(Box::new(return_of_another_stores_sale())),
+    ]
+    .into_iter()
+    .map(|body| Envelope::new(store_id, "eu-west", source.clone(), t, body))
+    .collect()
+}
+
 pub fn envelopes(store_id: &str) -> Vec<Envelope> {
     let src = |kind, id: &str| Source {
         kind,

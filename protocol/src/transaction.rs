@@ -15,7 +15,13 @@
 //! * `grand` = `gross − discounts + tax` when prices exclude tax (US style),
 //!   `gross − discounts` when they include it (EU style) — the rule is the
 //!   explicit [`TaxMode`] of the transaction, never guessed from the country;
-//! * `tendered − change = grand`;
+//! * `tendered − change = grand + rounding`, where `rounding` (version 2,
+//!   default 0) is the cash rounding of the amount due: a cash payment in a
+//!   currency whose smallest coin is larger than its minor unit (CHF 5.87
+//!   paid as 5.85: rounding −2). It needs a cash tender and is at most half
+//!   a major unit either way;
+//! * a transaction with something to pay has at least one tender; one whose
+//!   grand total is 0 (a fully discounted sale) may have none (version 2);
 //! * no amount is negative (tenders are positive), and a total that does not
 //!   fit in 64 bits is an `overflow` error, never a check skipped.
 
@@ -30,6 +36,11 @@ use crate::validation::{FieldError, Problems};
 /// (workstation, business day, sequence number) within one store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TransactionRef {
+    /// The store the transaction was recorded in, when it is not the
+    /// event's own: a return of goods bought in another store (version 2).
+    /// Absent means the event's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_id: Option<String>,
     pub terminal_id: String,
     #[serde(deserialize_with = "crate::rfc3339::date")]
     pub business_day: NaiveDate,
@@ -135,6 +146,15 @@ pub struct Totals {
     pub grand: MinorUnits,
     pub tendered: MinorUnits,
     pub change: MinorUnits,
+    /// Cash rounding of the amount due (version 2): what was paid
+    /// (`tendered − change`) minus `grand`. Zero, and left out, unless
+    /// cash was rounded to the smallest coin.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rounding: MinorUnits,
+}
+
+fn is_zero(v: &MinorUnits) -> bool {
+    *v == 0
 }
 
 /// Header, lines, tax, tenders and totals shared by sales and returns.
@@ -257,9 +277,21 @@ fn expect_eq(
 impl Transaction {
     pub fn reference(&self) -> TransactionRef {
         TransactionRef {
+            store_id: None,
             terminal_id: self.terminal_id.clone(),
             business_day: self.business_day,
             sequence_number: self.sequence_number,
+        }
+    }
+
+    /// The lowest schema version that carries this transaction: 2 if it
+    /// uses a field or rule version 2 added, else 1 (so a sale without
+    /// them stays readable by a version-1 reader).
+    pub fn schema_version(&self) -> u16 {
+        if self.totals.rounding != 0 || self.tenders.is_empty() {
+            2
+        } else {
+            1
         }
     }
 
@@ -283,6 +315,13 @@ impl Transaction {
                 "must be at least 1",
             ));
         }
+        if !self.currency.is_known() {
+            p.push(FieldError::new(
+                f("currency"),
+                "unknown_currency",
+                format!("`{}` is not an ISO 4217 code", self.currency),
+            ));
+        }
         if self.ended_at < self.started_at {
             p.push(FieldError::new(
                 f("ended_at"),
@@ -304,11 +343,11 @@ impl Transaction {
                 format!("at most {MAX_LINES} lines"),
             ));
         }
-        if self.tenders.is_empty() {
+        if self.tenders.is_empty() && self.totals.grand != 0 {
             p.push(FieldError::new(
                 f("tenders"),
                 "required",
-                "a transaction needs at least one tender",
+                "a transaction with an amount due needs at least one tender",
             ));
         }
 
@@ -472,15 +511,55 @@ impl Transaction {
                 "must not be negative",
             ));
         }
+        if totals.rounding != 0 {
+            self.check_rounding(p, &f);
+        }
         match totals.tendered.checked_sub(totals.change) {
-            Some(paid) => expect_eq(
+            Some(paid) if totals.rounding == 0 => expect_eq(
                 p,
                 || f("totals.change"),
                 paid,
                 totals.grand,
                 "tendered − change must equal grand; tendered − change",
             ),
+            Some(paid) => match totals.grand.checked_add(totals.rounding) {
+                Some(due) => expect_eq(
+                    p,
+                    || f("totals.change"),
+                    paid,
+                    due,
+                    "tendered − change must equal grand + rounding; tendered − change",
+                ),
+                None => overflow(p, f("totals.rounding")),
+            },
             None => overflow(p, f("totals.change")),
+        }
+    }
+
+    /// Cash rounding is to the smallest coin, which is never more than a
+    /// major unit: at most half of one either way, and only with cash.
+    fn check_rounding(&self, p: &mut Problems, f: &impl Fn(&str) -> String) {
+        if !self
+            .tenders
+            .iter()
+            .any(|t| t.tender_type == TenderType::Cash)
+        {
+            p.push(FieldError::new(
+                f("totals.rounding"),
+                "not_allowed",
+                "cash rounding needs a cash tender",
+            ));
+        }
+        let half_major = 10i64.pow(self.currency.exponent()) / 2;
+        if self.totals.rounding.unsigned_abs() > half_major.unsigned_abs() {
+            p.push(FieldError::new(
+                f("totals.rounding"),
+                "out_of_range",
+                format!(
+                    "must be within ±{half_major} (half a major unit of {})",
+                    self.currency
+                ),
+            ));
         }
     }
 }
@@ -497,10 +576,27 @@ impl Return {
             ));
         }
         if let Some(orig) = &self.original {
+            if let Some(store) = &orig.store_id {
+                if let Err(mut e) = crate::validate_store_id(store) {
+                    e.field = "original.store_id".into();
+                    p.push(e);
+                }
+            }
             check_id(&mut p, || "original.terminal_id".into(), &orig.terminal_id);
             check_reference_sequence(&mut p, "original.sequence_number", orig);
         }
         p.into_result()
+    }
+
+    /// See [`Transaction::schema_version`]; naming another store's sale is
+    /// version 2 too.
+    pub fn schema_version(&self) -> u16 {
+        let other_store = self.original.as_ref().is_some_and(|o| o.store_id.is_some());
+        if other_store {
+            2
+        } else {
+            self.transaction.schema_version()
+        }
     }
 }
 
@@ -518,6 +614,7 @@ fn check_reference_sequence(p: &mut Problems, field: &str, r: &TransactionRef) {
 impl Void {
     pub fn reference(&self) -> TransactionRef {
         TransactionRef {
+            store_id: None,
             terminal_id: self.terminal_id.clone(),
             business_day: self.business_day,
             sequence_number: self.sequence_number,
@@ -526,6 +623,15 @@ impl Void {
 
     pub fn validate(&self) -> Result<(), Problems> {
         let mut p = Problems::default();
+        if self.voided.store_id.is_some() {
+            // Void is still version 1, which has no such field: a reader of
+            // it would take the reference as this store's.
+            p.push(FieldError::new(
+                "voided.store_id",
+                "not_allowed",
+                "a post-void cancels a transaction of its own store; leave store_id out",
+            ));
+        }
         check_id(&mut p, || "terminal_id".into(), &self.terminal_id);
         check_id(&mut p, || "operator_id".into(), &self.operator_id);
         check_id(
@@ -630,6 +736,110 @@ mod tests {
         s.totals.tendered += s.totals.tax;
         s.tenders[0].amount += s.totals.tax;
         assert_eq!(codes(&s), vec![]);
+    }
+
+    /// Version 2: a cash payment rounded to the smallest coin balances as
+    /// grand + rounding; the rounding needs cash and stays within half a
+    /// major unit; the v2 samples validate and say they are version 2.
+    #[test]
+    fn cash_rounding_balances_tendered_minus_change_against_grand_plus_rounding() {
+        let s = samples::sale_with_cash_rounding();
+        assert_eq!(codes(&s), vec![]);
+        assert_eq!(s.schema_version(), 2);
+        assert_eq!(sale().schema_version(), 1);
+
+        let mut unstated = s.clone();
+        unstated.totals.rounding = 0;
+        assert_eq!(
+            codes(&unstated),
+            vec![("totals.change".into(), "totals_mismatch".into())]
+        );
+        let mut wrong = s.clone();
+        wrong.totals.rounding = -3;
+        assert_eq!(
+            codes(&wrong),
+            vec![("totals.change".into(), "totals_mismatch".into())]
+        );
+        // Rounded up: 5.87 due, 5.90 paid.
+        let mut up = s.clone();
+        up.totals.change = 410;
+        up.totals.rounding = 3;
+        assert_eq!(codes(&up), vec![]);
+
+        let mut by_card = s.clone();
+        by_card.tenders[0].tender_type = TenderType::Card;
+        assert_eq!(
+            codes(&by_card),
+            vec![("totals.rounding".into(), "not_allowed".into())]
+        );
+        // Sweden rounds cash to whole kronor: up to 50 öre either way.
+        let mut sek = s.clone();
+        sek.currency = "SEK".parse().expect("SEK");
+        sek.totals.rounding = -37;
+        sek.totals.change = 1000 - (587 - 37);
+        assert_eq!(codes(&sek), vec![]);
+        sek.totals.rounding = -51;
+        sek.totals.change = 1000 - (587 - 51);
+        assert_eq!(
+            codes(&sek),
+            vec![("totals.rounding".into(), "out_of_range".into())]
+        );
+        // No minor unit, no rounding below it.
+        let mut jpy = samples::sale_jpy();
+        jpy.tenders[0].tender_type = TenderType::Cash;
+        jpy.totals.rounding = 1;
+        jpy.totals.change = 0;
+        jpy.tenders[0].amount = 325;
+        jpy.totals.tendered = 325;
+        assert_eq!(
+            codes(&jpy),
+            vec![("totals.rounding".into(), "out_of_range".into())]
+        );
+    }
+
+    #[test]
+    fn a_transaction_with_nothing_to_pay_needs_no_tender() {
+        let s = samples::fully_discounted_sale();
+        assert_eq!(codes(&s), vec![]);
+        assert_eq!(s.schema_version(), 2);
+        let mut owing = s.clone();
+        owing.lines[0].discounts[0].amount = 198;
+        owing.totals.discounts = 198;
+        owing.totals.grand = 1;
+        assert!(
+            codes(&owing).contains(&("tenders".into(), "required".into())),
+            "{:?}",
+            codes(&owing)
+        );
+    }
+
+    #[test]
+    fn a_return_may_name_another_stores_sale_and_a_void_may_not() {
+        let r = samples::return_of_another_stores_sale();
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.schema_version(), 2);
+        assert_eq!(samples::return_().schema_version(), 1);
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["original"]["store_id"], "store-0017");
+        let mut bad = r.clone();
+        if let Some(o) = &mut bad.original {
+            o.store_id = Some("x".into());
+        }
+        let e = bad.validate().expect_err("a store id is 2-63 characters");
+        assert_eq!(
+            e.iter().next().map(|e| e.field.as_str()),
+            Some("original.store_id")
+        );
+
+        let mut v = samples::void();
+        v.voided.store_id = Some("store-0017".into());
+        let e = v.validate().expect_err("not in a void");
+        assert_eq!(
+            e.iter()
+                .map(|e| (e.field.as_str(), e.code))
+                .collect::<Vec<_>>(),
+            [("voided.store_id", "not_allowed")]
+        );
     }
 
     #[test]
@@ -896,6 +1106,7 @@ mod tests {
                 let tendered = grand.wrapping_add(change);
                 s.tenders[0].amount = tendered;
                 s.totals = Totals {
+                    rounding: 0,
                     gross,
                     discounts,
                     tax,
