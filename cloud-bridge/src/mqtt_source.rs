@@ -234,6 +234,13 @@ pub async fn run_event_loop(
     let mut connected_at: Option<Instant> = None;
     let mut intake = Intake::Open;
     let refusals = LogLimiter::new(REFUSAL_LOG_EVERY);
+    // From a lost connection to the next CONNACK. rumqttc keeps the packets
+    // it read before the read that failed and hands them out only after it
+    // has reconnected, ahead of the CONNACK: such a message came on the
+    // lost connection, and its packet id names nothing (or another message)
+    // on the new one.
+    let mut between_connections = true;
+    let mut left_to_broker = 0u64;
     // Set once `stop` is cancelled: the deadline for the DISCONNECT.
     let mut stopping: Option<tokio::time::Instant> = None;
     'run: loop {
@@ -283,6 +290,14 @@ pub async fn run_event_loop(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 connected_at = Some(Instant::now());
+                between_connections = false;
+                if left_to_broker > 0 {
+                    tracing::info!(
+                        messages = std::mem::take(&mut left_to_broker),
+                        "messages read off the lost connection were left unacked: the broker \
+                         resends them with the session, or the stores after their receipt timeout"
+                    );
+                }
                 // A new connection: the broker resends what is unacked, in order.
                 if intake != Intake::Closed {
                     intake = Intake::Open;
@@ -335,6 +350,14 @@ pub async fn run_event_loop(
                 // A stored permit if the leaving task is not waiting yet.
                 health.unsubscribed.notify_one();
             }
+            Ok(Event::Incoming(Packet::Publish(_))) if between_connections => {
+                // Not handed on: acked on the new connection, it could settle
+                // a different message there before Kafka has it; and the
+                // broker redelivers the deferred ones first, which this one
+                // must not overtake.
+                metrics.mqtt_messages.inc();
+                left_to_broker += 1;
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 metrics.mqtt_messages.inc();
                 if intake != Intake::Open {
@@ -383,12 +406,14 @@ pub async fn run_event_loop(
                 // that attempt fail too (the broker restarting), the next
                 // error takes the backoff below instead of spinning.
                 intake = Intake::Open;
+                between_connections = true;
                 health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
                 tracing::info!(error = %e, "reconnecting for the deferred messages");
             }
             Err(e) => {
+                between_connections = true;
                 health.connection.lost();
                 health.mqtt_connected.store(false, Ordering::Relaxed);
                 health.subscribed.store(false, Ordering::Relaxed);
@@ -543,6 +568,163 @@ fn refusal_label(reason: PubAckReason) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    mod lost_connection {
+        use bytes::BytesMut;
+        use rumqttc::v5::mqttbytes::v5::{
+            ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Publish, SubAck,
+            SubscribeReasonCode,
+        };
+        use rumqttc::v5::mqttbytes::QoS;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{TcpListener, TcpStream};
+
+        use super::*;
+
+        /// One connection of a scripted MQTT 5 broker.
+        struct Peer {
+            sock: TcpStream,
+            buf: BytesMut,
+        }
+
+        impl Peer {
+            async fn accept(listener: &TcpListener) -> Peer {
+                let (sock, _) = listener.accept().await.expect("accept");
+                Peer {
+                    sock,
+                    buf: BytesMut::new(),
+                }
+            }
+
+            /// The next packet, or `None` once the client closed.
+            async fn next(&mut self) -> Option<Packet> {
+                loop {
+                    match Packet::read(&mut self.buf, None) {
+                        Ok(p) => return Some(p),
+                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                        Err(e) => panic!("client sent garbage: {e:?}"),
+                    }
+                    if self.sock.read_buf(&mut self.buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+            }
+
+            async fn send(&mut self, packets: &[Packet]) {
+                let mut out = BytesMut::new();
+                for p in packets {
+                    p.write(&mut out, None).expect("encode");
+                }
+                // One write: the client reads them all in one go.
+                self.sock.write_all(&out).await.expect("write");
+            }
+
+            /// CONNECT → CONNACK (no session), SUBSCRIBE → SUBACK.
+            async fn handshake(&mut self) {
+                assert!(matches!(self.next().await, Some(Packet::Connect(..))));
+                self.send(&[Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::Success,
+                    properties: None,
+                })])
+                .await;
+                let Some(Packet::Subscribe(sub)) = self.next().await else {
+                    panic!("expected SUBSCRIBE");
+                };
+                self.send(&[Packet::SubAck(SubAck {
+                    pkid: sub.pkid,
+                    return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+                    properties: None,
+                })])
+                .await;
+            }
+        }
+
+        /// The broker sends a message and, in the same read, goes away
+        /// (DISCONNECT "server shutting down"); it comes back without the
+        /// session. rumqttc hands that message out only after reconnecting:
+        /// before, it reached the pipeline as the new connection's, and its
+        /// ack went out there, where packet id 7 may name another store's
+        /// message that Kafka does not have.
+        #[tokio::test]
+        async fn a_message_read_off_a_lost_connection_is_never_acked_on_the_next() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = listener.local_addr().expect("addr").port();
+            let broker = tokio::spawn(async move {
+                let mut first = Peer::accept(&listener).await;
+                first.handshake().await;
+                let mut publish = Publish::new(
+                    protocol::topics::store_events_topic("store-a"),
+                    QoS::AtLeastOnce,
+                    b"{}".to_vec(),
+                    None,
+                );
+                publish.pkid = 7;
+                first
+                    .send(&[
+                        Packet::Publish(publish),
+                        Packet::Disconnect(Disconnect {
+                            reason_code: DisconnectReasonCode::ServerShuttingDown,
+                            properties: None,
+                        }),
+                    ])
+                    .await;
+                drop(first);
+                let mut second = Peer::accept(&listener).await;
+                second.handshake().await;
+                let mut seen = Vec::new();
+                let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+                while let Ok(Some(p)) = tokio::time::timeout_at(until, second.next()).await {
+                    seen.push(format!("{p:?}"));
+                }
+                seen
+            });
+
+            let raw = crate::config::RawConfig::from_toml(
+                &format!(
+                    "[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\n[kafka]\nbootstrap = \"k:1\"\n"
+                ),
+                "test",
+            )
+            .expect("toml");
+            let cfg = raw.validate(vec![]).expect("config");
+            let (client, eventloop) = super::client(&cfg.mqtt);
+            let (tx, mut rx) = mpsc::channel(RECEIVED_QUEUE);
+            let budget = PayloadBudget::new(1 << 20, Default::default(), Default::default());
+            let health = Arc::new(Health::default());
+            let stop = CancellationToken::new();
+            let looping = tokio::spawn(run_event_loop(
+                eventloop,
+                client.clone(),
+                protocol::topics::bridge_shared_subscription("test"),
+                Handoff { queue: tx, budget },
+                health.clone(),
+                Arc::new(Metrics::new()),
+                stop.clone(),
+            ));
+            // The pipeline's rule: ack only on the connection a message came on.
+            let mut handed_on = Vec::new();
+            let acking = async {
+                while let Some(r) = rx.recv().await {
+                    handed_on.push((r.publish.pkid, r.connection));
+                    if r.connection == health.connection.id() {
+                        let _ = client.ack(&r.publish).await;
+                    }
+                }
+            };
+            let seen = tokio::select! {
+                seen = broker => seen.expect("broker"),
+                _ = acking => unreachable!("the queue stays open"),
+            };
+            stop.cancel();
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), looping).await;
+            assert!(
+                !seen.iter().any(|p| p.starts_with("PubAck")),
+                "an ack went out on the new connection for a message of the lost one: {seen:?}; handed on: {handed_on:?}"
+            );
+        }
+    }
 
     #[test]
     fn reconnect_waits_start_small_grow_with_jitter_and_stay_capped() {
