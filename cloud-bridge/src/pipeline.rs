@@ -209,7 +209,23 @@ impl Pipeline {
                         _ = self.abort.cancelled() => break,
                         p = self.permits(&routed) => p,
                     };
-                    self.dispatch(received, topic, routed, permits).await;
+                    // … unless they never end: librdkafka refuses a record
+                    // for as long as its topic is missing or forbidden, and
+                    // a stop must not wait on that for ever. After the
+                    // grace, the message is left unacked, as at the end.
+                    let grace = self.cfg.limits.shutdown_grace;
+                    let mut dispatching = std::pin::pin!(self.dispatch(received, topic, routed, permits));
+                    tokio::select! {
+                        biased;
+                        () = &mut dispatching => {}
+                        () = async { intake.cancelled().await; tokio::time::sleep(grace).await } => {
+                            tracing::warn!(grace_s = grace.as_secs(),
+                                "shutdown grace over while a message was still being handed to Kafka; leaving it unacked");
+                            self.abort.cancel();
+                            dispatching.await;
+                            break;
+                        }
+                    }
                 }
                 m = rx.recv(), if source_open && routing.len() < ROUTE_AHEAD => match m {
                     Some(received) => {

@@ -36,6 +36,10 @@ pub struct BridgeOptions {
     pub session_expiry_s: u64,
     /// `limits.max_bytes_in_flight`: MQTT payload bytes held.
     pub max_bytes_in_flight: usize,
+    /// `kafka.ensure_topics_at_startup`.
+    pub ensure_topics_at_startup: bool,
+    /// `[kafka.extra]` librdkafka properties.
+    pub kafka_extra: Vec<(String, String)>,
 }
 
 impl BridgeOptions {
@@ -51,6 +55,8 @@ impl BridgeOptions {
             receive_maximum: 100,
             session_expiry_s: 120,
             max_bytes_in_flight: 128 * 1024 * 1024,
+            ensure_topics_at_startup: true,
+            kafka_extra: Vec::new(),
         }
     }
 }
@@ -106,6 +112,7 @@ bootstrap = "{bootstrap}"
 linger_ms = 5
 message_timeout_ms = {timeout}
 retry_max_backoff_ms = 2000
+ensure_topics_at_startup = {ensure}
 
 [topics]
 partitions = 3
@@ -121,6 +128,9 @@ shutdown_grace_s = {grace}
 [dedupe]
 max_entries = 100000
 max_age_s = {dedupe_age}
+
+[kafka.extra]
+{extra}
 "#,
             id = o.replica,
             mqtt = self.mqtt_port,
@@ -134,6 +144,12 @@ max_age_s = {dedupe_age}
             leave = o.leave_share_group_on_shutdown,
             receive_maximum = o.receive_maximum,
             session_expiry_s = o.session_expiry_s,
+            ensure = o.ensure_topics_at_startup,
+            extra = o
+                .kafka_extra
+                .iter()
+                .map(|(k, v)| format!("{k:?} = {v:?}\n"))
+                .collect::<String>(),
         );
         let path = self.config_path();
         std::fs::write(&path, config).context("writing bridge.toml")?;
