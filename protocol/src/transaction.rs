@@ -584,6 +584,20 @@ impl Return {
             }
             check_id(&mut p, || "original.terminal_id".into(), &orig.terminal_id);
             check_reference_sequence(&mut p, "original.sequence_number", orig);
+            let own = self.transaction.reference();
+            if orig.store_id.is_none() && *orig == own {
+                p.push(FieldError::new(
+                    "original",
+                    "self_reference",
+                    "a return cannot be its own original sale",
+                ));
+            } else if orig.business_day > own.business_day {
+                p.push(FieldError::new(
+                    "original.business_day",
+                    "out_of_range",
+                    "the original sale cannot be on a later business day than the return",
+                ));
+            }
         }
         p.into_result()
     }
@@ -654,11 +668,32 @@ impl Void {
                 "must not be empty",
             ));
         }
-        if self.voided == self.reference() {
+        let own = self.reference();
+        if self.voided == own {
             p.push(FieldError::new(
                 "voided",
                 "self_reference",
                 "a void cannot void itself",
+            ));
+        } else if self.voided.business_day > own.business_day {
+            p.push(FieldError::new(
+                "voided.business_day",
+                "out_of_range",
+                "a post-void cancels an earlier transaction, not one on a later business day",
+            ));
+        } else if self.voided.terminal_id == own.terminal_id
+            && self.voided.business_day == own.business_day
+            && self.voided.sequence_number > own.sequence_number
+        {
+            // A terminal numbers its transactions in order: on its own day,
+            // what it voids came before the void.
+            p.push(FieldError::new(
+                "voided.sequence_number",
+                "out_of_range",
+                format!(
+                    "a post-void cancels an earlier transaction of its terminal: must be below the void's own {}",
+                    own.sequence_number
+                ),
             ));
         }
         p.into_result()
@@ -839,6 +874,44 @@ mod tests {
                 .map(|e| (e.field.as_str(), e.code))
                 .collect::<Vec<_>>(),
             [("voided.store_id", "not_allowed")]
+        );
+    }
+
+    #[test]
+    fn references_point_back_in_time_and_never_at_themselves() {
+        let mut r = samples::return_();
+        r.original = Some(r.transaction.reference());
+        let fields = |e: Problems| {
+            e.iter()
+                .map(|e| (e.field.clone(), e.code))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fields(r.validate().expect_err("itself")),
+            [("original".to_owned(), "self_reference")]
+        );
+        let mut later = samples::return_();
+        if let Some(o) = &mut later.original {
+            o.business_day = o.business_day.succ_opt().expect("a next day");
+        }
+        assert_eq!(
+            fields(later.validate().expect_err("later")),
+            [("original.business_day".to_owned(), "out_of_range")]
+        );
+
+        let mut v = samples::void();
+        v.voided.sequence_number = v.sequence_number + 5;
+        assert_eq!(
+            fields(v.validate().expect_err("after the void")),
+            [("voided.sequence_number".to_owned(), "out_of_range")]
+        );
+        // Another terminal's numbers are its own.
+        v.voided.terminal_id = "pos-02".into();
+        assert_eq!(v.validate(), Ok(()));
+        v.voided.business_day = v.business_day.succ_opt().expect("a next day");
+        assert_eq!(
+            fields(v.validate().expect_err("a later day")),
+            [("voided.business_day".to_owned(), "out_of_range")]
         );
     }
 
