@@ -249,6 +249,8 @@ pub struct KafkaSink {
     producer_ready: Arc<AtomicBool>,
     retry_max_backoff: Duration,
     metrics: Arc<Metrics>,
+    /// A refusal repeats about ten times a second per record waiting.
+    refusals: crate::log_limit::LogLimiter,
 }
 
 impl KafkaSink {
@@ -279,6 +281,7 @@ impl KafkaSink {
             producer_ready,
             retry_max_backoff: cfg.retry_max_backoff,
             metrics,
+            refusals: crate::log_limit::LogLimiter::new(Duration::from_secs(10)),
         })
     }
 
@@ -332,7 +335,12 @@ impl KafkaSink {
                 return Err(SinkError::Fatal(format!("{code}: {reason}")));
             }
             if !matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull)) {
-                tracing::warn!(error = %e, topic = rec.topic, "Kafka client refused a record; retrying");
+                self.metrics.kafka_records_refused.inc();
+                let cause = format!("{}/{e}", rec.topic);
+                if let Some(held_back) = self.refusals.admit(&cause, Instant::now()) {
+                    tracing::warn!(error = %e, topic = rec.topic, repeats_held_back = held_back,
+                        "Kafka client refused a record; retrying");
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Err(SinkError::Cancelled),

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub duplicates_dropped: Counter,
     pub events_in_flight: Gauge,
     pub produce_retries: Counter,
+    pub kafka_records_refused: Counter,
     pub receipts_published: Counter,
     pub receipts_refused: Family<ReasonLabel, Counter>,
     pub produce_latency: Histogram,
@@ -55,6 +56,7 @@ impl Metrics {
         let duplicates_dropped = Counter::default();
         let events_in_flight = Gauge::default();
         let produce_retries = Counter::default();
+        let kafka_records_refused = Counter::default();
         let receipts_published = Counter::default();
         let receipts_refused = Family::<ReasonLabel, Counter>::default();
         // 0.5 ms .. ~33 s
@@ -68,7 +70,7 @@ impl Metrics {
         );
         registry.register(
             "mqtt_messages_deferred",
-            "MQTT messages left unacked because the received queue was full or the payload budget spent; the broker redelivers them after a reconnect",
+            "MQTT messages left unacked because the received queue was full, the payload budget spent, the bridge was stopping, or they were read off a connection that was then lost; the broker redelivers them after a reconnect (or, without a session, the store resends)",
             mqtt_messages_deferred.clone(),
         );
         registry.register(
@@ -112,6 +114,11 @@ impl Metrics {
             produce_retries.clone(),
         );
         registry.register(
+            "kafka_records_refused",
+            "Times the Kafka client refused a record as it was handed over (a missing or forbidden topic, a producer error), not counting a full local queue; the record is offered again",
+            kafka_records_refused.clone(),
+        );
+        registry.register(
             "receipts_published",
             "Delivery receipts handed to the MQTT broker for stores (refused ones included: see receipts_refused)",
             receipts_published.clone(),
@@ -124,7 +131,7 @@ impl Metrics {
         );
         registry.register(
             "produce_latency_seconds",
-            "From handing a record to the Kafka client to its delivery report",
+            "From the start of handing a record's MQTT message to the Kafka client (a record waits for those before it in its message) to its delivery report",
             produce_latency.clone(),
         );
         registry.register(
@@ -156,6 +163,7 @@ impl Metrics {
             duplicates_dropped,
             events_in_flight,
             produce_retries,
+            kafka_records_refused,
             receipts_published,
             receipts_refused,
             produce_latency,

@@ -356,6 +356,7 @@ pub async fn run_event_loop(
                 // broker redelivers the deferred ones first, which this one
                 // must not overtake.
                 metrics.mqtt_messages.inc();
+                metrics.mqtt_messages_deferred.inc();
                 left_to_broker += 1;
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

@@ -283,7 +283,12 @@ impl Pipeline {
         Some(Permits {
             _message: message,
             _events: events,
-            _gauge: InFlightGauge::new(&self.metrics, n),
+            // The events themselves, not the permits they took (an empty
+            // message takes one; one over the limit takes them all).
+            _gauge: InFlightGauge::new(
+                &self.metrics,
+                u32::try_from(routed.event_count()).unwrap_or(u32::MAX),
+            ),
         })
     }
 
