@@ -189,10 +189,12 @@ pub fn summary(path: &Path, p: &StoreProfile, warnings: usize) -> String {
     for se in &p.shelf_sensors {
         let _ = writeln!(
             s,
-            "  {} GTIN {}: {} g per item, low stock at {} / restocked at {}, deadband {} g, offline after {} s",
+            "  {} GTIN {}: {} per item, low stock at {} / restocked at {}, deadband {} g, offline after {} s",
             se.id,
             se.gtin,
-            se.unit_weight_grams,
+            se.unit_weight_mg()
+                .map(firmware_config::grams_text)
+                .unwrap_or_else(|| "no weight".into()),
             se.low_stock_at,
             se.restocked_at,
             se.deadband_grams,

@@ -27,8 +27,8 @@ mod validate;
 
 pub use profile::*;
 pub use validate::{
-    CheckOptions, ConfigError, Problem, Severity, FRAME_TIMEOUT_RANGE_MS, MAX_FRAME_LEN_RANGE,
-    RECONNECT_BACKOFF_RANGE_MS, STANDARD_BAUD_RATES,
+    grams_text, CheckOptions, ConfigError, Problem, Severity, FRAME_TIMEOUT_RANGE_MS,
+    MAX_FRAME_LEN_RANGE, RECONNECT_BACKOFF_RANGE_MS, STANDARD_BAUD_RATES,
 };
 
 use std::path::Path;

@@ -443,8 +443,17 @@ pub struct ShelfSensor {
     /// reads 4.1 kg as 4,117 g with 97). Give this or `counts_per_gram`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span: Option<SpanPoint>,
+    /// The weight of one item, in grams. Give this or
+    /// `unit_weight_milligrams`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub unit_weight_grams: u32,
+    pub unit_weight_grams: Option<u32>,
+    /// The weight of one item, in milligrams, for light items a whole
+    /// number of grams would miscount (100 sachets of 5.5 g read as 92 or
+    /// 110 with 5 or 6). Give this or `unit_weight_grams`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub unit_weight_milligrams: Option<u32>,
     /// Raise low-stock when the count falls to this or below…
     pub low_stock_at: u32,
     /// …and restocked only when it climbs back to this or above (hysteresis).
@@ -498,6 +507,17 @@ impl ShelfSensor {
             _ => return None,
         };
         (scale.counts > 0 && scale.grams > 0).then_some(scale)
+    }
+
+    /// One item's weight in milligrams, or `None` when the profile gives
+    /// none, both, or 0 (validation reports each of those).
+    pub fn unit_weight_mg(&self) -> Option<u64> {
+        let mg = match (self.unit_weight_grams, self.unit_weight_milligrams) {
+            (Some(g), None) => u64::from(g) * 1000,
+            (None, Some(mg)) => u64::from(mg),
+            _ => return None,
+        };
+        (mg > 0).then_some(mg)
     }
 }
 

@@ -700,11 +700,35 @@ fn check_sensor(p: &str, s: &ShelfSensor, out: &mut Vec<Problem>) {
         );
     }
     check_calibration(p, s, out);
-    if s.unit_weight_grams == 0 {
-        out.push(
+    match (s.unit_weight_grams, s.unit_weight_milligrams) {
+        (None, None) => out.push(
+            Problem::error(
+                p.to_owned(),
+                "has no item weight: give unit_weight_grams or unit_weight_milligrams",
+            )
+            .with_hint("the weight of one item on this shelf"),
+        ),
+        (Some(_), Some(_)) => out.push(
+            Problem::error(
+                format!("{p}.unit_weight_milligrams"),
+                "give unit_weight_grams or unit_weight_milligrams, not both",
+            )
+            .with_hint(
+                "milligrams for items lighter than a few grams, or not a whole number of them",
+            ),
+        ),
+        (Some(0), None) => out.push(
             Problem::error(format!("{p}.unit_weight_grams"), "must be greater than 0")
                 .with_hint("the weight of one item on this shelf, in grams"),
-        );
+        ),
+        (None, Some(0)) => out.push(
+            Problem::error(
+                format!("{p}.unit_weight_milligrams"),
+                "must be greater than 0",
+            )
+            .with_hint("the weight of one item on this shelf, in milligrams"),
+        ),
+        _ => {}
     }
     if s.restocked_at <= s.low_stock_at {
         out.push(
@@ -718,17 +742,20 @@ fn check_sensor(p: &str, s: &ShelfSensor, out: &mut Vec<Problem>) {
             .with_hint("the gap between the two is the hysteresis that stops alerts flapping"),
         );
     }
-    if s.unit_weight_grams > 0 && s.deadband_grams >= s.unit_weight_grams {
-        out.push(
-            Problem::warning(
-                format!("{p}.deadband_grams"),
-                format!(
-                    "a deadband of {} g hides single items of {} g",
-                    s.deadband_grams, s.unit_weight_grams
-                ),
-            )
-            .with_hint("keep deadband_grams below unit_weight_grams"),
-        );
+    if let Some(unit_mg) = s.unit_weight_mg() {
+        if u64::from(s.deadband_grams) * 1000 >= unit_mg {
+            out.push(
+                Problem::warning(
+                    format!("{p}.deadband_grams"),
+                    format!(
+                        "a deadband of {} g hides single items of {}",
+                        s.deadband_grams,
+                        grams_text(unit_mg)
+                    ),
+                )
+                .with_hint("keep deadband_grams below the item's weight"),
+            );
+        }
     }
     range(
         out,
@@ -744,6 +771,17 @@ fn check_sensor(p: &str, s: &ShelfSensor, out: &mut Vec<Problem>) {
         0..=86_400,
         " seconds",
     );
+}
+
+/// Milligrams as grams for people: `5500` → "5.5 g", `500000` → "500 g".
+pub fn grams_text(mg: u64) -> String {
+    let (g, rest) = (mg / 1000, mg % 1000);
+    if rest == 0 {
+        format!("{g} g")
+    } else {
+        let frac = format!("{rest:03}");
+        format!("{g}.{} g", frac.trim_end_matches('0'))
+    }
 }
 
 /// A sensor's scale comes from exactly one of `counts_per_gram` and `span`.

@@ -414,6 +414,30 @@ fn sensor_calibration_from_a_span_point_or_a_whole_counts_per_gram() {
     );
 }
 
+/// An item's weight is given in grams or milligrams, once.
+#[test]
+fn an_items_weight_in_grams_or_milligrams_once() {
+    assert_problems(
+        &[("unit_weight_grams = 500", "unit_weight_milligrams = 5500\ndeadband_grams = 5")],
+        &[],
+    );
+    assert_problems(
+        &[("unit_weight_grams = 500", "unit_weight_milligrams = 5500")],
+        &["33:1: warning: shelf_sensors[0].deadband_grams: a deadband of 20 g hides single items of 5.5 g (hint: keep deadband_grams below the item's weight)"],
+    );
+    assert_problems(
+        &[("unit_weight_grams = 500\n", "")],
+        &["33:1: error: shelf_sensors[0]: has no item weight: give unit_weight_grams or unit_weight_milligrams (hint: the weight of one item on this shelf)"],
+    );
+    assert_problems(
+        &[(
+            "unit_weight_grams = 500",
+            "unit_weight_grams = 500\nunit_weight_milligrams = 500000",
+        )],
+        &["39:26: error: shelf_sensors[0].unit_weight_milligrams: give unit_weight_grams or unit_weight_milligrams, not both (hint: milligrams for items lighter than a few grams, or not a whole number of them)"],
+    );
+}
+
 #[test]
 fn sensor_calibration_and_thresholds() {
     assert_problems(
@@ -442,7 +466,7 @@ fn a_deadband_wider_than_an_item_is_a_warning() {
     assert_eq!(report.problems[0].severity, Severity::Warning);
     assert_eq!(
         report.problems[0].to_string(),
-        "41:18: warning: shelf_sensors[0].deadband_grams: a deadband of 500 g hides single items of 500 g (hint: keep deadband_grams below unit_weight_grams)"
+        "41:18: warning: shelf_sensors[0].deadband_grams: a deadband of 500 g hides single items of 500 g (hint: keep deadband_grams below the item's weight)"
     );
     // Warnings do not stop `parse`.
     assert!(firmware_config::parse(&text).is_ok());

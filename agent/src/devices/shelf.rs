@@ -122,7 +122,8 @@ pub struct Calibration {
     pub zero_offset: i64,
     /// Counts per gram as a fraction, both parts positive.
     pub scale: Scale,
-    pub unit_weight_grams: u32,
+    /// One item's weight, positive.
+    pub unit_weight_mg: u64,
 }
 
 impl Calibration {
@@ -136,11 +137,18 @@ impl Calibration {
         i64::try_from(g).unwrap_or(if g < 0 { i64::MIN } else { i64::MAX })
     }
 
-    pub fn items(&self, grams: i64) -> u32 {
-        if grams <= 0 {
+    /// Items on the shelf at `raw`: from the weight in milligrams, not the
+    /// rounded grams, so items of a few grams are counted right.
+    pub fn items(&self, raw: i64) -> u32 {
+        // (raw − zero) fits 65 bits, × 1000 another 10, scale.grams 32.
+        let mg = div_round(
+            (i128::from(raw) - i128::from(self.zero_offset)) * 1000 * self.scale.grams.max(1),
+            self.scale.counts.max(1),
+        );
+        if mg <= 0 {
             return 0;
         }
-        let n = div_round(i128::from(grams), i128::from(self.unit_weight_grams.max(1)));
+        let n = div_round(mg, i128::from(self.unit_weight_mg.max(1)));
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 }
@@ -209,15 +217,21 @@ pub struct Shelf {
 
 impl Shelf {
     /// A state machine for `cfg`, whose silence is measured from `now`.
-    /// `gtin` and `scale` come from `cfg` (the profile validation
-    /// guarantees both are valid).
-    pub fn new(cfg: &ShelfSensor, gtin: Gtin, scale: Scale, now: Instant) -> Shelf {
+    /// `gtin`, `scale` and `unit_weight_mg` come from `cfg` (the profile
+    /// validation guarantees they are valid).
+    pub fn new(
+        cfg: &ShelfSensor,
+        gtin: Gtin,
+        scale: Scale,
+        unit_weight_mg: u64,
+        now: Instant,
+    ) -> Shelf {
         Shelf {
             gtin,
             cal: Calibration {
                 zero_offset: cfg.zero_offset,
                 scale,
-                unit_weight_grams: cfg.unit_weight_grams,
+                unit_weight_mg,
             },
             low_stock_at: cfg.low_stock_at,
             restocked_at: cfg.restocked_at,
@@ -258,7 +272,7 @@ impl Shelf {
             gtin: self.gtin.clone(),
             raw_counts: raw,
             grams,
-            item_count: self.cal.items(grams),
+            item_count: self.cal.items(raw),
         };
         self.last_emitted = Some(reading.clone());
         self.baseline_stored = true;
@@ -378,7 +392,8 @@ mod tests {
             zero_offset: 8_388_608,
             counts_per_gram: Some(420),
             span: None,
-            unit_weight_grams: 500,
+            unit_weight_grams: Some(500),
+            unit_weight_milligrams: None,
             low_stock_at: 3,
             restocked_at: 6,
             deadband_grams: 20,
@@ -392,6 +407,7 @@ mod tests {
             c,
             c.gtin.parse().expect("valid"),
             c.scale().expect("calibrated"),
+            c.unit_weight_mg().expect("weighed"),
             now,
         )
     }
@@ -534,7 +550,7 @@ mod tests {
                 counts: 4,
                 grams: 1,
             },
-            unit_weight_grams: 250,
+            unit_weight_mg: 250_000,
         };
         assert_eq!(c.grams(1000), 0);
         assert_eq!(c.grams(1002), 1); // 0.5 → 1
@@ -542,17 +558,17 @@ mod tests {
         assert_eq!(c.grams(998), -1); // -0.5 → -1
         assert_eq!(c.grams(999), 0); // -0.25 → 0
         assert_eq!(c.grams(1000 + 4 * 1250), 1250);
-        assert_eq!(c.items(1250), 5);
-        assert_eq!(c.items(125), 1); // 0.5 → 1
-        assert_eq!(c.items(124), 0);
-        assert_eq!(c.items(-400), 0);
+        assert_eq!(c.items(1000 + 4 * 1250), 5);
+        assert_eq!(c.items(1000 + 4 * 125), 1); // 0.5 → 1
+        assert_eq!(c.items(1000 + 4 * 124), 0);
+        assert_eq!(c.items(1000 - 4 * 400), 0);
         let extreme = Calibration {
             zero_offset: i64::MIN,
             scale: Scale {
                 counts: 1,
                 grams: 1,
             },
-            unit_weight_grams: 1,
+            unit_weight_mg: 1,
         };
         assert_eq!(extreme.grams(i64::MAX), i64::MAX);
         assert_eq!(extreme.items(i64::MAX), u32::MAX);
@@ -562,10 +578,44 @@ mod tests {
                 counts: 1,
                 grams: i128::from(u32::MAX),
             },
-            unit_weight_grams: 1,
+            unit_weight_mg: 1,
         };
         assert_eq!(widest.grams(i64::MAX), i64::MAX);
         assert_eq!(widest.grams(i64::MIN), 0);
+        assert_eq!(widest.items(i64::MAX), u32::MAX);
+    }
+
+    /// 100 sachets of 5.5 g: counted as 100 from their weight in
+    /// milligrams. A whole unit_weight_grams of 5 or 6 counts 110 or 92,
+    /// and counting from the rounded grams would be off too.
+    #[test]
+    fn light_items_are_counted_from_milligrams() {
+        let cal = |unit_weight_mg| Calibration {
+            zero_offset: 0,
+            scale: Scale {
+                counts: 420,
+                grams: 1,
+            },
+            unit_weight_mg,
+        };
+        let raw = |mg: i64| mg * 420 / 1000;
+        assert_eq!(cal(5_500).items(raw(550_000)), 100);
+        assert_eq!(cal(5_000).items(raw(550_000)), 110);
+        assert_eq!(cal(6_000).items(raw(550_000)), 92);
+        // Three 1.4 g items weigh 4.2 g, which reads as 4 g: still three.
+        assert_eq!(cal(1_400).items(raw(4_200)), 3);
+        assert_eq!(cal(1_400).grams(raw(4_200)), 4);
+        let sachets = ShelfSensor {
+            unit_weight_grams: None,
+            unit_weight_milligrams: Some(5_500),
+            ..cfg()
+        };
+        assert_eq!(sachets.unit_weight_mg(), Some(5_500));
+        let both = ShelfSensor {
+            unit_weight_milligrams: Some(5_500),
+            ..cfg()
+        };
+        assert_eq!(both.unit_weight_mg(), None);
     }
 
     /// A 5 kg cell reads 97.4 counts per gram: calibrated by its span point,
@@ -586,7 +636,7 @@ mod tests {
         let exact = Calibration {
             zero_offset: zero,
             scale: span.scale().expect("calibrated"),
-            unit_weight_grams: 1560,
+            unit_weight_mg: 1_560_000,
         };
         let raw_4100 = zero + 4100 * 974 / 10;
         assert_eq!(exact.grams(raw_4100), 4100);

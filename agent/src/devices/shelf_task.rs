@@ -80,14 +80,14 @@ pub fn spawn(
             tracing::error!(sensor = %cfg.id, gtin = %cfg.gtin, "shelf sensor has an invalid GTIN; ignored");
             continue;
         };
-        let Some(scale) = cfg.scale() else {
-            tracing::error!(sensor = %cfg.id, "shelf sensor has no usable calibration; ignored");
+        let (Some(scale), Some(unit_mg)) = (cfg.scale(), cfg.unit_weight_mg()) else {
+            tracing::error!(sensor = %cfg.id, "shelf sensor has no usable calibration or item weight; ignored");
             continue;
         };
         states.insert(
             cfg.id.clone(),
             Sensor {
-                shelf: Shelf::new(cfg, gtin, scale, now),
+                shelf: Shelf::new(cfg, gtin, scale, unit_mg, now),
                 source: Source {
                     kind: SourceKind::ShelfSensor,
                     device_id: cfg.id.clone(),
@@ -360,7 +360,8 @@ mod tests {
             zero_offset: 0,
             counts_per_gram: Some(1),
             span: None,
-            unit_weight_grams: 500,
+            unit_weight_grams: Some(500),
+            unit_weight_milligrams: None,
             low_stock_at: 3,
             restocked_at: 6,
             deadband_grams: 20,
@@ -399,6 +400,7 @@ mod tests {
                     &cfg,
                     cfg.gtin.parse().expect("gtin"),
                     cfg.scale().expect("calibrated"),
+                    cfg.unit_weight_mg().expect("weighed"),
                     Instant::now(),
                 ),
                 source: Source {
