@@ -418,7 +418,10 @@ fn sensor_calibration_from_a_span_point_or_a_whole_counts_per_gram() {
 #[test]
 fn an_items_weight_in_grams_or_milligrams_once() {
     assert_problems(
-        &[("unit_weight_grams = 500", "unit_weight_milligrams = 5500\ndeadband_grams = 5")],
+        &[(
+            "unit_weight_grams = 500",
+            "unit_weight_milligrams = 5500\ndeadband_grams = 5",
+        )],
         &[],
     );
     assert_problems(
