@@ -34,6 +34,7 @@ pub struct Metrics {
     pub events_in_flight: Gauge,
     pub produce_retries: Counter,
     pub kafka_records_refused: Counter,
+    pub dead_letters_refused: Counter,
     pub receipts_published: Counter,
     pub receipts_refused: Family<ReasonLabel, Counter>,
     pub produce_latency: Histogram,
@@ -57,6 +58,7 @@ impl Metrics {
         let events_in_flight = Gauge::default();
         let produce_retries = Counter::default();
         let kafka_records_refused = Counter::default();
+        let dead_letters_refused = Counter::default();
         let receipts_published = Counter::default();
         let receipts_refused = Family::<ReasonLabel, Counter>::default();
         // 0.5 ms .. ~33 s
@@ -119,6 +121,11 @@ impl Metrics {
             kafka_records_refused.clone(),
         );
         registry.register(
+            "dead_letters_refused",
+            "Dead letters Kafka refused for good (the dead-letter topic's max.message.bytes below kafka.message_max_bytes, a revoked ACL): their MQTT message stays unacked, holding one of the broker's in-flight slots for this replica until it reconnects; fix the topic and restart the replica",
+            dead_letters_refused.clone(),
+        );
+        registry.register(
             "receipts_published",
             "Delivery receipts handed to the MQTT broker for stores (refused ones included: see receipts_refused)",
             receipts_published.clone(),
@@ -164,6 +171,7 @@ impl Metrics {
             events_in_flight,
             produce_retries,
             kafka_records_refused,
+            dead_letters_refused,
             receipts_published,
             receipts_refused,
             produce_latency,

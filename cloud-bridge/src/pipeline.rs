@@ -156,6 +156,7 @@ impl Pipeline {
     fn dead_letter_failed(&self, e: &SinkError) {
         self.on_sink_error(e);
         if !matches!(e, SinkError::Cancelled | SinkError::Fatal(_)) {
+            self.metrics.dead_letters_refused.inc();
             tracing::error!(error = %e, "the dead-letter topic refused a record; leaving the message unacked");
         }
     }
