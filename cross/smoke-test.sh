@@ -32,7 +32,10 @@ command -v file >/dev/null 2>&1 || need+=(file)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo
   log "installing ${need[*]}"
-  $SUDO apt-get update -q >/dev/null
+  # A mirror mid-sync can fail one index (the arm64 ones toolchain.sh
+  # added, say): the install below says whether what we need resolved.
+  $SUDO apt-get -o Acquire::Retries=3 update -q >/dev/null ||
+    log "warning: apt-get update reported errors; trying the install anyway"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
 

@@ -71,7 +71,7 @@ ensure_rustup_toolchain() {
       exit 1
     fi
     log "rustup target add $triple"
-    rustup target add "$triple" >&2 || { log "FAIL: rustup target add $triple"; exit 1; }
+    timeout 600 rustup target add "$triple" >&2 || { log "FAIL: rustup target add $triple"; exit 1; }
   fi
   log "toolchain present: $(rustc --version) with std for $triple, gcc-$gnu"
 }

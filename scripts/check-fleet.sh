@@ -170,6 +170,10 @@ for s in skips:
         print(f"    skip {s.get('check')} has no reason"); ok = False
 used, failures, passed = set(), [], 0
 for r in reports:
+    # A render checkov could not parse is a render it did not check.
+    errors = (r.get("summary") or {}).get("parsing_errors", r.get("parsing_errors", 0))
+    if errors:
+        print(f"    checkov could not parse {errors} file(s)"); ok = False
     res = r.get("results", {})
     passed += len(res.get("passed_checks", []))
     for f in res.get("failed_checks", []):
@@ -186,6 +190,8 @@ for i, s in enumerate(skips):
     if i not in used:
         print(f"    note: skip {s.get('check')} {s.get('resources')} matched nothing (stale?)")
 print(f"    checkov: {passed} passed, {len(failures)} failed outside k3s/checkov-skips.yaml, {len(skips)} listed skips")
+if passed == 0:
+    print("    checkov passed no check at all: it scanned nothing"); ok = False
 sys.exit(0 if ok and not failures else 1)
 PY
 then

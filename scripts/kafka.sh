@@ -279,6 +279,9 @@ $(tail -20 "$dir/stdout.log" 2>/dev/null)"
         fi
         sleep 0.2
     done
+    # Not left running: the caller starts another, or fails.
+    kill -9 "$(cat "$dir/kafka.pid" 2>/dev/null)" 2>/dev/null || true
+    rm -f "$dir/kafka.pid"
     die "broker in $dir did not start within ${KAFKA_START_TIMEOUT:-90} s; server.log tail:
 $(tail -20 "$dir/server.log")"
 }

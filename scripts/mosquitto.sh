@@ -48,7 +48,7 @@ cmd_install() {
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' EXIT
     echo "mosquitto.sh: building Mosquitto $VERSION into $DEST (once)" >&2
-    curl -fsSL --retry 3 -o "$tmp/src.tar.gz" "$URL" || die "could not download $URL"
+    curl -fsSL --retry 3 --connect-timeout 20 --max-time 600 -o "$tmp/src.tar.gz" "$URL" || die "could not download $URL"
     echo "$SHA256  $tmp/src.tar.gz" | sha256sum -c --quiet - ||
         die "checksum mismatch for $URL (expected sha256 $SHA256)"
     tar -xzf "$tmp/src.tar.gz" -C "$tmp"

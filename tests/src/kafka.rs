@@ -212,8 +212,13 @@ impl Drop for Kafka {
 ///
 /// Panics (failing the test) with the cause if the broker cannot start.
 pub fn shared() -> &'static Kafka {
-    static SHARED: OnceLock<Kafka> = OnceLock::new();
-    SHARED.get_or_init(|| start_shared().unwrap_or_else(|e| panic!("shared Kafka broker: {e:#}")))
+    // The first failure is kept: every later test fails at once with it
+    // instead of starting (and waiting for) another broker.
+    static SHARED: OnceLock<Result<Kafka, String>> = OnceLock::new();
+    match SHARED.get_or_init(|| start_shared().map_err(|e| format!("{e:#}"))) {
+        Ok(kafka) => kafka,
+        Err(e) => panic!("shared Kafka broker: {e}"),
+    }
 }
 
 fn start_shared() -> Result<Kafka> {

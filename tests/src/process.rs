@@ -23,8 +23,9 @@ fn live_groups() -> MutexGuard<'static, BTreeSet<u32>> {
     LIVE_GROUPS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `f` on the first SIGINT or SIGTERM, on a thread of its own (a tiny
-/// current-thread runtime waits for the signal).
+/// Runs `f` on the first SIGINT, SIGTERM or SIGHUP (the terminal closed),
+/// on a thread of its own (a tiny current-thread runtime waits for the
+/// signal).
 pub fn on_signal(f: impl FnOnce() + Send + 'static) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -32,16 +33,25 @@ pub fn on_signal(f: impl FnOnce() + Send + 'static) -> Result<()> {
         .build()?;
     let mut term = rt.block_on(async { signal(SignalKind::terminate()) })?;
     let mut int = rt.block_on(async { signal(SignalKind::interrupt()) })?;
+    let mut hup = rt.block_on(async { signal(SignalKind::hangup()) })?;
     std::thread::spawn(move || {
         rt.block_on(async {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
+                _ = hup.recv() => {},
             }
         });
         f();
     });
     Ok(())
+}
+
+/// Kills every child process still running, group and all.
+pub fn kill_all_children() {
+    for pid in live_groups().iter() {
+        let _ = kill_group(*pid, "KILL");
+    }
 }
 
 /// For programs that run to completion (the benchmarks): on SIGINT or
@@ -51,9 +61,7 @@ pub fn on_signal(f: impl FnOnce() + Send + 'static) -> Result<()> {
 /// Mosquitto and agent behind to skew the next one.
 pub fn stop_children_on_signal() -> Result<()> {
     on_signal(|| {
-        for pid in live_groups().iter() {
-            let _ = kill_group(*pid, "KILL");
-        }
+        kill_all_children();
         eprintln!("interrupted: stopped every child process");
         std::process::exit(130);
     })

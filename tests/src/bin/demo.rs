@@ -46,6 +46,24 @@ fn main() -> Result<()> {
     println!(
         "demo: starting Mosquitto (cloud + store), Kafka (KRaft), cloud-bridge and store-agent …"
     );
+    // Installed before anything starts: the children run in process groups
+    // of their own, which a Ctrl-C (or a closed terminal) never reaches.
+    // While the stack starts, a signal stops them all; once it runs, the
+    // demo stops and reports as usual.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (stop, up) = (stop.clone(), up.clone());
+        harness::process::on_signal(move || {
+            if up.load(Ordering::SeqCst) {
+                stop.store(true, Ordering::Relaxed);
+            } else {
+                harness::process::kill_all_children();
+                eprintln!("demo: interrupted while starting; stopped every child process");
+                std::process::exit(130);
+            }
+        })?;
+    }
     let started = Instant::now();
     let stack = Arc::new(
         StoreStack::start_with(StackOptions {
@@ -62,11 +80,7 @@ fn main() -> Result<()> {
         stack.kafka_bootstrap
     );
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let _ = harness::process::on_signal(move || stop.store(true, Ordering::Relaxed));
-    }
+    up.store(true, Ordering::SeqCst);
     let posted = Arc::new(AtomicU64::new(0));
     let pos = {
         let (stack, stop, posted) = (stack.clone(), stop.clone(), posted.clone());
