@@ -63,6 +63,8 @@ pub enum Link {
     },
     Disconnected(String),
     Receipt(DeliveryReceipt),
+    /// The broker acknowledged the next publish of this connection (PUBACK).
+    PubAcked,
 }
 
 /// A batch sent and not yet receipted.
@@ -71,7 +73,20 @@ struct InFlight {
     batch_id: uuid::Uuid,
     events: usize,
     sent_at: Instant,
+    /// Its publish's number on the current connection (1 for the first).
+    publish_no: u64,
+    /// When the broker acknowledged it: the whole batch had crossed the
+    /// uplink. The receipt timeout counts from here.
+    pubacked_at: Option<Instant>,
 }
+
+/// How long a batch may go without the broker's PUBACK before it is sent
+/// again. A broker acks a QoS 1 publish as soon as it has read it, so until
+/// then the batch (or those ahead of it) is still crossing the uplink, which
+/// on a slow link takes long and is no reason to send it twice; a dead link
+/// is found by the keep-alive and the network timeout. This only bounds a
+/// broker that reads but never acks.
+const PUBACK_WAIT_MAX: Duration = Duration::from_secs(600);
 
 /// The forwarder's protocol state, apart from any I/O (as rumqttc keeps
 /// `MqttState` apart from its event loop): where sending resumes, and which
@@ -85,6 +100,11 @@ struct SendWindow {
     in_flight: VecDeque<InFlight>,
     capacity: usize,
     receipt_timeout: Duration,
+    /// Publishes and PUBACKs on the current connection. A broker acks one
+    /// client's QoS 1 publishes in the order it received them, so the n-th
+    /// PUBACK is the n-th publish's, also for batches a rewind dropped.
+    published: u64,
+    pubacked: u64,
 }
 
 impl SendWindow {
@@ -94,6 +114,24 @@ impl SendWindow {
             in_flight: VecDeque::new(),
             capacity,
             receipt_timeout,
+            published: 0,
+            pubacked: 0,
+        }
+    }
+
+    /// A new connection: its publishes are numbered from 1 again (the
+    /// client of the last one, and whatever it had not sent, is gone).
+    fn connected(&mut self) {
+        self.published = 0;
+        self.pubacked = 0;
+    }
+
+    /// The broker acknowledged the next publish of this connection.
+    fn pubacked(&mut self, now: Instant) {
+        self.pubacked += 1;
+        let n = self.pubacked;
+        if let Some(b) = self.in_flight.iter_mut().find(|b| b.publish_no == n) {
+            b.pubacked_at = Some(now);
         }
     }
 
@@ -108,10 +146,13 @@ impl SendWindow {
     }
 
     fn sent(&mut self, batch_id: uuid::Uuid, events: usize, now: Instant) {
+        self.published += 1;
         self.in_flight.push_back(InFlight {
             batch_id,
             events,
             sent_at: now,
+            publish_no: self.published,
+            pubacked_at: None,
         });
     }
 
@@ -123,11 +164,14 @@ impl SendWindow {
         self.in_flight.len() != before
     }
 
-    /// Whether the oldest batch has waited longer than the receipt timeout.
+    /// Whether the oldest batch has waited for its receipt longer than the
+    /// receipt timeout since the broker acknowledged it (or for that
+    /// acknowledgement longer than [`PUBACK_WAIT_MAX`]).
     fn overdue(&self, now: Instant) -> bool {
-        self.in_flight
-            .front()
-            .is_some_and(|b| now.saturating_duration_since(b.sent_at) > self.receipt_timeout)
+        self.in_flight.front().is_some_and(|b| match b.pubacked_at {
+            Some(at) => now.saturating_duration_since(at) > self.receipt_timeout,
+            None => now.saturating_duration_since(b.sent_at) > PUBACK_WAIT_MAX,
+        })
     }
 
     /// Go-back-N: forget the window and resend from the first unreceipted
@@ -293,6 +337,10 @@ async fn serve(
                         client: client.clone(),
                     })
                     .await;
+            }
+            // The agent publishes only batches on this client.
+            Ok(Event::Incoming(Incoming::PubAck(_))) => {
+                let _ = link.send(Link::PubAcked).await;
             }
             Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == receipts => {
                 match serde_json::from_slice::<DeliveryReceipt>(&p.payload) {
@@ -573,12 +621,14 @@ impl Forwarder {
                 msg = link.recv() => match msg {
                     Some(Link::Connected { session_present, client }) => {
                         self.client = Some(client);
+                        self.window.connected();
                         self.rewind(if session_present { "reconnected" } else { "reconnected without session" });
                     }
                     Some(Link::Disconnected(_)) => {
                         self.client = None;
                     }
                     Some(Link::Receipt(r)) => self.on_receipt(r).await,
+                    Some(Link::PubAcked) => self.window.pubacked(Instant::now()),
                     None => break,
                 },
                 _ = self.outbox.appended() => {},
@@ -761,6 +811,8 @@ mod tests {
         let (first, second) = (batch(), batch());
         w.sent(first, 1, t0);
         w.sent(second, 1, t0 + Duration::from_secs(20));
+        w.pubacked(t0);
+        w.pubacked(t0 + Duration::from_secs(20));
         assert!(
             !w.overdue(t0 + TIMEOUT),
             "exactly the timeout is not past it"
@@ -773,6 +825,53 @@ mod tests {
         assert!(w.overdue(t0 + Duration::from_secs(20) + TIMEOUT + Duration::from_millis(1)));
         // A clock reading before the send (never expected) is not overdue.
         assert!(!w.overdue(t0));
+    }
+
+    /// On a slow uplink a batch takes a while to cross: the receipt
+    /// timeout counts from the broker's PUBACK, so a slow batch is not sent
+    /// twice. PUBACKs are matched to publishes by their order on the
+    /// connection, also across a rewind that dropped the earlier batches.
+    #[test]
+    fn the_receipt_timeout_counts_from_the_pubacks_of_this_connection() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = SendWindow::new(4, TIMEOUT);
+        let (a, b) = (batch(), batch());
+        w.sent(a, 1, t0);
+        w.sent(b, 1, t0);
+        // Still crossing the link after 100 s: not overdue.
+        assert!(!w.overdue(t0 + s(100)));
+        w.pubacked(t0 + s(100));
+        assert!(!w.overdue(t0 + s(100) + TIMEOUT));
+        assert!(w.overdue(t0 + s(101) + TIMEOUT));
+        // A broker that never acks is given up on, eventually.
+        let mut stuck = SendWindow::new(1, TIMEOUT);
+        stuck.sent(batch(), 1, t0);
+        assert!(!stuck.overdue(t0 + PUBACK_WAIT_MAX));
+        assert!(stuck.overdue(t0 + PUBACK_WAIT_MAX + s(1)));
+
+        // A rewind drops a and b; their PUBACKs still come first on this
+        // connection, and must not start the clock of the batch sent anew.
+        w.rewind();
+        let c = batch();
+        w.sent(c, 1, t0 + s(200));
+        w.pubacked(t0 + s(200)); // b's
+        assert!(
+            !w.overdue(t0 + s(200) + PUBACK_WAIT_MAX),
+            "c is not acknowledged yet"
+        );
+        w.pubacked(t0 + s(300)); // c's
+        assert!(!w.overdue(t0 + s(300) + TIMEOUT));
+        assert!(w.overdue(t0 + s(301) + TIMEOUT));
+
+        // A new connection numbers its publishes from 1 again.
+        w.rewind();
+        w.connected();
+        let d = batch();
+        w.sent(d, 1, t0 + s(400));
+        w.pubacked(t0 + s(401));
+        assert!(w.overdue(t0 + s(402) + TIMEOUT));
+        assert!(w.receipted(d));
     }
 
     #[test]

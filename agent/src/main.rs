@@ -155,6 +155,10 @@ async fn run(profile_path: &Path) -> Result<()> {
     // TCP_NODELAY, Nagle and delayed ACKs add ~40 ms to each.
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
+    // rumqttc's 5 s default also bounds the write of each message: a large
+    // batch on a slow uplink would drop the connection every time it was
+    // sent, and nothing behind it would ever leave the store.
+    network.set_connection_timeout(profile.cloud.network_timeout_secs.clamp(5, 600));
     let cloud = forwarder::CloudLink {
         options: mqtt_options,
         network,

@@ -115,13 +115,25 @@ pub struct Cloud {
     /// publish consecutive batches out of order.
     #[serde(default = "default_max_batches_in_flight")]
     pub max_batches_in_flight: usize,
-    /// Seconds to wait for a delivery receipt before sending again.
+    /// Seconds to wait for a delivery receipt before sending again,
+    /// counted from the broker's PUBACK (when the whole batch has crossed
+    /// the uplink), not from the send: a large batch on a slow link is not
+    /// resent for being slow.
     #[serde(default = "default_receipt_timeout_secs")]
     pub receipt_timeout_secs: u64,
-    /// MQTT keep-alive, seconds.
+    /// MQTT keep-alive, seconds. A ping queued behind a batch is answered
+    /// only once the batch has crossed: keep this above the largest
+    /// message's time on the store's slowest uplink (a 256 KiB batch takes
+    /// 16 s at 128 kbit/s).
     #[serde(default = "default_keep_alive_secs")]
     #[schemars(range(min = 5, max = 600))]
     pub keep_alive_secs: u64,
+    /// The longest a connect, or the write of one message, may take before
+    /// the connection counts as lost. Above the largest message's time on
+    /// the slowest uplink: a lone sale of 960 KiB takes 60 s at 128 kbit/s.
+    #[serde(default = "default_network_timeout_secs")]
+    #[schemars(range(min = 5, max = 600))]
+    pub network_timeout_secs: u64,
 }
 
 fn default_batch_max_events() -> usize {
@@ -137,7 +149,10 @@ fn default_receipt_timeout_secs() -> u64 {
     30
 }
 fn default_keep_alive_secs() -> u64 {
-    15
+    30
+}
+fn default_network_timeout_secs() -> u64 {
+    120
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

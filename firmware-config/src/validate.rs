@@ -353,6 +353,13 @@ impl StoreProfile {
             5..=600,
             " seconds",
         );
+        range(
+            out,
+            "cloud.network_timeout_secs",
+            c.network_timeout_secs,
+            5..=600,
+            " seconds",
+        );
         if let (Some(tls), true) = (&c.tls, opts.check_files) {
             use crate::pem::PemWant;
             for (key, file, want) in [

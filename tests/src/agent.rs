@@ -42,6 +42,9 @@ pub struct StackOptions {
     /// The cloud broker serves mutual TLS only (a test CA in the stack's
     /// temp dir); agent and bridge connect with client certificates.
     pub cloud_tls: bool,
+    /// The agent reaches the cloud broker through a proxy passing this many
+    /// bytes per second upwards (a slow store uplink).
+    pub uplink_bytes_per_sec: Option<u64>,
 }
 
 impl Default for StackOptions {
@@ -56,6 +59,7 @@ impl Default for StackOptions {
             disk_reserve_bytes: None,
             max_batches_in_flight: None,
             cloud_tls: false,
+            uplink_bytes_per_sec: None,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct StoreStack {
     pub store_mqtt: Mosquitto,
     pub bridge: Option<ChildProcess>,
     pub agent: ChildProcess,
+    /// The slow uplink in front of the cloud broker, if asked for.
+    pub uplink: Option<crate::throttle::Throttle>,
     pub dir: tempfile::TempDir,
     profile_path: PathBuf,
     data_dir: PathBuf,
@@ -254,6 +260,11 @@ impl StoreStack {
         } else {
             None
         };
+        let uplink = opts
+            .uplink_bytes_per_sec
+            .map(|rate| crate::throttle::Throttle::start(cloud_mqtt.port(), rate))
+            .transpose()?;
+        let agent_cloud_port = uplink.as_ref().map_or(cloud_mqtt.port(), |u| u.port());
         let http_port = free_port()?;
         let data_dir = opts
             .data_dir
@@ -296,7 +307,7 @@ port = {store_port}
 {cloud_tls}
 "#,
             data_dir = data_dir.display(),
-            cloud_port = cloud_mqtt.port(),
+            cloud_port = agent_cloud_port,
             store_port = store_mqtt.port(),
             receipt_timeout = opts.receipt_timeout_secs,
             max_bytes = opts.outbox_max_bytes,
@@ -334,6 +345,7 @@ port = {store_port}
             store_mqtt,
             bridge,
             agent,
+            uplink,
             dir,
             profile_path,
             data_dir,

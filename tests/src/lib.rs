@@ -5,4 +5,5 @@ pub mod kafka;
 pub mod mosquitto;
 pub mod process;
 pub mod sqlite_file;
+pub mod throttle;
 pub mod tls;
