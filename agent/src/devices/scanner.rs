@@ -107,15 +107,19 @@ pub async fn run(cfg: Scanner, submitter: Submitter, shutdown: CancellationToken
     let mut backoff = reconnect_policy(&cfg);
     // Whether the last status event sent was `offline` (one per outage).
     let mut offline = false;
+    // A port that opens after failing to at start was never lost: its
+    // first open is no reconnect.
+    let mut was_open = false;
     let mut buf = vec![0u8; 4096];
     let mut frames = Vec::new();
     loop {
         match open(&cfg) {
             Ok(mut port) => {
                 backoff.up(tokio::time::Instant::now());
-                if offline {
+                if offline && was_open {
                     submitter.metrics.reconnected(&cfg.id);
                 }
+                was_open = true;
                 tracing::info!(port = %cfg.port.display(), "scanner port open");
                 submitter.status(&source, DeviceState::Online, None).await;
                 let frame_timeout = Duration::from_millis(cfg.frame_timeout_ms);
@@ -400,6 +404,69 @@ mod pty_tests {
             .expect("open feeder");
         f.write_all(bytes).expect("write feeder");
         f.flush().expect("flush");
+    }
+
+    /// A scanner unplugged when the agent starts and plugged in later goes
+    /// offline then online, but was never lost: no reconnect is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scanner_plugged_in_after_the_start_is_not_a_reconnect() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = dir.path().join("scanner");
+        let feeder = dir.path().join("feeder");
+        let store = StoreIdentity {
+            store_id: "store-pty".into(),
+            region: "eu-west".into(),
+        };
+        let outbox = Outbox::open(
+            OutboxConfig::new(dir.path().join("outbox.db"), 1 << 30, 1_000_000),
+            store.clone(),
+        )
+        .expect("outbox");
+        let handle = outbox.handle();
+        let metrics = DeviceMetrics::default();
+        let cfg = Scanner {
+            id: "scan-late".into(),
+            port: port.clone(),
+            lane: "lane-9".into(),
+            baud_rate: 9600,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow_control: FlowControl::None,
+            terminator: firmware_config::Terminator::Cr,
+            max_frame_len: 24,
+            frame_timeout_ms: 200,
+            reconnect_max_backoff_ms: 300,
+            eight_digit_reads: EightDigitReads::UpcE,
+        };
+        let id = cfg.id.clone();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            cfg,
+            Submitter {
+                ingest: Ingest::new(handle.clone(), store),
+                metrics: metrics.clone(),
+            },
+            shutdown.clone(),
+        ));
+        wait_for(&handle, "offline", |e| statuses(e) == ["offline"]).await;
+        let socat = Socat::start(&port, &feeder);
+        wait_for(&handle, "online", |e| statuses(e) == ["offline", "online"]).await;
+
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::with_prefix("storelink_agent");
+        metrics.register(&mut reg);
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        assert!(
+            !text.contains(&format!(
+                r#"storelink_agent_scanner_reconnects_total{{scanner="{id}"}} 1"#
+            )),
+            "{text}"
+        );
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        drop(socat);
+        outbox.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
