@@ -154,9 +154,14 @@ pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool)
             o.replication_factor, spec.replication_factor
         )));
     }
+    let mut wanted = spec.configs.clone();
+    if !o.configs_unread {
+        if let Some(why) = hold_min_insync(&mut wanted, o) {
+            steps.push(Step::Drift(why));
+        }
+    }
     let differs = !o.configs_unread
-        && spec
-            .configs
+        && wanted
             .iter()
             .any(|(k, v)| o.configs.get(*k).map(String::as_str) != Some(v.as_str()));
     if differs {
@@ -168,7 +173,7 @@ pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool)
             .collect();
         if sensitive.is_empty() {
             steps.push(Step::AlterConfigs {
-                set: spec.configs.clone(),
+                set: wanted.clone(),
                 keep: o
                     .other_overrides
                     .iter()
@@ -180,11 +185,56 @@ pub fn plan(spec: &TopicSpec, observed: Option<&Observed>, add_partitions: bool)
                 "settings differ from the configuration, but altering them would reset the \
                  topic's sensitive settings {sensitive:?}, whose values Kafka does not return; \
                  set {:?} by hand",
-                spec.configs
+                wanted
             )));
         }
     }
     steps
+}
+
+/// `min.insync.replicas` is the one setting `ensure` never moves on its
+/// own: above the topic's real replica count every `acks=all` write fails
+/// (Kafka accepts the setting all the same), and below what the topic has
+/// it weakens every write's durability. In either case the topic's value is
+/// kept in `wanted` and the reason returned, to be reported as drift.
+fn hold_min_insync(wanted: &mut Vec<(&'static str, String)>, o: &Observed) -> Option<String> {
+    let want: i32 = wanted
+        .iter()
+        .find(|(k, _)| *k == "min.insync.replicas")?
+        .1
+        .parse()
+        .ok()?;
+    let have = o
+        .configs
+        .get("min.insync.replicas")
+        .and_then(|v| v.parse::<i32>().ok());
+    let why = if want > o.replication_factor {
+        format!(
+            "min.insync.replicas {want} is more than the topic's {} replicas: every \
+             acks=all write would fail, so it is not set (fix the replication factor first)",
+            o.replication_factor
+        )
+    } else if have.is_some_and(|h| want < h) {
+        format!(
+            "min.insync.replicas is {}, configured {want}: not lowered, which would weaken \
+             the durability of every write (lower it by hand if that is meant)",
+            have.unwrap_or_default()
+        )
+    } else {
+        return None;
+    };
+    match have {
+        Some(h) => {
+            for (k, v) in wanted.iter_mut() {
+                if *k == "min.insync.replicas" {
+                    *v = h.to_string();
+                }
+            }
+        }
+        // Nothing known to keep: left to Kafka's default, not set.
+        None => wanted.retain(|(k, _)| *k != "min.insync.replicas"),
+    }
+    Some(why)
 }
 
 /// The outcome of [`ensure`], one line per finding.
@@ -567,6 +617,53 @@ mod tests {
         assert_eq!(steps.len(), 2, "{steps:?}");
         assert!(
             !steps.iter().any(|s| matches!(s, Step::AlterConfigs { .. })),
+            "{steps:?}"
+        );
+    }
+
+    /// `min.insync.replicas` above the topic's real replica count would
+    /// fail every `acks=all` write, and below the topic's own it would
+    /// weaken them: either way it is reported, never set.
+    #[test]
+    fn min_insync_replicas_is_never_raised_past_the_replicas_nor_lowered() {
+        let spec = specs(&cfg()).remove(0);
+        let mut o = observed_as(&spec);
+        o.replication_factor = 1;
+        o.configs.insert("min.insync.replicas".into(), "1".into());
+        o.configs.insert("retention.ms".into(), "5".into());
+        let steps = plan(&spec, Some(&o), false);
+        let set = steps.iter().find_map(|s| match s {
+            Step::AlterConfigs { set, .. } => Some(set.clone()),
+            _ => None,
+        });
+        assert!(
+            set.as_ref()
+                .is_some_and(|set| set.contains(&("min.insync.replicas", "1".into()))
+                    && set.contains(&("retention.ms", "1000".into()))),
+            "retention is fixed, min.insync.replicas kept at 1: {steps:?}"
+        );
+        assert!(
+            steps.iter().any(
+                |s| matches!(s, Step::Drift(d) if d.contains("every acks=all write would fail"))
+            ),
+            "{steps:?}"
+        );
+        // Only that differs: reported, nothing altered.
+        o.configs.insert("retention.ms".into(), "1000".into());
+        let steps = plan(&spec, Some(&o), false);
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::AlterConfigs { .. })),
+            "{steps:?}"
+        );
+
+        // A hardened topic (3 replicas, min 3) under a config asking for 2.
+        let mut hardened = observed_as(&spec);
+        hardened
+            .configs
+            .insert("min.insync.replicas".into(), "3".into());
+        let steps = plan(&spec, Some(&hardened), false);
+        assert!(
+            matches!(&steps[..], [Step::Drift(d)] if d.contains("not lowered")),
             "{steps:?}"
         );
     }
