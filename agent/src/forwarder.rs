@@ -105,6 +105,9 @@ struct SendWindow {
     /// PUBACK is the n-th publish's, also for batches a rewind dropped.
     published: u64,
     pubacked: u64,
+    /// The last PUBACK on this connection: the batch after it started
+    /// crossing then, not when it was queued.
+    last_puback: Option<Instant>,
 }
 
 impl SendWindow {
@@ -116,6 +119,7 @@ impl SendWindow {
             receipt_timeout,
             published: 0,
             pubacked: 0,
+            last_puback: None,
         }
     }
 
@@ -124,11 +128,13 @@ impl SendWindow {
     fn connected(&mut self) {
         self.published = 0;
         self.pubacked = 0;
+        self.last_puback = None;
     }
 
     /// The broker acknowledged the next publish of this connection.
     fn pubacked(&mut self, now: Instant) {
         self.pubacked += 1;
+        self.last_puback = Some(now);
         let n = self.pubacked;
         if let Some(b) = self.in_flight.iter_mut().find(|b| b.publish_no == n) {
             b.pubacked_at = Some(now);
@@ -166,11 +172,15 @@ impl SendWindow {
 
     /// Whether the oldest batch has waited for its receipt longer than the
     /// receipt timeout since the broker acknowledged it (or for that
-    /// acknowledgement longer than [`PUBACK_WAIT_MAX`]).
+    /// acknowledgement longer than [`PUBACK_WAIT_MAX`] since it can have
+    /// started crossing: its send, or the PUBACK of the one before it).
     fn overdue(&self, now: Instant) -> bool {
         self.in_flight.front().is_some_and(|b| match b.pubacked_at {
             Some(at) => now.saturating_duration_since(at) > self.receipt_timeout,
-            None => now.saturating_duration_since(b.sent_at) > PUBACK_WAIT_MAX,
+            None => {
+                let crossing_since = self.last_puback.map_or(b.sent_at, |p| p.max(b.sent_at));
+                now.saturating_duration_since(crossing_since) > PUBACK_WAIT_MAX
+            }
         })
     }
 
@@ -863,6 +873,17 @@ mod tests {
         w.pubacked(t0 + s(300)); // c's
         assert!(!w.overdue(t0 + s(300) + TIMEOUT));
         assert!(w.overdue(t0 + s(301) + TIMEOUT));
+
+        // Batches queued together cross one after another: the second's
+        // wait counts from the first one's PUBACK.
+        let mut queued = SendWindow::new(2, TIMEOUT);
+        let (e, f) = (batch(), batch());
+        queued.sent(e, 1, t0);
+        queued.sent(f, 1, t0);
+        queued.pubacked(t0 + s(590));
+        assert!(queued.receipted(e));
+        assert!(!queued.overdue(t0 + s(601)), "f has been crossing for 11 s");
+        assert!(queued.overdue(t0 + s(591) + PUBACK_WAIT_MAX));
 
         // A new connection numbers its publishes from 1 again.
         w.rewind();

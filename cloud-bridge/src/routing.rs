@@ -261,12 +261,19 @@ fn route_event(
     }
     // Full typed decode of the body: a body Kafka consumers cannot read is
     // dead-lettered here rather than poisoning every consumer downstream.
-    if let Err(e) = EventBody::from_json(kind, env.body.get()) {
-        let e = protocol::EnvelopeError::Body {
-            schema: kind.schema_name(),
-            source: e,
-        };
-        return dead(Some(env.id), e.reason_code(), e.to_string(), range);
+    match EventBody::from_json(kind, env.body.get()) {
+        Err(e) => {
+            let e = protocol::EnvelopeError::Body {
+                schema: kind.schema_name(),
+                source: e,
+            };
+            return dead(Some(env.id), e.reason_code(), e.to_string(), range);
+        }
+        Ok(body) => {
+            if let Err(e) = protocol::envelope::check_body_version(env.version_u16(), &body) {
+                return dead(Some(env.id), e.reason_code(), e.to_string(), range);
+            }
+        }
     }
     Decision::Publish(PublishEvent {
         id: env.id,
@@ -398,6 +405,25 @@ mod tests {
         assert!(CheckedBatch::parse_fast(&spaced).is_none());
         assert_eq!(published(&encoded), published(spaced.as_bytes()));
         assert_eq!(published(&encoded).len(), events.len());
+    }
+
+    #[test]
+    fn an_event_labelled_below_its_bodys_version_is_dead_lettered() {
+        let events: Vec<Vec<u8>> = samples::version_2_envelopes("s1")
+            .iter()
+            .map(|e| {
+                String::from_utf8(e.to_json())
+                    .expect("utf-8")
+                    .replacen("\"schema_version\":2", "\"schema_version\":1", 1)
+                    .into_bytes()
+            })
+            .collect();
+        let r = route(
+            &topics::store_events_topic("s1"),
+            &batch_of("s1", &events),
+            MAX,
+        );
+        assert_eq!(reasons(&r), ["invalid_envelope"; 3]);
     }
 
     #[test]

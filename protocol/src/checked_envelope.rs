@@ -190,6 +190,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut occurred_at = None;
         let mut recorded_at = None;
         let mut body_checked = false;
+        let mut body_version = 1;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Id => once(&mut id, map.next_value::<EventId>()?)?,
@@ -207,7 +208,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                     if body_checked {
                         return Err(de::Error::custom("duplicate field"));
                     }
-                    map.next_value_seed(Checked(BodySeed(kind)))?;
+                    body_version = map.next_value_seed(Checked(BodySeed(kind)))?;
                     body_checked = true;
                 }
                 Field::Other => {
@@ -227,6 +228,10 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         }
         let kind = check_header(schema, version, store_id, &source.device_id)
             .map_err(de::Error::custom)?;
+        // Labelled below what its body needs: the two-step path says why.
+        if version < u64::from(body_version) {
+            return Err(de::Error::custom("labelled below its body's version"));
+        }
         Ok(CheckedEnvelope {
             id: id.ok_or_else(missing)?,
             kind,
@@ -239,13 +244,14 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     }
 }
 
-/// Decodes a body and drops it: only whether it decodes matters here.
+/// Decodes a body and drops it: only whether it decodes, and the version it
+/// needs, matter here.
 struct Checked(BodySeed);
 
 impl<'de> DeserializeSeed<'de> for Checked {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        self.0.deserialize(d).map(drop)
+    type Value = u16;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u16, D::Error> {
+        self.0.deserialize(d).map(|body| body.schema_version())
     }
 }
 
@@ -260,7 +266,8 @@ mod tests {
     fn two_step(text: &str) -> Option<Header> {
         let env = RawEnvelope::parse_str(text).ok()?;
         let kind = env.check_header().ok()?;
-        EventBody::from_json(kind, env.body.get()).ok()?;
+        let body = EventBody::from_json(kind, env.body.get()).ok()?;
+        crate::envelope::check_body_version(env.version_u16(), &body).ok()?;
         Some((
             env.id,
             kind,

@@ -396,6 +396,24 @@ fn refuse_positional(json: impl AsRef<[u8]>) -> Result<(), serde_json::Error> {
     Ok(())
 }
 
+/// An event's label must be at least the version its body needs
+/// ([`EventBody::schema_version`]): a reader of the labelled version would
+/// read the rest wrongly (another store's sale returned as this store's,
+/// totals that do not add up without the cash rounding).
+pub fn check_body_version(schema_version: u16, body: &EventBody) -> Result<(), EnvelopeError> {
+    let needed = body.schema_version();
+    if schema_version >= needed {
+        return Ok(());
+    }
+    let mut problems = Problems::default();
+    problems.push(crate::FieldError::new(
+        "schema_version",
+        "below_body_version",
+        format!("is {schema_version}, but the body uses fields of version {needed}"),
+    ));
+    Err(EnvelopeError::Invalid(problems))
+}
+
 /// The header rules routing depends on (see [`RawEnvelope::check_header`]).
 pub(crate) fn check_header(
     schema: &str,
@@ -486,6 +504,7 @@ impl<'a> RawEnvelope<'a> {
                 schema: kind.schema_name(),
                 source,
             })?;
+        check_body_version(schema_version, &body)?;
         Ok(Envelope {
             id: self.id,
             schema: kind,

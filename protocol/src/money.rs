@@ -37,6 +37,11 @@ const EXPONENT_2: &[&str] = &[
     "TZS", "UAH", "USD", "UYU", "UZS", "VED", "VES", "WST", "XCD", "XCG", "YER", "ZAR", "ZMW",
     "ZWG",
 ];
+/// Codes added to the table after version 1 of the protocol. A reader built
+/// for version 1 refuses them, so an event in one is version 2 (see
+/// [`Currency::schema_version`]).
+const ADDED_IN_VERSION_2: &[&str] = &["VED", "XCG"];
+
 /// Currencies whose minor unit is not a decimal subdivision (1 ariary = 5
 /// iraimbilanja). ISO 4217 still lists exponent 2 for them; amounts are kept
 /// in the listed minor unit and formatting is the only thing that differs.
@@ -76,6 +81,17 @@ impl Currency {
         [EXPONENT_2, EXPONENT_0, EXPONENT_3, EXPONENT_4, NON_DECIMAL]
             .iter()
             .any(|table| table.binary_search(&self.code()).is_ok())
+    }
+
+    /// The first schema version whose readers know this code: 1 for the
+    /// codes of the version-1 table, 2 for those added since (and for a
+    /// code this build does not know either).
+    pub fn schema_version(&self) -> u16 {
+        if self.is_known() && !ADDED_IN_VERSION_2.contains(&self.code()) {
+            1
+        } else {
+            2
+        }
     }
 
     /// Number of decimal digits of the minor unit: 2 for EUR, 0 for JPY, 3
@@ -235,7 +251,9 @@ mod tests {
         }
         for new in ["XCG", "VED"] {
             assert_eq!(new.parse::<Currency>().map(|c| c.exponent()), Ok(2));
+            assert_eq!(new.parse::<Currency>().map(|c| c.schema_version()), Ok(2));
         }
+        assert_eq!(Currency::EUR.schema_version(), 1);
     }
 
     #[test]

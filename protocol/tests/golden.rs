@@ -141,6 +141,22 @@ fn an_event_is_written_at_the_lowest_version_that_carries_it() {
     }
 }
 
+/// An event labelled below the version its body needs is refused, by both
+/// readers: a version-1 reader would take the other store's sale for this
+/// store's, or totals that need the cash rounding for wrong ones.
+#[test]
+fn an_event_labelled_below_its_bodys_version_is_refused() {
+    for env in protocol::samples::version_2_envelopes("store-0042") {
+        let text = String::from_utf8(env.to_json()).expect("utf-8");
+        let relabelled = text.replacen("\"schema_version\":2", "\"schema_version\":1", 1);
+        assert_ne!(text, relabelled);
+        let err = Envelope::from_json(relabelled.as_bytes()).expect_err("below its body");
+        assert_eq!(err.reason_code(), "invalid_envelope", "{err}");
+        assert!(protocol::checked_envelope::CheckedEnvelope::parse_fast(&relabelled).is_none());
+        assert!(protocol::checked_envelope::CheckedEnvelope::parse_fast(&text).is_some());
+    }
+}
+
 /// Fields are named: an envelope or a body written as a JSON array (serde's
 /// positional form of a struct) is refused, not read by position. A
 /// consumer reading by name could not read it.
