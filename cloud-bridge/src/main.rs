@@ -253,6 +253,15 @@ fn print_replay(r: &cloud_bridge::replay::Report, dry_run: bool) {
     for (reason, n) in &r.still_dead {
         println!("still dead: {n} {reason} (left in {topic})");
     }
+    if !r.still_dead.is_empty() && !dry_run {
+        // Progress moves past them: the same group will not read them again.
+        println!(
+            "the group's progress moved past those: once their cause is fixed, replay them \
+             with a fresh --group and the same selection, which reads the selection from the \
+             start again and publishes what was replayed before a second time (consumers drop \
+             the copies by event id); --dry-run first shows what it would take"
+        );
+    }
     if dry_run {
         println!("dry run: nothing published, progress not committed");
     } else {

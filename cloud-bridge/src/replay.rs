@@ -13,7 +13,9 @@
 //!   headers as the bridge gives it, plus [`headers::REPLAYED_FROM`]);
 //! * what still fails stays where it is, counted by its reason now. The
 //!   rules are the bridge's, so a store writing as another (`store_mismatch`)
-//!   can never be replayed into a domain topic.
+//!   can never be replayed into a domain topic; and a `store_mismatch`
+//!   dead letter is never replayed at all, since the batch header that named
+//!   another store is not in it (only the event's bytes are).
 //!
 //! Progress is the consumer group's committed offset, committed only after
 //! Kafka has every record published for the dead letters before it, so a
@@ -110,6 +112,14 @@ pub enum Plan {
 pub fn plan(dl: &DeadLetter<'_>, selection: &Selection, max_event_bytes: usize) -> Plan {
     if !selection.selects(dl) {
         return Plan::NotSelected;
+    }
+    if dl.reason == Some(reason::STORE_MISMATCH) {
+        // The mismatch may have been the batch's header, which the dead
+        // letter does not keep: the event alone could look like its topic's.
+        return Plan::Route {
+            publish: Vec::new(),
+            still_dead: vec![reason::STORE_MISMATCH],
+        };
     }
     let Some(source_topic) = dl.source_topic else {
         // Without its topic the store that sent it is unknown, and the
@@ -319,6 +329,9 @@ pub async fn replay(
                     let position = consumer.position().map_err(read)?;
                     for e in position.elements_for_topic(topic) {
                         if let Offset::Offset(o) = e.offset() {
+                            // Never past this run's end: records beyond it
+                            // were skipped, not replayed.
+                            let o = end.get(&e.partition()).map_or(o, |end| o.min(*end));
                             let n = next.entry(e.partition()).or_insert(o);
                             *n = (*n).max(o);
                         }
@@ -546,6 +559,27 @@ mod tests {
         let bytes = samples::envelopes("store-b").remove(0).to_json();
         let source = topics::store_events_topic("store-a");
         let dl = letter("store_mismatch", &source, bytes);
+        let p = plan(&dl, &selection(&["store_mismatch"], None), MAX);
+        assert_eq!(only_dead(&p), ["store_mismatch"]);
+    }
+
+    /// A batch whose header named store B on store A's topic: each event is
+    /// dead-lettered as `store_mismatch`, though the event itself says A.
+    /// Replayed alone it would look fine: it stays dead.
+    #[test]
+    fn a_store_mismatch_of_the_batch_header_stays_dead_too() {
+        let event = samples::envelopes("store-a").remove(0).to_json();
+        let source = topics::store_events_topic("store-a");
+        let live = crate::routing::route(
+            &source,
+            &protocol::batch::encode_batch(uuid::Uuid::now_v7(), "store-b", [event.as_slice()]),
+            MAX,
+        );
+        assert!(live
+            .decisions
+            .iter()
+            .all(|d| matches!(d, crate::routing::Decision::DeadLetter(dl) if dl.reason == "store_mismatch")));
+        let dl = letter("store_mismatch", &source, event);
         let p = plan(&dl, &selection(&["store_mismatch"], None), MAX);
         assert_eq!(only_dead(&p), ["store_mismatch"]);
     }

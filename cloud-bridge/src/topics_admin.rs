@@ -438,10 +438,14 @@ async fn observe(
         if !KafkaTopic::ALL.iter().any(|k| k.name() == t.name()) || t.error().is_some() {
             continue;
         }
+        // The weakest partition's: one left with fewer replicas (a botched
+        // reassignment) is drift; one with extra ones while a reassignment
+        // runs is not.
         let rf = t
             .partitions()
-            .first()
+            .iter()
             .map(|p| p.replicas().len())
+            .min()
             .unwrap_or(0);
         out.insert(
             t.name().to_owned(),
