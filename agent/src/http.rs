@@ -694,25 +694,6 @@ mod tests {
     #[tokio::test]
     async fn version_2_records_are_stored_at_version_2_and_only_those() {
         let f = fixture(1000, None);
-        let posts = [
-            (
-                "/v1/sales",
-                serde_json::to_value(protocol::samples::sale_with_cash_rounding()),
-            ),
-            (
-                "/v1/sales",
-                serde_json::to_value(protocol::samples::fully_discounted_sale()),
-            ),
-            (
-                "/v1/returns",
-                serde_json::to_value(protocol::samples::return_of_another_stores_sale()),
-            ),
-        ];
-        for (route, body) in posts {
-            let body = serde_json::to_vec(&body.expect("json")).expect("json");
-            let (status, _, p) = call(&f.app, "POST", route, body, None).await;
-            assert_eq!(status, StatusCode::CREATED, "{route}: {p}");
-        }
         let mut own = protocol::samples::return_();
         if let Some(o) = &mut own.original {
             o.store_id = Some("store-test".into());
@@ -722,33 +703,40 @@ mod tests {
         let mut other_void = protocol::samples::void();
         other_void.sequence_number += 1;
         other_void.voided.store_id = Some("store-0017".into());
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/returns",
-            serde_json::to_vec(&own).expect("json"),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{p}");
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/voids",
-            serde_json::to_vec(&own_void).expect("json"),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::CREATED, "{p}");
-        let (status, _, p) = call(
-            &f.app,
-            "POST",
-            "/v1/voids",
-            serde_json::to_vec(&other_void).expect("json"),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        fn json(v: &impl serde::Serialize) -> Vec<u8> {
+            serde_json::to_vec(v).expect("json")
+        }
+        let posts: [(&str, Vec<u8>, StatusCode); 6] = [
+            (
+                "/v1/sales",
+                json(&protocol::samples::sale_with_cash_rounding()),
+                StatusCode::CREATED,
+            ),
+            (
+                "/v1/sales",
+                json(&protocol::samples::fully_discounted_sale()),
+                StatusCode::CREATED,
+            ),
+            (
+                "/v1/returns",
+                json(&protocol::samples::return_of_another_stores_sale()),
+                StatusCode::CREATED,
+            ),
+            ("/v1/returns", json(&own), StatusCode::CREATED),
+            ("/v1/voids", json(&own_void), StatusCode::CREATED),
+            (
+                "/v1/voids",
+                json(&other_void),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+        ];
+        let mut last = serde_json::Value::Null;
+        for (route, body, expected) in posts {
+            let (status, _, p) = call(&f.app, "POST", route, body, None).await;
+            assert_eq!(status, expected, "{route}: {p}");
+            last = p;
+        }
+        let p = last;
         assert_eq!(p["errors"][0]["field"], "voided.store_id", "{p}");
         assert_eq!(p["errors"][0]["code"], "not_allowed", "{p}");
 

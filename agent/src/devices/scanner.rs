@@ -406,89 +406,12 @@ mod pty_tests {
         f.flush().expect("flush");
     }
 
-    /// A scanner unplugged when the agent starts and plugged in later goes
-    /// offline then online, but was never lost: no reconnect is counted.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_scanner_plugged_in_after_the_start_is_not_a_reconnect() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = dir.path().join("scanner");
-        let feeder = dir.path().join("feeder");
-        let store = StoreIdentity {
-            store_id: "store-pty".into(),
-            region: "eu-west".into(),
-        };
-        let outbox = Outbox::open(
-            OutboxConfig::new(dir.path().join("outbox.db"), 1 << 30, 1_000_000),
-            store.clone(),
-        )
-        .expect("outbox");
-        let handle = outbox.handle();
-        let metrics = DeviceMetrics::default();
-        let cfg = Scanner {
-            id: "scan-late".into(),
-            port: port.clone(),
-            lane: "lane-9".into(),
-            baud_rate: 9600,
-            data_bits: 8,
-            parity: Parity::None,
-            stop_bits: 1,
-            flow_control: FlowControl::None,
-            terminator: firmware_config::Terminator::Cr,
-            max_frame_len: 24,
-            frame_timeout_ms: 200,
-            reconnect_max_backoff_ms: 300,
-            eight_digit_reads: EightDigitReads::UpcE,
-        };
-        let id = cfg.id.clone();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            cfg,
-            Submitter {
-                ingest: Ingest::new(handle.clone(), store),
-                metrics: metrics.clone(),
-            },
-            shutdown.clone(),
-        ));
-        wait_for(&handle, "offline", |e| statuses(e) == ["offline"]).await;
-        let socat = Socat::start(&port, &feeder);
-        wait_for(&handle, "online", |e| statuses(e) == ["offline", "online"]).await;
-
-        let mut text = String::new();
-        let mut reg = prometheus_client::registry::Registry::with_prefix("storelink_agent");
-        metrics.register(&mut reg);
-        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
-        assert!(
-            !text.contains(&format!(
-                r#"storelink_agent_scanner_reconnects_total{{scanner="{id}"}} 1"#
-            )),
-            "{text}"
-        );
-        shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-        drop(socat);
-        outbox.close().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn scanner_reads_a_pty_and_survives_it_vanishing() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let port = dir.path().join("scanner");
-        let feeder = dir.path().join("feeder");
-        let socat = Socat::start(&port, &feeder);
-        let store = StoreIdentity {
-            store_id: "store-pty".into(),
-            region: "eu-west".into(),
-        };
-        let outbox = Outbox::open(
-            OutboxConfig::new(dir.path().join("outbox.db"), 1 << 30, 1_000_000),
-            store.clone(),
-        )
-        .expect("outbox");
-        let handle = outbox.handle();
-        let metrics = DeviceMetrics::default();
-        let cfg = Scanner {
-            id: "scan-pty".into(),
-            port: port.clone(),
+    /// The scanner of these tests: 19200 baud 7E2 on `port`, frames of at
+    /// most 24 bytes, a 200 ms frame timeout.
+    fn pty_scanner(id: &str, port: &Path) -> Scanner {
+        Scanner {
+            id: id.into(),
+            port: port.to_path_buf(),
             lane: "lane-9".into(),
             baud_rate: 19200,
             data_bits: 7,
@@ -500,16 +423,98 @@ mod pty_tests {
             frame_timeout_ms: 200,
             reconnect_max_backoff_ms: 300,
             eight_digit_reads: EightDigitReads::UpcE,
-        };
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            cfg,
-            Submitter {
-                ingest: Ingest::new(handle.clone(), store),
-                metrics: metrics.clone(),
-            },
-            shutdown.clone(),
-        ));
+        }
+    }
+
+    /// A scanner task running against an outbox in `dir`.
+    struct Running {
+        outbox: Outbox,
+        handle: crate::outbox::OutboxHandle,
+        metrics: DeviceMetrics,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        fn start(dir: &Path, cfg: Scanner) -> Running {
+            let store = StoreIdentity {
+                store_id: "store-pty".into(),
+                region: "eu-west".into(),
+            };
+            let outbox = Outbox::open(
+                OutboxConfig::new(dir.join("outbox.db"), 1 << 30, 1_000_000),
+                store.clone(),
+            )
+            .expect("outbox");
+            let handle = outbox.handle();
+            let metrics = DeviceMetrics::default();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(run(
+                cfg,
+                Submitter {
+                    ingest: Ingest::new(handle.clone(), store),
+                    metrics: metrics.clone(),
+                },
+                shutdown.clone(),
+            ));
+            Running {
+                outbox,
+                handle,
+                metrics,
+                shutdown,
+                task,
+            }
+        }
+    }
+
+    /// The device metrics as Prometheus text.
+    fn metrics_text(metrics: &DeviceMetrics) -> String {
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::with_prefix("storelink_agent");
+        metrics.register(&mut reg);
+        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        text
+    }
+
+    /// A scanner unplugged when the agent starts and plugged in later goes
+    /// offline then online, but was never lost: no reconnect is counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scanner_plugged_in_after_the_start_is_not_a_reconnect() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = dir.path().join("scanner");
+        let feeder = dir.path().join("feeder");
+        let r = Running::start(dir.path(), pty_scanner("scan-late", &port));
+        wait_for(&r.handle, "offline", |e| statuses(e) == ["offline"]).await;
+        let socat = Socat::start(&port, &feeder);
+        wait_for(&r.handle, "online", |e| {
+            statuses(e) == ["offline", "online"]
+        })
+        .await;
+
+        let text = metrics_text(&r.metrics);
+        assert!(
+            !text.contains(r#"storelink_agent_scanner_reconnects_total{scanner="scan-late"} 1"#),
+            "{text}"
+        );
+        r.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), r.task).await;
+        drop(socat);
+        r.outbox.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scanner_reads_a_pty_and_survives_it_vanishing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = dir.path().join("scanner");
+        let feeder = dir.path().join("feeder");
+        let socat = Socat::start(&port, &feeder);
+        let Running {
+            outbox,
+            handle,
+            metrics,
+            shutdown,
+            task,
+        } = Running::start(dir.path(), pty_scanner("scan-pty", &port));
         wait_for(&handle, "online", |e| statuses(e) == ["online"]).await;
 
         write(
@@ -600,10 +605,7 @@ mod pty_tests {
         assert_eq!(s[12]["valid"], true, "{:#?}", s[12]);
         assert_eq!(s[12]["gtin"], "4006381333931");
 
-        let mut text = String::new();
-        let mut reg = prometheus_client::registry::Registry::with_prefix("storelink_agent");
-        metrics.register(&mut reg);
-        prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
+        let text = metrics_text(&metrics);
         assert!(
             text.contains(
                 r#"storelink_agent_scanner_reads_total{scanner="scan-pty",result="valid"} 8"#
