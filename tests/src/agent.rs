@@ -437,6 +437,21 @@ port = {store_port}
         all.into_iter().filter(|r| mine(r)).collect()
     }
 
+    /// The dead letter of event `event_id` in this store's dead-letter
+    /// topic, waiting up to `timeout` for it.
+    pub fn dead_letter(&self, event_id: &str, timeout: Duration) -> Option<Record> {
+        let of_event = |r: &Record| {
+            r.header_str(protocol::topics::headers::EVENT_ID).as_deref() == Some(event_id)
+        };
+        self.consume(
+            protocol::topics::KafkaTopic::DeadLetters.name(),
+            |rs| rs.iter().any(of_event),
+            timeout,
+        )
+        .into_iter()
+        .find(of_event)
+    }
+
     /// Every record of this store on `topics`, read from the beginning up to
     /// the end each partition has now (its high watermark when this is
     /// called): unlike [`StoreStack::consume`], which stops as soon as its
@@ -656,6 +671,15 @@ pub fn post_sale(
         .header("content-type", "application/json")
         .body(body)
         .send()
+}
+
+/// The event id of a `201 Created` answer; panics (failing the test) with
+/// the answer on any other.
+pub fn created_id(answer: reqwest::blocking::Response) -> String {
+    let status = answer.status();
+    let v: serde_json::Value = answer.json().expect("a JSON answer");
+    assert_eq!(status.as_u16(), 201, "{v}");
+    v["event_id"].as_str().expect("event_id").to_owned()
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::agent::{metric_value, post_sale, StackOptions, StoreStack};
-use protocol::topics::{headers, KafkaTopic};
+use harness::agent::{created_id, metric_value, post_sale, StackOptions, StoreStack};
 
 /// 48 KiB/s upwards: a 600 KB sale takes about 12 s to cross.
 const UPLINK: u64 = 48 * 1024;
@@ -27,12 +26,6 @@ fn a_large_sale_crosses_a_slow_uplink_once_and_the_sales_behind_it_follow() {
     .expect("store stack");
     let client = reqwest::blocking::Client::new();
     let base = &stack.http_base;
-    let id_of = |r: reqwest::blocking::Response| -> String {
-        let status = r.status();
-        let v: serde_json::Value = r.json().expect("json answer");
-        assert_eq!(status.as_u16(), 201, "{v}");
-        v["event_id"].as_str().expect("event_id").to_owned()
-    };
     // Connected through the proxy before anything is sent.
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric_value(
@@ -50,7 +43,7 @@ fn a_large_sale_crosses_a_slow_uplink_once_and_the_sales_behind_it_follow() {
     let mut large = protocol::samples::sale_numbered("pos-01", 1);
     large.lines[0].description = Some("x".repeat(600_000));
     let posted = Instant::now();
-    let large_id = id_of(
+    let large_id = created_id(
         client
             .post(format!("{base}/v1/sales"))
             .header("content-type", "application/json")
@@ -58,7 +51,7 @@ fn a_large_sale_crosses_a_slow_uplink_once_and_the_sales_behind_it_follow() {
             .send()
             .expect("agent answers"),
     );
-    let small_id = id_of(post_sale(&client, base, "pos-01", 2).expect("agent answers"));
+    let small_id = created_id(post_sale(&client, base, "pos-01", 2).expect("agent answers"));
 
     // The large sale is over the bridge's 256 KiB event limit: it reaches
     // the dead-letter topic whole (receipted all the same); the small one
@@ -69,17 +62,9 @@ fn a_large_sale_crosses_a_slow_uplink_once_and_the_sales_behind_it_follow() {
         "the sale behind the large one never reached Kafka; agent log:\n{}",
         stack.agent.log_tail(20)
     );
-    let dead = stack.consume(
-        KafkaTopic::DeadLetters.name(),
-        |rs| {
-            rs.iter()
-                .any(|r| r.header_str(headers::EVENT_ID).as_deref() == Some(&*large_id))
-        },
-        Duration::from_secs(60),
-    );
-    assert!(dead
-        .iter()
-        .any(|r| r.header_str(headers::EVENT_ID).as_deref() == Some(&*large_id)));
+    assert!(stack
+        .dead_letter(&large_id, Duration::from_secs(60))
+        .is_some());
     let took = posted.elapsed();
 
     let metrics = stack.agent_metrics();

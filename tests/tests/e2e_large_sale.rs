@@ -12,29 +12,23 @@
 
 use std::time::Duration;
 
-use harness::agent::{post_sale, StoreStack};
-use protocol::topics::{headers, KafkaTopic};
+use harness::agent::{created_id, post_sale, StoreStack};
+use protocol::topics::headers;
 
 #[test]
 fn a_sale_larger_than_a_batch_is_dead_lettered_whole_and_the_sales_after_it_still_flow() {
     let stack = StoreStack::start("").expect("store stack");
     let client = reqwest::blocking::Client::new();
     let base = &stack.http_base;
-    let id_of = |r: reqwest::blocking::Response| -> String {
-        let status = r.status();
-        let v: serde_json::Value = r.json().expect("json answer");
-        assert_eq!(status.as_u16(), 201, "{v}");
-        v["event_id"].as_str().expect("event_id").to_owned()
-    };
 
-    let before = id_of(post_sale(&client, base, "pos-01", 1).expect("agent answers"));
+    let before = created_id(post_sale(&client, base, "pos-01", 1).expect("agent answers"));
 
     // 900 KB of description: under the agent's 1 MiB body limit, more than
     // three times the default batch of 256 KiB.
     let mut large = protocol::samples::sale_numbered("pos-01", 2);
     large.lines[0].description = Some("x".repeat(900_000));
     let body = serde_json::to_vec(&large).expect("json");
-    let large_id = id_of(
+    let large_id = created_id(
         client
             .post(format!("{base}/v1/sales"))
             .header("content-type", "application/json")
@@ -44,7 +38,7 @@ fn a_sale_larger_than_a_batch_is_dead_lettered_whole_and_the_sales_after_it_stil
     );
 
     let after: Vec<String> = (3..=12)
-        .map(|seq| id_of(post_sale(&client, base, "pos-01", seq).expect("agent answers")))
+        .map(|seq| created_id(post_sale(&client, base, "pos-01", seq).expect("agent answers")))
         .collect();
 
     let want: Vec<String> = std::iter::once(before).chain(after).collect();
@@ -58,17 +52,8 @@ fn a_sale_larger_than_a_batch_is_dead_lettered_whole_and_the_sales_after_it_stil
         stack.agent.log_tail(20)
     );
 
-    let dead = stack.consume(
-        KafkaTopic::DeadLetters.name(),
-        |rs| {
-            rs.iter()
-                .any(|r| r.header_str(headers::EVENT_ID).as_deref() == Some(&*large_id))
-        },
-        Duration::from_secs(60),
-    );
-    let letter = dead
-        .iter()
-        .find(|r| r.header_str(headers::EVENT_ID).as_deref() == Some(&*large_id))
+    let letter = stack
+        .dead_letter(&large_id, Duration::from_secs(60))
         .expect("the large sale is in the dead-letter topic");
     assert_eq!(
         letter.header_str(headers::DLQ_REASON).as_deref(),
